@@ -1,0 +1,106 @@
+"""The base class of every search space: static checks, the declare/build split, compilation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+from typing import ClassVar
+
+import keras
+import keras_tuner
+
+from search_spaces._layers import normalize_inputs
+from search_spaces._params import ParamSpec
+from search_spaces._registry import SpaceError
+
+MIN_INPUT_SIZE = 8
+OPTIMIZERS = ("adam", "sgd")
+
+
+class TunableSpace(keras_tuner.HyperModel):
+    """A Keras Tuner HyperModel whose ``build(hp)`` only declares hyperparameters and calls a builder.
+
+    Subclasses implement two methods:
+
+    - ``declare(hp)``: declare every hyperparameter with a literal name, range and default, and return
+      their values as a dict. It must not depend on the input shape, so the space can be listed and
+      ``--set`` checked without data.
+    - ``architecture(values)``: call the pure builder with those values; returns an uncompiled model.
+
+    ``input_shape`` is ``(height, width, channels)`` with both sides >= 8; ``classes`` >= 2. ``mean``
+    and ``variance`` are per-channel pixel statistics of the training data: normalisation happens
+    inside the model, so it takes raw pixels.
+    """
+
+    space_name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        classes: int,
+        *,
+        mean: Sequence[float] | None = None,
+        variance: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__(name=self.space_name or None, tunable=True)
+        self.input_shape = check_input_shape(input_shape)
+        if int(classes) < 2:
+            raise SpaceError(f"a classifier needs at least 2 classes, got {classes}")
+        self.classes = int(classes)
+        self.mean = None if mean is None else [float(v) for v in mean]
+        self.variance = None if variance is None else [float(v) for v in variance]
+
+    @classmethod
+    def declare(cls, hp: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def architecture(self, values: dict[str, Any]) -> keras.Model:
+        raise NotImplementedError
+
+    def preprocess(self, inputs: keras.KerasTensor) -> keras.KerasTensor:
+        """Layers between the raw image and the network: normalisation to zero mean, unit variance."""
+        return normalize_inputs(inputs, self.mean, self.variance)
+
+    def build(self, hp: Any) -> keras.Model:
+        values = self.declare(hp)
+        model = self.architecture(values)
+        compile_model(model, optimizer=values["optimizer"], learning_rate=values["learning_rate"])
+        return model
+
+    @classmethod
+    def hyperparameters(cls) -> list[ParamSpec]:
+        """The declared hyperparameters (kind, name, range, default), in declaration order."""
+        hp = keras_tuner.HyperParameters()
+        cls.declare(hp)
+        return [ParamSpec.from_keras_tuner(h) for h in hp.space]
+
+
+def check_input_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
+    """Validate an image shape ``(height, width, channels)``; smaller than 8x8 cannot be built."""
+    shape = tuple(int(v) for v in input_shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise SpaceError(f"input shape must be (height, width, channels), got {tuple(input_shape)}")
+    if min(shape[:2]) < MIN_INPUT_SIZE:
+        raise SpaceError(
+            f"images must be at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE}, got {shape[0]}x{shape[1]}"
+        )
+    return shape
+
+
+def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
+    """The optimizers of the spaces: Adam, or SGD with Nesterov momentum 0.9 as in the ResNet paper."""
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate=learning_rate)
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate=learning_rate, momentum=0.9, nesterov=True)
+    raise SpaceError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
+
+
+def compile_model(model: keras.Model, *, optimizer: str, learning_rate: float) -> None:
+    """Compile for integer labels with accuracy as the metric."""
+    model.compile(
+        optimizer=make_optimizer(optimizer, learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )

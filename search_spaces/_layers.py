@@ -1,0 +1,112 @@
+"""Pure building blocks shared by the spaces: input normalisation, stem, head, downsampling plan.
+
+Nothing here knows about hyperparameters; every function takes plain values. Only ``keras`` is
+imported, so the blocks run on every Keras 3 backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+from keras import layers
+
+# Below this side length a feature map is not halved again: a 3x3 kernel still sees context at 4x4.
+MIN_FEATURE_SIZE = 4
+# Inputs larger than this get an ImageNet-style strided stem, so stage 1 works at <= 64 px.
+MAX_STAGE_INPUT = 64
+
+
+# Trials are short: Keras' default 0.99 leaves the moving statistics that validation uses far from
+# the batch statistics after a few hundred steps. 0.9 is PyTorch's default and the ResNet papers'.
+BN_MOMENTUM = 0.9
+
+
+def batch_norm(name: str) -> layers.BatchNormalization:
+    """BatchNormalization with statistics that settle within a short trial."""
+    return layers.BatchNormalization(momentum=BN_MOMENTUM, name=name)
+
+
+def regularizer(l2: float) -> keras.regularizers.Regularizer | None:
+    """An L2 kernel regulariser, or none for ``l2 == 0``."""
+    return keras.regularizers.L2(l2) if l2 > 0 else None
+
+
+def normalize_inputs(
+    inputs: keras.KerasTensor,
+    mean: Sequence[float] | None,
+    variance: Sequence[float] | None,
+) -> keras.KerasTensor:
+    """Scale raw pixels inside the model, so an exported model takes images as the dataset gave them.
+
+    With per-channel training statistics this standardises; without them it assumes 0..255 pixels.
+    """
+    if mean is not None and variance is not None:
+        return layers.Normalization(mean=list(mean), variance=list(variance), name="normalize")(inputs)
+    return layers.Rescaling(1.0 / 255.0, name="normalize")(inputs)
+
+
+def stem_downsamples(size: int) -> int:
+    """How many times a large input is halved before the first stage (0 for CIFAR-sized input)."""
+    count = 0
+    while size > MAX_STAGE_INPUT:
+        size //= 2
+        count += 1
+    return count
+
+
+def stage_strides(size: int, stages: int) -> list[int]:
+    """Stride of each stage: the first keeps the size, later ones halve it while the input allows."""
+    strides = [1]
+    for _ in range(stages - 1):
+        if size // 2 >= MIN_FEATURE_SIZE:
+            strides.append(2)
+            size //= 2
+        else:
+            strides.append(1)
+    return strides
+
+
+def stem(
+    x: keras.KerasTensor,
+    filters: int,
+    *,
+    kernel_size: int,
+    downsamples: int,
+    l2: float,
+    activate: bool,
+    name: str = "stem",
+) -> keras.KerasTensor:
+    """First convolution; for large inputs a stride-2 conv then max-pools, as ImageNet ResNets do.
+
+    ``activate`` adds BatchNorm+ReLU after the conv (post-activation nets); pre-activation nets
+    leave that to their first block.
+    """
+    x = layers.Conv2D(
+        filters,
+        kernel_size,
+        strides=2 if downsamples else 1,
+        padding="same",
+        use_bias=False,
+        kernel_initializer="he_normal",
+        kernel_regularizer=regularizer(l2),
+        name=f"{name}_conv",
+    )(x)
+    if activate:
+        x = batch_norm(f"{name}_bn")(x)
+        x = layers.Activation("relu", name=f"{name}_relu")(x)
+    for i in range(1, downsamples):
+        x = layers.MaxPooling2D(3, strides=2, padding="same", name=f"{name}_pool{i}")(x)
+    return x
+
+
+def classifier_head(
+    x: keras.KerasTensor, classes: int, *, dropout: float, l2: float
+) -> keras.KerasTensor:
+    """Global average pooling, optional dropout, and a softmax classifier kept in float32."""
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if dropout > 0:
+        x = layers.Dropout(dropout, name="head_dropout")(x)
+    x = layers.Dense(classes, kernel_regularizer=regularizer(l2), name="logits")(x)
+    # float32 softmax keeps the loss stable under mixed precision.
+    return layers.Activation("softmax", dtype="float32", name="predictions")(x)

@@ -1,0 +1,217 @@
+"""Hyperparameter declarations as values, and ``--set NAME=VALUE`` overrides that fix or narrow them.
+
+A ``ParamSpec`` is one Keras Tuner declaration (``hp.Int``, ``hp.Float``, ``hp.Choice``,
+``hp.Boolean``, ``hp.Fixed``) held as data, so every backend can read the same space: Keras Tuner by
+declaring it, Optuna by mapping it to a distribution. Overrides are checked against the space as
+declared and turned into narrower specs; nothing a space cannot build gets through.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from collections.abc import Mapping
+from dataclasses import dataclass
+from dataclasses import field
+from typing import Any
+
+from search_spaces._registry import SpaceError
+
+KINDS = ("Int", "Float", "Choice", "Boolean", "Fixed")
+TRUE_WORDS = {"true", "1", "yes", "on"}
+FALSE_WORDS = {"false", "0", "no", "off"}
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One declared hyperparameter: its Keras Tuner kind, name, and the keyword arguments of the call."""
+
+    kind: str
+    name: str
+    config: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_keras_tuner(cls, hp_object: Any) -> ParamSpec:
+        """The spec of a Keras Tuner hyperparameter object (as found in ``HyperParameters.space``)."""
+        config = dict(hp_object.get_config())
+        config.pop("conditions", None)
+        name = config.pop("name")
+        return cls(type(hp_object).__name__, name, config)
+
+    def declare(self, hp: Any) -> Any:
+        """Declare this hyperparameter on a Keras-Tuner-like ``hp`` object and return its value."""
+        return getattr(hp, self.kind)(self.name, **self.config)
+
+    def describe(self) -> str:
+        """A short human description: ``choice of 14, 20, 32 (default 20)``, ``float 1e-4..0.1 log``."""
+        c = self.config
+        if self.kind == "Fixed":
+            return f"fixed {c['value']!r}"
+        if self.kind == "Boolean":
+            return f"true or false (default {str(c.get('default', False)).lower()})"
+        if self.kind == "Choice":
+            text = "choice of " + ", ".join(_fmt(v) for v in c["values"])
+        else:
+            text = f"{self.kind.lower()} {_fmt(c['min_value'])}..{_fmt(c['max_value'])}"
+            if c.get("step"):
+                text += f" step {_fmt(c['step'])}"
+            if c.get("sampling") == "log":
+                text += " log"
+        if c.get("default") is not None:
+            text += f" (default {_fmt(c['default'])})"
+        return text
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def parse_assignments(items: Iterable[str]) -> dict[str, str]:
+    """Turn ``["depth=20", "optimizer=adam,sgd"]`` into ``{"depth": "20", ...}``."""
+    parsed: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise SpaceError(f"--set expects NAME=VALUE, got {item!r}")
+        parsed[name.strip()] = value.strip()
+    return parsed
+
+
+def resolve_overrides(
+    declared: Iterable[ParamSpec], overrides: Mapping[str, str]
+) -> dict[str, ParamSpec]:
+    """Check ``overrides`` against the declared space; return the narrowed spec of each overridden name.
+
+    Values are ``v`` (fix), ``a..b`` (narrow a numeric range) or ``a,b,c`` (a subset of choices).
+    """
+    specs = {spec.name: spec for spec in declared}
+    resolved: dict[str, ParamSpec] = {}
+    for name, text in overrides.items():
+        if name not in specs:
+            raise SpaceError(
+                f"unknown hyperparameter {name!r}; choose one of: {', '.join(sorted(specs))}"
+            )
+        try:
+            resolved[name] = narrow(specs[name], text)
+        except SpaceError as err:
+            raise SpaceError(f"--set {name}={text}: {err}") from None
+    return resolved
+
+
+def narrow(spec: ParamSpec, text: str) -> ParamSpec:
+    """The spec that ``--set NAME=text`` leaves of ``spec``; raises ``SpaceError`` outside the space."""
+    if ".." in text:
+        low, _, high = text.partition("..")
+        return _narrow_range(spec, low.strip(), high.strip())
+    if "," in text:
+        values = [part.strip() for part in text.split(",") if part.strip()]
+        return _narrow_choices(spec, values)
+    return ParamSpec("Fixed", spec.name, {"value": _check_value(spec, text)})
+
+
+def _allowed(spec: ParamSpec) -> str:
+    c = spec.config
+    if spec.kind == "Choice":
+        return "one of " + ", ".join(_fmt(v) for v in c["values"])
+    if spec.kind == "Boolean":
+        return "true or false"
+    if spec.kind == "Fixed":
+        return f"{_fmt(c['value'])} (fixed by the space)"
+    text = f"within {_fmt(c['min_value'])}..{_fmt(c['max_value'])}"
+    if c.get("step"):
+        text += f" in steps of {_fmt(c['step'])}"
+    return text
+
+
+def _convert(text: str, like: Any) -> Any:
+    """Parse ``text`` as the type of ``like`` (bool, int, float or str)."""
+    try:
+        if isinstance(like, bool):
+            word = text.lower()
+            if word in TRUE_WORDS | FALSE_WORDS:
+                return word in TRUE_WORDS
+            raise ValueError(text)
+        if isinstance(like, int):
+            return int(text)
+        if isinstance(like, float):
+            return float(text)
+    except ValueError:
+        raise SpaceError(f"{text!r} is not a valid {type(like).__name__}") from None
+    return text
+
+
+def _check_value(spec: ParamSpec, text: str) -> Any:
+    """Parse one value and check the space can build it."""
+    c = spec.config
+    if spec.kind == "Choice":
+        value = _convert(text, c["values"][0])
+        ok = value in c["values"]
+    elif spec.kind == "Boolean":
+        value, ok = _convert(text, True), True
+    elif spec.kind == "Fixed":
+        value = _convert(text, c["value"])
+        ok = value == c["value"]
+    else:
+        value = _convert(text, 0 if spec.kind == "Int" else 0.0)
+        ok = _in_range(spec, value)
+    if not ok or (isinstance(value, float) and not math.isfinite(value)):
+        raise SpaceError(f"{spec.name} must be {_allowed(spec)}")
+    return value
+
+
+def _in_range(spec: ParamSpec, value: float) -> bool:
+    c = spec.config
+    low, high, step = c["min_value"], c["max_value"], c.get("step")
+    tol = 1e-9 * max(abs(low), abs(high), 1e-12)
+    if not low - tol <= value <= high + tol:
+        return False
+    if step:
+        ratio = (value - low) / step
+        return abs(ratio - round(ratio)) < 1e-6
+    return True
+
+
+def _narrow_range(spec: ParamSpec, low_text: str, high_text: str) -> ParamSpec:
+    c = spec.config
+    if spec.kind in ("Int", "Float"):
+        low, high = _check_value(spec, low_text), _check_value(spec, high_text)
+        if low > high:
+            raise SpaceError(f"empty range {low_text}..{high_text}")
+        default = c.get("default")
+        if default is None or not low <= default <= high:
+            default = low
+        return ParamSpec(spec.kind, spec.name, {**c, "min_value": low, "max_value": high,
+                                                "default": default})
+    if spec.kind == "Choice" and all(_is_number(v) for v in c["values"]):
+        low, high = float(low_text), float(high_text)
+        kept = [v for v in c["values"] if low <= v <= high]
+        if not kept:
+            raise SpaceError(f"no value of {spec.name} in {low_text}..{high_text}; "
+                             f"{spec.name} must be {_allowed(spec)}")
+        return _narrow_choices(spec, [str(v) for v in kept])
+    raise SpaceError(f"{spec.name} takes no range; it must be {_allowed(spec)}")
+
+
+def _narrow_choices(spec: ParamSpec, texts: list[str]) -> ParamSpec:
+    values = list(dict.fromkeys(_check_value(spec, text) for text in texts))
+    if spec.kind == "Boolean" and len(values) == 2:
+        return spec
+    if len(values) == 1:
+        return ParamSpec("Fixed", spec.name, {"value": values[0]})
+    return _choice(spec, values)
+
+
+def _choice(spec: ParamSpec, values: list[Any]) -> ParamSpec:
+    default = spec.config.get("default")
+    return ParamSpec("Choice", spec.name, {
+        "values": values,
+        "default": default if default in values else values[0],
+    })
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -1,0 +1,160 @@
+"""DenseNet for small images (Huang et al. 2017, section 3): three dense blocks joined by transitions.
+
+``depth`` is L as in the paper: 3 blocks of n layers, each one conv (two with ``bottleneck``, the "B"
+of DenseNet-BC), plus the stem conv, two transitions and the classifier, so L = 3n+4 or 6n+4.
+``compression`` < 1 is the "C": transitions keep that fraction of the channels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+from keras import layers
+
+from search_spaces._base import OPTIMIZERS
+from search_spaces._base import TunableSpace
+from search_spaces._layers import batch_norm
+from search_spaces._layers import classifier_head
+from search_spaces._layers import regularizer
+from search_spaces._layers import stage_strides
+from search_spaces._layers import stem
+from search_spaces._layers import stem_downsamples
+from search_spaces._registry import SpaceError
+from search_spaces._registry import register_space
+
+# L = 6n+4, valid with and without bottleneck: 40 and 100 are the paper's CIFAR depths.
+DEPTHS = [10, 16, 22, 40, 64, 100]
+BLOCKS = 3
+
+
+def layers_per_block(depth: int, bottleneck: bool) -> int:
+    """n, the layers in each of the three dense blocks of a DenseNet of depth L."""
+    convs_per_layer = 2 if bottleneck else 1
+    if depth < 10 or (depth - 4) % (3 * convs_per_layer):
+        form = "6n+4" if bottleneck else "3n+4"
+        raise SpaceError(f"DenseNet depth must be {form} (for example 40 or 100), got {depth}")
+    return (depth - 4) // (3 * convs_per_layer)
+
+
+def bn_relu_conv(x, filters: int, kernel_size: int, *, dropout: float, l2: float, name: str):
+    """The composite function H of the paper: BN-ReLU-conv, then dropout."""
+    x = batch_norm(f"{name}_bn")(x)
+    x = layers.Activation("relu", name=f"{name}_relu")(x)
+    x = layers.Conv2D(
+        filters,
+        kernel_size,
+        padding="same",
+        use_bias=False,
+        kernel_initializer="he_normal",
+        kernel_regularizer=regularizer(l2),
+        name=f"{name}_conv",
+    )(x)
+    if dropout > 0:
+        x = layers.Dropout(dropout, name=f"{name}_dropout")(x)
+    return x
+
+
+def dense_layer(x, growth_rate: int, *, bottleneck: bool, kernel_size: int, dropout: float,
+                l2: float, name: str):
+    """Adds ``growth_rate`` feature maps to ``x``; a bottleneck layer first reduces to 4k channels."""
+    y = x
+    if bottleneck:
+        y = bn_relu_conv(y, 4 * growth_rate, 1, dropout=dropout, l2=l2, name=f"{name}_1")
+    y = bn_relu_conv(y, growth_rate, kernel_size, dropout=dropout, l2=l2, name=f"{name}_2")
+    return layers.Concatenate(name=f"{name}_concat")([x, y])
+
+
+def dense_block(x, layers_count: int, growth_rate: int, *, bottleneck: bool, kernel_size: int,
+                dropout: float, l2: float, name: str):
+    """``layers_count`` densely connected layers."""
+    for i in range(1, layers_count + 1):
+        x = dense_layer(x, growth_rate, bottleneck=bottleneck, kernel_size=kernel_size,
+                        dropout=dropout, l2=l2, name=f"{name}_layer{i}")
+    return x
+
+
+def transition(x, compression: float, *, downsample: bool, dropout: float, l2: float, name: str):
+    """1x1 conv to ``compression`` times the channels, then 2x2 average pooling if the size allows."""
+    filters = max(1, int(x.shape[-1] * compression))
+    x = bn_relu_conv(x, filters, 1, dropout=dropout, l2=l2, name=name)
+    if downsample:
+        x = layers.AveragePooling2D(2, strides=2, name=f"{name}_pool")(x)
+    return x
+
+
+def build_densenet(
+    input_shape: Sequence[int],
+    classes: int,
+    *,
+    depth: int = 40,
+    growth_rate: int = 12,
+    filters: int = 24,
+    bottleneck: bool = True,
+    compression: float = 0.5,
+    kernel_size: int = 3,
+    dropout: float = 0.0,
+    l2: float = 1e-4,
+    preprocess: Callable[[keras.KerasTensor], keras.KerasTensor] | None = None,
+) -> keras.Model:
+    """A CIFAR-style DenseNet; DenseNet-BC (L=100, k=12) is ``build_densenet(shape, 10, depth=100)``."""
+    if not 0 < compression <= 1:
+        raise SpaceError(f"DenseNet compression must be in (0, 1], got {compression}")
+    n = layers_per_block(depth, bottleneck)
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    x = preprocess(inputs) if preprocess else inputs
+    size = min(input_shape[:2])
+    downsamples = stem_downsamples(size)
+    size //= 2**downsamples
+    x = stem(x, filters, kernel_size=kernel_size, downsamples=downsamples, l2=l2, activate=False)
+    strides = stage_strides(size, BLOCKS)
+    for i in range(BLOCKS):
+        x = dense_block(x, n, growth_rate, bottleneck=bottleneck, kernel_size=kernel_size,
+                        dropout=dropout, l2=l2, name=f"block{i + 1}")
+        if i < BLOCKS - 1:
+            x = transition(x, compression, downsample=strides[i + 1] == 2, dropout=dropout, l2=l2,
+                           name=f"transition{i + 1}")
+    x = batch_norm("post_bn")(x)
+    x = layers.Activation("relu", name="post_relu")(x)
+    outputs = classifier_head(x, classes, dropout=0.0, l2=l2)
+    kind = "densenet_bc" if bottleneck and compression < 1 else "densenet"
+    return keras.Model(inputs, outputs, name=f"{kind}{depth}_k{growth_rate}")
+
+
+@register_space("densenet")
+class TunableDenseNet(TunableSpace):
+    """DenseNet(-BC) for small images: depth L, growth rate k, compression, bottleneck, dropout, L2."""
+
+    description = "CIFAR-style DenseNet / DenseNet-BC (Huang et al. 2017), depth L = 6n+4"
+
+    @classmethod
+    def declare(cls, hp: Any) -> dict[str, Any]:
+        return {
+            "depth": hp.Choice("depth", DEPTHS, default=40),
+            "growth_rate": hp.Choice("growth_rate", [8, 12, 16, 24, 32], default=12),
+            "filters": hp.Choice("filters", [16, 24, 32, 48], default=24),
+            "bottleneck": hp.Boolean("bottleneck", default=True),
+            "compression": hp.Float("compression", 0.5, 1.0, step=0.25, default=0.5),
+            "kernel_size": hp.Choice("kernel_size", [3, 5], default=3),
+            "dropout": hp.Float("dropout", 0.0, 0.5, step=0.05, default=0.0),
+            "l2": hp.Float("l2", 1e-6, 1e-3, sampling="log", default=1e-4),
+            "optimizer": hp.Choice("optimizer", list(OPTIMIZERS), default="adam"),
+            "learning_rate": hp.Float("learning_rate", 1e-4, 1e-1, sampling="log", default=1e-3),
+        }
+
+    def architecture(self, values: dict[str, Any]) -> keras.Model:
+        return build_densenet(
+            self.input_shape,
+            self.classes,
+            depth=values["depth"],
+            growth_rate=values["growth_rate"],
+            filters=values["filters"],
+            bottleneck=values["bottleneck"],
+            compression=values["compression"],
+            kernel_size=values["kernel_size"],
+            dropout=values["dropout"],
+            l2=values["l2"],
+            preprocess=self.preprocess,
+        )

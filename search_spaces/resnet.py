@@ -1,0 +1,159 @@
+"""ResNet for small images (He et al. 2016, section 4.2): three stages of 2n blocks, depth 6n+2.
+
+``version="v1"`` is the original post-activation block, ``"v2"`` the pre-activation block of
+"Identity Mappings in Deep Residual Networks". Filters double at each stage; stages halve the feature
+map only while it stays at least 4x4, and inputs over 64 px get a strided stem.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+from keras import layers
+
+from search_spaces._base import OPTIMIZERS
+from search_spaces._base import TunableSpace
+from search_spaces._layers import batch_norm
+from search_spaces._layers import classifier_head
+from search_spaces._layers import regularizer
+from search_spaces._layers import stage_strides
+from search_spaces._layers import stem
+from search_spaces._layers import stem_downsamples
+from search_spaces._registry import SpaceError
+from search_spaces._registry import register_space
+
+DEPTHS = [8, 14, 20, 32, 44, 56, 110]
+STAGES = 3
+
+
+def blocks_per_stage(depth: int) -> int:
+    """n for a ResNet of depth 6n+2 (ResNet-20 has 3 blocks per stage)."""
+    if depth < 8 or (depth - 2) % 6:
+        raise SpaceError(f"ResNet depth must be 6n+2 (8, 14, 20, 32, ...), got {depth}")
+    return (depth - 2) // 6
+
+
+def conv(x: keras.KerasTensor, filters: int, kernel_size: int, *, stride: int, l2: float, name: str):
+    """A bias-free, He-initialised 'same' convolution."""
+    return layers.Conv2D(
+        filters,
+        kernel_size,
+        strides=stride,
+        padding="same",
+        use_bias=False,
+        kernel_initializer="he_normal",
+        kernel_regularizer=regularizer(l2),
+        name=name,
+    )(x)
+
+
+def bn_relu(x: keras.KerasTensor, name: str) -> keras.KerasTensor:
+    x = batch_norm(f"{name}_bn")(x)
+    return layers.Activation("relu", name=f"{name}_relu")(x)
+
+
+def block_v1(x, filters: int, *, stride: int, kernel_size: int, l2: float, name: str):
+    """Post-activation basic block: conv-BN-ReLU-conv-BN, add the shortcut, ReLU."""
+    shortcut = x
+    if stride != 1 or x.shape[-1] != filters:
+        shortcut = conv(x, filters, 1, stride=stride, l2=l2, name=f"{name}_proj")
+        shortcut = batch_norm(f"{name}_proj_bn")(shortcut)
+    x = conv(x, filters, kernel_size, stride=stride, l2=l2, name=f"{name}_conv1")
+    x = bn_relu(x, f"{name}_1")
+    x = conv(x, filters, kernel_size, stride=1, l2=l2, name=f"{name}_conv2")
+    x = batch_norm(f"{name}_2_bn")(x)
+    x = layers.Add(name=f"{name}_add")([shortcut, x])
+    return layers.Activation("relu", name=f"{name}_out")(x)
+
+
+def block_v2(x, filters: int, *, stride: int, kernel_size: int, l2: float, name: str):
+    """Pre-activation basic block: BN-ReLU-conv-BN-ReLU-conv, add the shortcut."""
+    preact = bn_relu(x, f"{name}_pre")
+    shortcut = x
+    if stride != 1 or x.shape[-1] != filters:
+        shortcut = conv(preact, filters, 1, stride=stride, l2=l2, name=f"{name}_proj")
+    x = conv(preact, filters, kernel_size, stride=stride, l2=l2, name=f"{name}_conv1")
+    x = bn_relu(x, f"{name}_1")
+    x = conv(x, filters, kernel_size, stride=1, l2=l2, name=f"{name}_conv2")
+    return layers.Add(name=f"{name}_add")([shortcut, x])
+
+
+def residual_stage(x, filters: int, blocks: int, *, stride: int, kernel_size: int, l2: float,
+                   version: str, name: str):
+    """``blocks`` residual blocks; the first may downsample and widen."""
+    block = block_v2 if version == "v2" else block_v1
+    x = block(x, filters, stride=stride, kernel_size=kernel_size, l2=l2, name=f"{name}_block1")
+    for i in range(2, blocks + 1):
+        x = block(x, filters, stride=1, kernel_size=kernel_size, l2=l2, name=f"{name}_block{i}")
+    return x
+
+
+def build_resnet(
+    input_shape: Sequence[int],
+    classes: int,
+    *,
+    depth: int = 20,
+    filters: int = 16,
+    kernel_size: int = 3,
+    version: str = "v1",
+    dropout: float = 0.0,
+    l2: float = 1e-4,
+    preprocess: Callable[[keras.KerasTensor], keras.KerasTensor] | None = None,
+) -> keras.Model:
+    """A CIFAR-style ResNet of ``depth`` = 6n+2 layers; ResNet-20 is ``build_resnet(shape, 10)``.
+
+    ``preprocess`` maps raw input pixels to the network's input (``TunableSpace.preprocess``).
+    """
+    if version not in ("v1", "v2"):
+        raise SpaceError(f"ResNet version must be 'v1' or 'v2', got {version!r}")
+    blocks = blocks_per_stage(depth)
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    x = preprocess(inputs) if preprocess else inputs
+    size = min(input_shape[:2])
+    downsamples = stem_downsamples(size)
+    size //= 2**downsamples
+    x = stem(x, filters, kernel_size=kernel_size, downsamples=downsamples, l2=l2,
+             activate=version == "v1")
+    for i, stride in enumerate(stage_strides(size, STAGES)):
+        x = residual_stage(x, filters * 2**i, blocks, stride=stride, kernel_size=kernel_size, l2=l2,
+                           version=version, name=f"stage{i + 1}")
+    if version == "v2":
+        x = bn_relu(x, "post")
+    outputs = classifier_head(x, classes, dropout=dropout, l2=l2)
+    return keras.Model(inputs, outputs, name=f"resnet{depth}_{version}")
+
+
+@register_space("resnet")
+class TunableResNet(TunableSpace):
+    """ResNet-{8..110} (6n+2) for small images: depth, width, kernel, v1/v2, dropout, L2, optimiser."""
+
+    description = "CIFAR-style ResNet (He et al. 2016), depth 6n+2, post- (v1) or pre-activation (v2)"
+
+    @classmethod
+    def declare(cls, hp: Any) -> dict[str, Any]:
+        return {
+            "depth": hp.Choice("depth", DEPTHS, default=20),
+            "filters": hp.Choice("filters", [16, 32, 64], default=16),
+            "kernel_size": hp.Choice("kernel_size", [3, 5], default=3),
+            "version": hp.Choice("version", ["v1", "v2"], default="v1"),
+            "dropout": hp.Float("dropout", 0.0, 0.5, step=0.05, default=0.0),
+            "l2": hp.Float("l2", 1e-6, 1e-3, sampling="log", default=1e-4),
+            "optimizer": hp.Choice("optimizer", list(OPTIMIZERS), default="adam"),
+            "learning_rate": hp.Float("learning_rate", 1e-4, 1e-1, sampling="log", default=1e-3),
+        }
+
+    def architecture(self, values: dict[str, Any]) -> keras.Model:
+        return build_resnet(
+            self.input_shape,
+            self.classes,
+            depth=values["depth"],
+            filters=values["filters"],
+            kernel_size=values["kernel_size"],
+            version=values["version"],
+            dropout=values["dropout"],
+            l2=values["l2"],
+            preprocess=self.preprocess,
+        )

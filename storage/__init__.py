@@ -1,0 +1,27 @@
+"""The trial store: Optuna's own RDB storage, opened from a SQLAlchemy URL, with tuner's study metadata.
+
+Every study lives in Optuna's schema, so ``optuna-dashboard sqlite:///tuner.db`` and the ``optuna``
+CLI read it unchanged. What tuner adds is kept in Optuna's study and trial user attributes.
+"""
+
+from __future__ import annotations
+
+from storage._store import DEFAULT_STORAGE
+from storage._store import STORAGE_ENV
+from storage._store import StoreError
+from storage._store import StudyMismatchError
+from storage._store import open_storage
+from storage._store import open_study
+from storage._store import storage_url
+from storage._store import study_names
+
+__all__ = [
+    "DEFAULT_STORAGE",
+    "STORAGE_ENV",
+    "StoreError",
+    "StudyMismatchError",
+    "open_storage",
+    "open_study",
+    "storage_url",
+    "study_names",
+]

@@ -1,0 +1,146 @@
+"""Opening the store and its studies safely: bad files are refused untouched, studies never merge."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import optuna
+import sqlalchemy
+from sqlalchemy.engine import make_url
+
+DEFAULT_STORAGE = "sqlite:///tuner.db"
+STORAGE_ENV = "TUNER_STORAGE"
+SQLITE_MAGIC = b"SQLite format 3\x00"
+# Seconds a SQLite writer waits for another's lock before "database is locked".
+SQLITE_BUSY_TIMEOUT = 60
+# Study attributes that must match for a run to continue an existing study.
+IDENTITY_ATTRS = ("space", "dataset", "objective", "backend", "overrides")
+
+
+class StoreError(Exception):
+    """The store cannot be opened or used: not a database, corrupt, unreachable, incompatible."""
+
+
+class StudyMismatchError(StoreError):
+    """A study name is reused for a different search (space, dataset, objective, backend...)."""
+
+
+def storage_url(url: str | None = None) -> str:
+    """The storage URL to use: ``url``, else ``$TUNER_STORAGE``, else ``sqlite:///tuner.db``."""
+    return url or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file behind a ``sqlite:///`` URL, or None for other databases and in-memory SQLite."""
+    try:
+        parsed = make_url(url)
+    except sqlalchemy.exc.ArgumentError as err:
+        raise StoreError(f"not a database URL: {url!r} ({err})") from None
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def check_sqlite_file(path: Path, *, must_exist: bool) -> None:
+    """Refuse, without writing to it, a path that is not a SQLite database."""
+    if not path.exists():
+        if must_exist:
+            raise StoreError(f"no store at {path}: run `tuner search` first or pass --storage")
+        if not path.parent.exists():
+            raise StoreError(f"cannot create the store {path}: folder {path.parent} does not exist")
+        return
+    if path.is_dir():
+        raise StoreError(f"{path} is a folder, not a SQLite database")
+    with path.open("rb") as f:
+        header = f.read(len(SQLITE_MAGIC))
+    if header and header != SQLITE_MAGIC:
+        raise StoreError(f"{path} is not a SQLite database (left untouched)")
+
+
+def open_storage(url: str | None = None, *, must_exist: bool = False) -> optuna.storages.RDBStorage:
+    """Open Optuna's RDB storage at ``url`` (see ``storage_url``), tuned for several writers.
+
+    ``must_exist`` is for read-only commands: they should not create an empty database. Any
+    failure is a ``StoreError`` with one line of explanation.
+    """
+    url = storage_url(url)
+    path = sqlite_path(url)
+    engine_kwargs: dict[str, Any] = {}
+    if path is not None:
+        check_sqlite_file(path, must_exist=must_exist)
+        engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT}
+    else:
+        engine_kwargs["pool_pre_ping"] = True
+    try:
+        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    except (sqlalchemy.exc.SQLAlchemyError, RuntimeError, ValueError, ImportError) as err:
+        raise StoreError(f"cannot open the store {url}: {_first_line(err)}") from None
+    if path is not None:
+        _use_write_ahead_log(storage)
+    return storage
+
+
+def _use_write_ahead_log(storage: optuna.storages.RDBStorage) -> None:
+    """WAL lets readers (the dashboard) and several writers share a SQLite file; it persists in the file."""
+    with storage.engine.connect() as conn:
+        conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
+    """Names of every study in the store, in creation order."""
+    return [s.study_name for s in storage.get_all_studies()]
+
+
+def open_study(
+    storage: optuna.storages.BaseStorage,
+    name: str,
+    *,
+    direction: str,
+    attrs: Mapping[str, Any],
+    sampler: optuna.samplers.BaseSampler | None = None,
+    pruner: optuna.pruners.BasePruner | None = None,
+) -> optuna.Study:
+    """Create the study ``name`` with ``attrs``, or continue it if it was made for the same search.
+
+    A study made for another space, dataset, objective, direction or backend raises
+    ``StudyMismatchError`` instead of silently mixing trials; so does a study tuner did not create.
+    """
+    exists = name in study_names(storage)
+    study = optuna.create_study(
+        storage=storage, study_name=name, direction=direction, load_if_exists=True,
+        sampler=sampler, pruner=pruner,
+    )
+    if exists:
+        check_same_search(study, direction=direction, attrs=attrs)
+        return study
+    for key, value in attrs.items():
+        study.set_user_attr(key, value)
+    return study
+
+
+def check_same_search(study: optuna.Study, *, direction: str, attrs: Mapping[str, Any]) -> None:
+    """Raise ``StudyMismatchError`` unless ``study`` was created for the search ``attrs`` describe."""
+    stored = study.user_attrs
+    if "space" not in stored:
+        raise StudyMismatchError(
+            f"study {study.study_name!r} was not created by tuner; choose another --study name"
+        )
+    if study.direction.name.lower() != direction:
+        raise StudyMismatchError(
+            f"study {study.study_name!r} {study.direction.name.lower()}s its objective, this search would "
+            f"{direction} it; use another --study name"
+        )
+    for key in IDENTITY_ATTRS:
+        if key in attrs and stored.get(key) != attrs[key]:
+            raise StudyMismatchError(
+                f"study {study.study_name!r} was created with {key}={stored.get(key)!r}, not "
+                f"{attrs[key]!r}; run with the same settings to continue it, or use another --study name"
+            )

@@ -1,0 +1,41 @@
+"""tuner: hyperparameter search for Keras CNN image classifiers, with every trial in an Optuna store.
+
+>>> import tuner
+>>> study = tuner.search("resnet", "digits", trials=3, epochs=2, study="demo")
+>>> tuner.best_trial("demo")["test_accuracy"]
+
+Heavy imports (Keras, TensorFlow) happen only when a function needs them, so reading a store is fast.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tuner.errors import DataError
+from tuner.errors import TunerError
+
+__all__ = [
+    "DataError",
+    "TunerError",
+    "best_trial",
+    "list_studies",
+    "list_trials",
+    "load_dataset",
+    "search",
+]
+
+_LAZY = {
+    "search": "tuner._search",
+    "best_trial": "tuner._results",
+    "list_studies": "tuner._results",
+    "list_trials": "tuner._results",
+    "load_dataset": "tuner.data",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'tuner' has no attribute {name!r}")

@@ -1,0 +1,63 @@
+"""Progress of a search on the terminal: the trial and its parameters, each epoch, the best so far."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import optuna
+from rich.console import Console
+
+
+def format_params(params: Mapping[str, Any]) -> str:
+    """``depth=20 learning_rate=0.00123 ...``, numbers shortened to 3 significant digits."""
+    return " ".join(f"{k}={_short(v)}" for k, v in params.items())
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+class SearchProgress:
+    """Prints one line per trial start, epoch and trial end to stderr; silent when ``enabled`` is False."""
+
+    def __init__(self, *, enabled: bool, objective: str, epochs: int, console: Console | None = None):
+        self.enabled = enabled
+        self.objective = objective
+        self.epochs = epochs
+        self.console = console or Console(stderr=True, highlight=False, soft_wrap=True)
+
+    def print(self, text: str) -> None:
+        if self.enabled:
+            self.console.print(text)
+
+    def trial_started(self, number: int, params: Mapping[str, Any]) -> None:
+        self.print(f"[bold]trial {number}[/bold]  {format_params(params)}")
+
+    def epoch_ended(self, number: int, epoch: int, logs: Mapping[str, float]) -> None:
+        metrics = "  ".join(f"{k} {v:.4f}" for k, v in logs.items() if k != "learning_rate")
+        self.print(f"  trial {number} epoch {epoch}/{self.epochs}  {metrics}")
+
+    def trial_finished(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        state = trial.state.name
+        value = "" if trial.value is None else f"{self.objective}={trial.value:.4f}  "
+        reason = f"  ({trial.user_attrs['error']})" if "error" in trial.user_attrs else ""
+        self.print(f"trial {trial.number} {state}  {value}{self.best_text(study)}{reason}")
+
+    def best_text(self, study: optuna.Study) -> str:
+        best = best_trial(study)
+        if best is None:
+            return "no finished trial yet"
+        return f"best {self.objective}={best.value:.4f} (trial {best.number})"
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The best COMPLETE trial, or None while there is none."""
+    try:
+        best = study.best_trial
+    except ValueError:
+        return None
+    return best if best.value is not None and not math.isnan(best.value) else None

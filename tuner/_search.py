@@ -1,0 +1,144 @@
+"""``tuner.search``: check the request, load the data, open the study, hand it to a backend."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Mapping
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from tuner.errors import TunerError
+
+SAMPLERS = ("tpe", "random", "gp", "cmaes", "qmc")
+OBJECTIVES = ("val_accuracy", "val_loss")
+
+
+def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
+    """One of Optuna's samplers by short name, seeded."""
+    samplers = {
+        "tpe": lambda: optuna.samplers.TPESampler(seed=seed),
+        "random": lambda: optuna.samplers.RandomSampler(seed=seed),
+        "gp": lambda: optuna.samplers.GPSampler(seed=seed),
+        "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed),
+        "qmc": lambda: optuna.samplers.QMCSampler(seed=seed),
+    }
+    if name not in samplers:
+        raise TunerError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")
+    return samplers[name]()
+
+
+def versions() -> dict[str, str]:
+    """Versions of the libraries that shape a trial's result, recorded on the study."""
+    found = {"python": platform.python_version()}
+    for package in ("tuner", "keras", "keras-tuner", "optuna", "tensorflow", "jax", "torch"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def default_study_name(space: str, dataset: str) -> str:
+    """``resnet-digits``; for a file or folder dataset, its name (``resnet-pets.npz``)."""
+    return f"{space}-{Path(dataset).name}"
+
+
+def _positive(name: str, value: float | None, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if value is None or value <= 0:
+        raise TunerError(f"--{name} must be a positive number, got {value}")
+
+
+def search(
+    space: str = "resnet",
+    dataset: str = "digits",
+    *,
+    trials: int = 10,
+    epochs: int = 10,
+    timeout: float | None = None,
+    study: str | None = None,
+    storage: str | None = None,
+    sampler: str = "tpe",
+    seed: int = 0,
+    overrides: Mapping[str, str] | Sequence[str] | None = None,
+    objective: str = "val_accuracy",
+    batch_size: int = 64,
+    backend: str = "optuna",
+    max_failures: int = 5,
+    progress: bool = False,
+) -> optuna.Study:
+    """Search ``space`` on ``dataset`` and store every trial in the Optuna study ``study``.
+
+    Runs until the study holds ``trials`` finished trials (from every process working on it) or
+    ``timeout`` seconds pass; running it again with the same ``study`` continues that study.
+    ``overrides`` fix or narrow hyperparameters, as ``{"depth": "20"}`` or ``["depth=20"]``.
+    Everything the user can get wrong is checked before the first trial and raised as a
+    ``TunerError``, ``SpaceError`` or ``StoreError``. Returns the study.
+    """
+    from search_spaces import get_space
+    from search_spaces import parse_assignments
+    from search_spaces import resolve_overrides
+    from storage import open_storage
+    from storage import open_study
+    from tuner._progress import SearchProgress
+    from tuner._training import DIRECTIONS
+    from tuner.backends import SearchJob
+    from tuner.backends import get_backend
+    from tuner.data import load_dataset
+
+    if objective not in DIRECTIONS:
+        raise TunerError(f"unknown objective {objective!r}; choose one of: {', '.join(OBJECTIVES)}")
+    for name, value in (("trials", trials), ("epochs", epochs), ("batch-size", batch_size)):
+        _positive(name, value)
+    _positive("timeout", timeout, allow_none=True)
+    space_cls = get_space(space)
+    raw = parse_assignments(overrides) if isinstance(overrides, (list, tuple)) else dict(overrides or {})
+    narrowed = resolve_overrides(space_cls.hyperparameters(), raw)
+    engine = get_backend(backend)
+    chosen_sampler = make_sampler(sampler, seed)
+    store = open_storage(storage)
+    data = load_dataset(dataset)
+    mean, variance = data.pixel_stats()
+    hypermodel = space_cls(data.input_shape, data.classes, mean=mean, variance=variance)
+    study_obj = open_study(
+        store,
+        study or default_study_name(space, dataset),
+        direction=DIRECTIONS[objective],
+        attrs=study_attrs(space, backend, objective, raw, data.describe()),
+        sampler=chosen_sampler,
+        pruner=optuna.pruners.NopPruner(),
+    )
+    study_obj.set_user_attr("settings", {
+        "trials": trials, "epochs": epochs, "timeout": timeout, "batch_size": batch_size,
+        "sampler": sampler, "seed": seed, "max_failures": max_failures,
+    })
+    study_obj.set_user_attr("versions", versions())
+    job = SearchJob(
+        study=study_obj, hypermodel=hypermodel, data=data, overrides=narrowed, objective=objective,
+        trials=trials, epochs=epochs, batch_size=batch_size, timeout=timeout, seed=seed,
+        max_failures=max_failures,
+        progress=SearchProgress(enabled=progress, objective=objective, epochs=epochs),
+    )
+    engine.run(job)
+    return study_obj
+
+
+def study_attrs(
+    space: str, backend: str, objective: str, overrides: Mapping[str, str], data: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The study's identity (checked when it is continued) and what it ran on."""
+    import keras
+
+    return {
+        "space": space,
+        "backend": backend,
+        "objective": objective,
+        "overrides": dict(sorted(overrides.items())),
+        **data,
+        "keras_backend": keras.backend.backend(),
+    }

@@ -1,0 +1,141 @@
+"""Training one configuration: fit with per-epoch reports, keep the best epoch, score it on test data.
+
+Shared by every backend, so a trial means the same thing whichever engine chose its parameters.
+Only the ``keras`` API is used: it runs on the TensorFlow, JAX and PyTorch backends.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from collections.abc import Sequence
+from dataclasses import dataclass
+from dataclasses import field
+
+import keras
+import numpy as np
+
+from tuner.data import Dataset
+from tuner.errors import TunerError
+
+# The objectives a search can optimise, and which way.
+DIRECTIONS = {"val_accuracy": "maximize", "val_loss": "minimize"}
+
+
+class TrialDiverged(TunerError):
+    """The loss became NaN or infinite; the trial fails with this reason."""
+
+
+class BestEpoch(keras.callbacks.Callback):
+    """Remembers the epoch with the best ``monitor`` value, its logs and its weights."""
+
+    def __init__(self, monitor: str, direction: str) -> None:
+        super().__init__()
+        self.monitor = monitor
+        self.sign = 1.0 if direction == "maximize" else -1.0
+        self.best_value = -math.inf
+        self.best_epoch = 0
+        self.best_logs: dict[str, float] = {}
+        self.best_weights: list[np.ndarray] | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        value = float((logs or {}).get(self.monitor, math.nan))
+        if math.isfinite(value) and self.sign * value > self.best_value:
+            self.best_value = self.sign * value
+            self.best_epoch = epoch + 1
+            self.best_logs = {k: float(v) for k, v in (logs or {}).items()}
+            self.best_weights = self.model.get_weights()
+
+
+class EpochReport(keras.callbacks.Callback):
+    """Calls ``report(epoch, logs)`` after every epoch (1-based), and stops when it returns True."""
+
+    def __init__(self, report: Callable[[int, dict[str, float]], bool | None]) -> None:
+        super().__init__()
+        self.report = report
+        self.stopped_early = False
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.report(epoch + 1, {k: float(v) for k, v in (logs or {}).items()}):
+            self.stopped_early = True
+            self.model.stop_training = True
+
+
+@dataclass
+class TrialResult:
+    """What one training run measured; ``value`` is the objective at the best epoch."""
+
+    value: float
+    best_epoch: int
+    epochs: int
+    train_seconds: float
+    params: int
+    best_logs: dict[str, float]
+    test_loss: float
+    test_accuracy: float
+    history: dict[str, list[float]] = field(default_factory=dict)
+
+    def attrs(self) -> dict[str, float | int]:
+        """The per-trial attributes stored in the study (losses and accuracies at the best epoch)."""
+        logs = self.best_logs
+        return {
+            "epochs": self.epochs,
+            "best_epoch": self.best_epoch,
+            "train_seconds": round(self.train_seconds, 3),
+            "seconds_per_epoch": round(self.train_seconds / max(self.epochs, 1), 3),
+            "param_count": self.params,
+            "train_loss": logs.get("loss", math.nan),
+            "train_accuracy": logs.get("accuracy", math.nan),
+            "val_loss": logs.get("val_loss", math.nan),
+            "val_accuracy": logs.get("val_accuracy", math.nan),
+            "test_loss": self.test_loss,
+            "test_accuracy": self.test_accuracy,
+        }
+
+
+def train_and_evaluate(
+    model: keras.Model,
+    data: Dataset,
+    *,
+    epochs: int,
+    batch_size: int,
+    objective: str,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> TrialResult:
+    """Fit ``model`` on the train split, validate each epoch, restore the best epoch, test it.
+
+    Raises ``TrialDiverged`` if the loss stops being finite.
+    """
+    best = BestEpoch(objective, DIRECTIONS[objective])
+    start = time.perf_counter()
+    history = model.fit(
+        data.x_train,
+        data.y_train,
+        validation_data=(data.x_val, data.y_val),
+        epochs=epochs,
+        batch_size=batch_size,
+        callbacks=[keras.callbacks.TerminateOnNaN(), best, *callbacks],
+        verbose=0,
+    )
+    seconds = time.perf_counter() - start
+    losses = history.history.get("loss", [])
+    if not losses or not all(math.isfinite(v) for v in losses):
+        raise TrialDiverged(f"loss became {losses[-1] if losses else 'undefined'} "
+                            f"at epoch {len(losses)}; try a lower learning_rate")
+    if best.best_weights is None:
+        raise TrialDiverged(f"{objective} was never finite")
+    model.set_weights(best.best_weights)
+    test_loss, test_accuracy = model.evaluate(data.x_test, data.y_test, batch_size=batch_size,
+                                              verbose=0)[:2]
+    return TrialResult(
+        value=best.sign * best.best_value,
+        best_epoch=best.best_epoch,
+        epochs=len(losses),
+        train_seconds=seconds,
+        params=int(model.count_params()),
+        best_logs=best.best_logs,
+        test_loss=float(test_loss),
+        test_accuracy=float(test_accuracy),
+        history={k: [float(v) for v in vs] for k, vs in history.history.items()},
+    )

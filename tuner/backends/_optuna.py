@@ -1,0 +1,170 @@
+"""The Optuna backend: Optuna's samplers and pruners drive the space's own ``build(hp)``.
+
+``OptunaHyperParameters`` answers the Keras Tuner calls in ``build`` (``hp.Int``, ``hp.Float``,
+``hp.Choice``, ``hp.Boolean``, ``hp.Fixed``) with ``trial.suggest_*``, so no space is defined twice.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import keras
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.distributions import CategoricalDistribution
+from optuna.distributions import FloatDistribution
+from optuna.distributions import IntDistribution
+from optuna.trial import TrialState
+
+from search_spaces import ParamSpec
+from tuner._training import EpochReport
+from tuner._training import train_and_evaluate
+from tuner.backends._base import SearchBackend
+from tuner.backends._base import SearchJob
+from tuner.errors import TunerError
+
+
+class SearchAborted(TunerError):
+    """Too many trials in a row failed; the last error says why."""
+
+
+def to_distribution(spec: ParamSpec) -> BaseDistribution:
+    """The Optuna distribution of a Keras Tuner declaration (log sampling excludes a step in Optuna)."""
+    c = spec.config
+    if spec.kind in ("Int", "Float"):
+        log = c.get("sampling") in ("log", "reverse_log")
+        step = None if log else c.get("step")
+        if spec.kind == "Int":
+            return IntDistribution(int(c["min_value"]), int(c["max_value"]), log=log, step=int(step or 1))
+        return FloatDistribution(float(c["min_value"]), float(c["max_value"]), log=log, step=step)
+    if spec.kind == "Choice":
+        return CategoricalDistribution(list(c["values"]))
+    if spec.kind == "Boolean":
+        return CategoricalDistribution([False, True])
+    if spec.kind == "Fixed":
+        return CategoricalDistribution([c["value"]])
+    raise TypeError(f"unknown hyperparameter kind {spec.kind!r}")
+
+
+def suggest(trial: optuna.Trial, name: str, distribution: BaseDistribution) -> Any:
+    """Ask ``trial`` for a value of ``name`` drawn from ``distribution``."""
+    d = distribution
+    if isinstance(d, IntDistribution):
+        return trial.suggest_int(name, d.low, d.high, step=d.step, log=d.log)
+    if isinstance(d, FloatDistribution):
+        return trial.suggest_float(name, d.low, d.high, step=d.step, log=d.log)
+    return trial.suggest_categorical(name, d.choices)
+
+
+class OptunaHyperParameters:
+    """A stand-in for ``keras_tuner.HyperParameters`` whose values come from an Optuna trial.
+
+    ``overrides`` (from ``--set``) replace the declaration of the same name before sampling.
+    """
+
+    def __init__(self, trial: optuna.Trial, overrides: Mapping[str, ParamSpec] | None = None):
+        self.trial = trial
+        self.overrides = dict(overrides or {})
+        self.values: dict[str, Any] = {}
+
+    def _declare(self, spec: ParamSpec) -> Any:
+        if spec.name not in self.values:
+            spec = self.overrides.get(spec.name, spec)
+            self.values[spec.name] = suggest(self.trial, spec.name, to_distribution(spec))
+        return self.values[spec.name]
+
+    def Int(self, name, min_value, max_value, step=None, sampling="linear", default=None, **_):  # noqa: N802
+        return self._declare(ParamSpec("Int", name, {"min_value": min_value, "max_value": max_value,
+                                                     "step": step, "sampling": sampling}))
+
+    def Float(self, name, min_value, max_value, step=None, sampling="linear", default=None, **_):  # noqa: N802
+        return self._declare(ParamSpec("Float", name, {"min_value": min_value, "max_value": max_value,
+                                                       "step": step, "sampling": sampling}))
+
+    def Choice(self, name, values, ordered=None, default=None, **_):  # noqa: N802
+        return self._declare(ParamSpec("Choice", name, {"values": list(values)}))
+
+    def Boolean(self, name, default=False, **_):  # noqa: N802
+        return self._declare(ParamSpec("Boolean", name))
+
+    def Fixed(self, name, value, **_):  # noqa: N802
+        return self._declare(ParamSpec("Fixed", name, {"value": value}))
+
+    def get(self, name: str) -> Any:
+        return self.values[name]
+
+
+class OptunaBackend(SearchBackend):
+    """Runs ``study.optimize`` with the study's sampler and pruner."""
+
+    name = "optuna"
+
+    def run(self, job: SearchJob) -> None:
+        remaining = job.trials - job.finished_trials()
+        if remaining <= 0:
+            return
+        failures = ConsecutiveFailures(job.max_failures)
+        budget = optuna.study.MaxTrialsCallback(job.trials, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        job.study.optimize(
+            lambda trial: run_trial(job, trial),
+            n_trials=remaining,
+            timeout=job.timeout,
+            catch=(Exception,),
+            callbacks=[budget, failures, job.progress.trial_finished],
+            gc_after_trial=True,
+        )
+        if failures.tripped:
+            raise SearchAborted(
+                f"search stopped after {failures.count} failed trials in a row; last error: {failures.last_error}"
+            )
+
+
+def run_trial(job: SearchJob, trial: optuna.Trial) -> float:
+    """Build, train and test one configuration; record its metrics on the trial."""
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(job.seed + trial.number)
+    try:
+        hp = OptunaHyperParameters(trial, job.overrides)
+        model = job.hypermodel.build(hp)
+        job.progress.trial_started(trial.number, hp.values)
+
+        def report(epoch: int, logs: dict[str, float]) -> bool:
+            value = logs.get(job.objective, math.nan)
+            if math.isfinite(value):
+                trial.report(value, epoch)
+            job.progress.epoch_ended(trial.number, epoch, logs)
+            return trial.should_prune()
+
+        pruning = EpochReport(report)
+        result = train_and_evaluate(model, job.data, epochs=job.epochs, batch_size=job.batch_size,
+                                    objective=job.objective, callbacks=[pruning])
+    except Exception as err:
+        trial.set_user_attr("error", f"{type(err).__name__}: {err}"[:1000])
+        raise
+    for key, value in result.attrs().items():
+        trial.set_user_attr(key, value)
+    if pruning.stopped_early:
+        raise optuna.TrialPruned(f"pruned after epoch {result.epochs}")
+    return result.value
+
+
+class ConsecutiveFailures:
+    """Study callback that stops the study after ``limit`` FAIL trials in a row."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+        self.last_error = ""
+        self.tripped = False
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state != TrialState.FAIL:
+            self.count = 0
+            return
+        self.count += 1
+        self.last_error = trial.user_attrs.get("error", "unknown error")
+        if self.limit and self.count >= self.limit:
+            self.tripped = True
+            study.stop()

@@ -1,0 +1,250 @@
+"""The ``tuner`` command: a thin shell over the library functions in ``tuner``.
+
+Input mistakes print one line (``tuner: error: ...``) and exit with code 2; Ctrl-C exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+from typing import NoReturn
+
+from tuner.errors import is_user_error
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line, without the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"tuner: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def _console():
+    from rich.console import Console
+
+    # Piped output gets a wide table rather than rich's 80 columns.
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from tuner._progress import format_params
+    from tuner._results import best_trial
+    from tuner._search import default_study_name
+    from tuner._search import search
+
+    study = args.study or default_study_name(args.space, args.dataset)
+    interrupted = False
+    try:
+        search(
+            args.space, args.dataset, trials=args.trials, epochs=args.epochs, timeout=args.timeout,
+            study=study, storage=args.storage, sampler=args.sampler, seed=args.seed,
+            overrides=args.set, objective=args.objective, batch_size=args.batch_size,
+            max_failures=args.max_failures, progress=not args.quiet,
+        )
+    except KeyboardInterrupt:
+        interrupted = True
+        print("interrupted: the trial in flight is recorded as failed", file=sys.stderr)
+    try:
+        best = best_trial(study, args.storage)
+    except Exception as err:
+        if not is_user_error(err):
+            raise
+        print(f"study {study}: {err}", file=sys.stderr)
+        return 130 if interrupted else 0
+    if args.json:
+        _print_json(best)
+    else:
+        print(f"study {study}: best trial {best['number']}  {best['study']['objective']}="
+              f"{_fmt(best['value'])}  test_accuracy={_fmt(best.get('test_accuracy'))}")
+        print(f"  {format_params(best['params'])}")
+        storage_flag = f" --storage {args.storage}" if args.storage else ""
+        print(f"  see all trials: tuner trials --study {study}{storage_flag}")
+    return 130 if interrupted else 0
+
+
+def cmd_spaces(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from search_spaces import get_space
+    from search_spaces import list_spaces
+
+    spaces = {name: get_space(name) for name in list_spaces()}
+    if args.json:
+        _print_json({name: {"description": cls.description,
+                            "hyperparameters": {s.name: {"kind": s.kind, **s.config}
+                                                for s in cls.hyperparameters()}}
+                     for name, cls in spaces.items()})
+        return 0
+    console = _console()
+    for name, cls in spaces.items():
+        table = Table(title=f"{name}: {cls.description}", title_justify="left")
+        table.add_column("hyperparameter")
+        table.add_column("values")
+        for spec in cls.hyperparameters():
+            table.add_row(spec.name, spec.describe())
+        console.print(table)
+    return 0
+
+
+def cmd_studies(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from tuner._results import list_studies
+
+    rows = list_studies(args.storage)
+    if args.json:
+        _print_json(rows)
+        return 0
+    if not rows:
+        print("no studies yet: run `tuner search --space resnet`")
+        return 0
+    table = Table()
+    columns = ["name", "space", "dataset", "backend", "objective", "trials", "complete", "pruned",
+               "failed", "best_value", "best_trial"]
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(_fmt(row[c]) for c in columns))
+    _console().print(table)
+    return 0
+
+
+def cmd_trials(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from tuner._progress import format_params
+    from tuner._results import list_trials
+
+    rows = list_trials(args.study, args.storage)
+    if args.json:
+        _print_json(rows)
+        return 0
+    table = Table(title=f"study {args.study}", title_justify="left")
+    for column in ("#", "state", "value", "test_acc", "epochs", "seconds", "params"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(str(row["number"]), row["state"], _fmt(row["value"]),
+                      _fmt(row.get("test_accuracy")), _fmt(row.get("epochs")),
+                      _fmt(row.get("train_seconds")), format_params(row["params"]))
+    _console().print(table)
+    return 0
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from tuner._results import best_trial
+
+    best = best_trial(args.study, args.storage)
+    if args.json:
+        _print_json(best)
+        return 0
+    table = Table(title=f"study {args.study}: best trial {best['number']}", title_justify="left")
+    table.add_column("field")
+    table.add_column("value", overflow="fold")
+    for key in ("test_accuracy", "val_accuracy", "val_loss", "train_accuracy", "train_loss",
+                "epochs", "best_epoch", "train_seconds", "param_count"):
+        table.add_row(key, _fmt(best.get(key)))
+    for key, value in best["params"].items():
+        table.add_row(f"param {key}", _fmt(value))
+    _console().print(table)
+    return 0
+
+
+def build_parser() -> ArgumentParser:
+    from tuner._search import OBJECTIVES
+    from tuner._search import SAMPLERS
+
+    parser = ArgumentParser(prog="tuner", description="Hyperparameter search for Keras CNN classifiers.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     parser_class=ArgumentParser)
+
+    def add(name: str, help: str, func) -> ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.set_defaults(func=func)
+        return sub
+
+    def storage_option(sub: ArgumentParser) -> None:
+        sub.add_argument("--storage", metavar="URL",
+                         help="SQLAlchemy URL of the store (default: $TUNER_STORAGE or sqlite:///tuner.db)")
+
+    def json_option(sub: ArgumentParser) -> None:
+        sub.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    s = add("search", "run (or continue) a search and store every trial", cmd_search)
+    s.add_argument("--space", default="resnet", help="search space: resnet, densenet (see `tuner spaces`)")
+    s.add_argument("--dataset", default="digits",
+                   help="digits, cifar10, cifar100, mnist, fashion_mnist, a .npz file or an image folder")
+    s.add_argument("--trials", type=int, default=10, help="finished trials the study should hold (default 10)")
+    s.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    s.add_argument("--epochs", type=int, default=10, help="epochs per trial (default 10)")
+    s.add_argument("--batch-size", type=int, default=64, help="training batch size (default 64)")
+    s.add_argument("--study", metavar="NAME", help="study name (default SPACE-DATASET); reuse it to continue")
+    storage_option(s)
+    s.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="Optuna sampler (default tpe)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the sampler and of each trial (default 0)")
+    s.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="fix or narrow a hyperparameter: depth=20, learning_rate=1e-3..1e-1, optimizer=adam,sgd")
+    s.add_argument("--objective", choices=OBJECTIVES, default="val_accuracy",
+                   help="what to optimise (default val_accuracy)")
+    s.add_argument("--max-failures", type=int, default=5,
+                   help="stop after this many failed trials in a row (default 5; 0 never stops)")
+    s.add_argument("--quiet", action="store_true", help="no progress output")
+    json_option(s)
+
+    sp = add("spaces", "list the search spaces and their hyperparameters", cmd_spaces)
+    json_option(sp)
+
+    st = add("studies", "list the studies in the store", cmd_studies)
+    storage_option(st)
+    json_option(st)
+
+    for name, help, func in (("trials", "list the trials of a study", cmd_trials),
+                             ("best", "show the best trial of a study", cmd_best)):
+        sub = add(name, help, func)
+        sub.add_argument("--study", metavar="NAME", required=True, help="study name")
+        storage_option(sub)
+        json_option(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``tuner`` command with ``argv``; returns the exit code."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress lines replace Optuna's
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if not is_user_error(err):
+            raise
+        print(f"tuner: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
