@@ -138,7 +138,8 @@ class TunableDenseNet(TunableSpace):
             "bottleneck": hp.Boolean("bottleneck", default=True),
             "compression": hp.Float("compression", 0.5, 1.0, step=0.25, default=0.5),
             "kernel_size": hp.Choice("kernel_size", [3, 5], default=3),
-            "dropout": hp.Float("dropout", 0.0, 0.5, step=0.05, default=0.0),
+            # Dropout after every conv, as in the paper (0.2 there): a light touch adds up over L layers.
+            "dropout": hp.Float("dropout", 0.0, 0.3, step=0.05, default=0.0),
             "l2": hp.Float("l2", 1e-6, 1e-3, sampling="log", default=1e-4),
             "optimizer": hp.Choice("optimizer", list(OPTIMIZERS), default="adam"),
             "learning_rate": hp.Float("learning_rate", 1e-4, 1e-1, sampling="log", default=1e-3),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -79,14 +81,16 @@ def open_storage(url: str | None = None, *, must_exist: bool = False) -> optuna.
     except (sqlalchemy.exc.SQLAlchemyError, RuntimeError, ValueError, ImportError) as err:
         raise StoreError(f"cannot open the store {url}: {_first_line(err)}") from None
     if path is not None:
-        _use_write_ahead_log(storage)
+        _use_write_ahead_log(path)
+        storage.engine.dispose()  # pooled connections opened before still use the old journal mode
     return storage
 
 
-def _use_write_ahead_log(storage: optuna.storages.RDBStorage) -> None:
-    """WAL lets readers (the dashboard) and several writers share a SQLite file; it persists in the file."""
-    with storage.engine.connect() as conn:
-        conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+def _use_write_ahead_log(path: Path) -> None:
+    """WAL lets readers (the dashboard) and several writers share a SQLite file; it persists in the file.
+    """
+    with contextlib.closing(sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT)) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
 
 
 def _first_line(err: BaseException) -> str:

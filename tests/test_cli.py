@@ -1,0 +1,115 @@
+"""The ``tuner`` CLI, in process (``main(argv)``) against a real SQLite file, plus the entry points."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import TINY
+
+from tuner.cli import main
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_spaces_lists_both_spaces_with_ranges(capsys):
+    code, out, _ = run(capsys, "spaces", "--json")
+    spaces = json.loads(out)
+    assert code == 0 and set(spaces) == {"resnet", "densenet"}
+    assert spaces["resnet"]["hyperparameters"]["depth"]["values"] == [8, 14, 20, 32, 44, 56, 110]
+    assert spaces["densenet"]["hyperparameters"]["learning_rate"]["sampling"] == "log"
+    code, out, _ = run(capsys, "spaces")
+    assert code == 0 and "growth_rate" in out and "choice of 8, 14, 20" in out
+
+
+@pytest.mark.slow
+def test_search_then_best_trials_and_studies(capsys, sqlite_url):
+    store = ["--storage", sqlite_url]
+    tiny = [f"--set={item}" for item in TINY["resnet"]]
+    code, out, err = run(capsys, "search", "--space", "resnet", "--trials", "2", "--epochs", "1",
+                         "--study", "demo", *store, *tiny)
+    assert code == 0, err
+    assert "best trial" in out and "test_accuracy=" in out
+    assert "trial 1 epoch 1/1" in err and "trial 1 COMPLETE" in err  # progress goes to stderr
+
+    code, out, _ = run(capsys, "best", "--study", "demo", *store, "--json")
+    best = json.loads(out)
+    assert code == 0 and best["state"] == "COMPLETE" and best["params"]["depth"] == 8
+    assert best["study"]["space"] == "resnet" and 0 <= best["test_accuracy"] <= 1
+
+    code, out, _ = run(capsys, "trials", "--study", "demo", *store, "--json")
+    assert [t["state"] for t in json.loads(out)] == ["COMPLETE", "COMPLETE"]
+    code, out, _ = run(capsys, "trials", "--study", "demo", *store)
+    assert code == 0 and "COMPLETE" in out and "depth=8" in out
+
+    code, out, _ = run(capsys, "studies", *store, "--json")
+    (study,) = json.loads(out)
+    assert (study["name"], study["complete"], study["space"]) == ("demo", 2, "resnet")
+    code, out, _ = run(capsys, "best", "--study", "demo", *store)
+    assert code == 0 and "test_accuracy" in out and "param depth" in out
+
+    # Optuna's own CLI reads the store with no conversion.
+    listed = subprocess.run(
+        [str(Path(sys.executable).parent / "optuna"), "trials", "--storage", sqlite_url, "--study-name", "demo",
+         "-f", "json"], capture_output=True, text=True, check=True)
+    trials = json.loads(listed.stdout)
+    assert len(trials) == 2
+    assert set(trials[0]["params"]) == {"depth", "filters", "kernel_size", "version", "dropout", "l2",
+                                        "learning_rate", "optimizer"}
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["search", "--sampler", "grid"], "invalid choice: 'grid' (choose from 'tpe', 'random'"),
+    (["search", "--objective", "acc"], "choose from 'val_accuracy', 'val_loss'"),
+    (["search", "--trials", "many"], "argument --trials: invalid int value"),
+    (["search", "--space", "vgg"], "unknown space 'vgg'; choose one of: densenet, resnet"),
+    (["search", "--set", "depth=21"], "--set depth=21: depth must be one of 8, 14, 20"),
+    (["search", "--set", "width=2"], "unknown hyperparameter 'width'; choose one of:"),
+    (["search", "--dataset", "imagenet"], "unknown dataset 'imagenet'; choose one of: digits"),
+    (["search", "--epochs", "0"], "--epochs must be a positive number"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+    (["best"], "the following arguments are required: --study"),
+    (["best", "--study", "x"], "no store at tuner.db"),
+])
+def test_input_mistakes_exit_2_with_one_line(capsys, argv, message):
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("tuner: error: ") and message in err
+    assert "Traceback" not in out + err
+
+
+def test_store_errors_exit_2_and_leave_the_file_untouched(capsys, tmp_path, sqlite_url):
+    bad = tmp_path / "corrupt.db"
+    bad.write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 8)
+    before = _sha(bad)
+    for command in (["studies"], ["best", "--study", "x"], ["search", "--trials", "1"]):
+        code, _, err = run(capsys, *command, "--storage", f"sqlite:///{bad}")
+        assert code == 2 and err.count("\n") == 1 and "cannot open the store" in err
+    assert _sha(bad) == before
+
+    from storage import open_storage
+
+    open_storage(sqlite_url)  # an empty store
+    assert run(capsys, "studies", "--storage", sqlite_url)[1].startswith("no studies yet")
+    code, _, err = run(capsys, "trials", "--study", "nope", "--storage", sqlite_url)
+    assert code == 2 and "no study 'nope' in the store; studies: none yet" in err
+
+
+def test_installed_entry_point_answers_help():
+    result = subprocess.run([str(Path(sys.executable).parent / "tuner"), "--help"], capture_output=True,
+                            text=True)
+    assert result.returncode == 0
+    for command in ("search", "spaces", "studies", "trials", "best"):
+        assert command in result.stdout

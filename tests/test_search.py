@@ -1,0 +1,157 @@
+"""``tuner.search`` end to end on the embedded digits data, and the Optuna adapter it drives."""
+
+from __future__ import annotations
+
+import io
+import json
+import wsgiref.util
+
+import optuna
+import pytest
+from conftest import TINY
+
+import tuner
+from search_spaces import SpaceError
+from search_spaces import get_space
+from search_spaces import parse_assignments
+from search_spaces import resolve_overrides
+from storage import StudyMismatchError
+from tuner.backends._optuna import OptunaHyperParameters
+from tuner.backends._optuna import SearchAborted
+from tuner.backends._optuna import to_distribution
+
+TRIAL_ATTRS = {"epochs", "best_epoch", "train_seconds", "seconds_per_epoch", "param_count", "train_loss",
+               "train_accuracy", "val_loss", "val_accuracy", "test_loss", "test_accuracy"}
+
+
+def test_adapter_turns_every_declaration_into_a_suggestion():
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    overrides = resolve_overrides(get_space("densenet").hyperparameters(),
+                                  parse_assignments(["depth=22", "learning_rate=1e-3..1e-2", "optimizer=sgd,adam"]))
+    for _ in range(5):
+        trial = study.ask()
+        values = get_space("densenet").declare(OptunaHyperParameters(trial, overrides))
+        assert trial.params == values
+        assert values["depth"] == 22 and 1e-3 <= values["learning_rate"] <= 1e-2
+        assert values["compression"] in (0.5, 0.75, 1.0) and isinstance(values["bottleneck"], bool)
+        study.tell(trial, 0.0)
+    dists = study.trials[0].distributions
+    assert dists["learning_rate"].log and dists["dropout"].step == 0.05
+    assert dists["depth"].choices == (22,)
+
+
+def test_every_keras_tuner_kind_maps_to_an_optuna_distribution():
+    from search_spaces import ParamSpec
+
+    assert to_distribution(ParamSpec("Int", "a", {"min_value": 1, "max_value": 9, "step": 2})).step == 2
+    log_int = to_distribution(ParamSpec("Int", "a", {"min_value": 1, "max_value": 64, "step": 2, "sampling": "log"}))
+    assert log_int.log and log_int.step == 1  # Optuna forbids a step with log sampling
+    assert to_distribution(ParamSpec("Float", "b", {"min_value": 0.0, "max_value": 1.0})).step is None
+    assert to_distribution(ParamSpec("Choice", "c", {"values": ["x", "y"]})).choices == ("x", "y")
+    assert to_distribution(ParamSpec("Boolean", "d")).choices == (False, True)
+    assert to_distribution(ParamSpec("Fixed", "e", {"value": 3})).choices == (3,)
+
+
+def _call(app, path: str) -> dict:
+    """GET ``path`` from a WSGI app and decode its JSON."""
+    environ = {"PATH_INFO": path, "REQUEST_METHOD": "GET", "wsgi.input": io.BytesIO()}
+    wsgiref.util.setup_testing_defaults(environ)
+    status = []
+    body = b"".join(app(environ, lambda s, h, e=None: status.append(s)))
+    assert status[0].startswith("200"), (path, status, body[:200])
+    return json.loads(body)
+
+
+@pytest.mark.slow
+def test_search_stores_every_trial_and_continues(sqlite_url):
+    study = tuner.search("resnet", "digits", trials=2, epochs=2, study="s", storage=sqlite_url,
+                         overrides=TINY["resnet"], seed=1)
+    trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(trials) == 2
+    for trial in trials:
+        assert TRIAL_ATTRS <= set(trial.user_attrs)
+        assert set(trial.intermediate_values) == {1, 2}
+        assert trial.value == max(trial.intermediate_values.values())
+        assert 0.0 <= trial.user_attrs["test_accuracy"] <= 1.0
+        assert set(trial.params) == {"depth", "filters", "kernel_size", "version", "dropout", "l2",
+                                     "learning_rate", "optimizer"}
+    attrs = optuna.load_study(study_name="s", storage=sqlite_url).user_attrs
+    assert attrs["space"] == "resnet" and attrs["dataset"] == "digits"
+    assert attrs["input_shape"] == [8, 8, 1] and attrs["classes"] == 10
+    assert attrs["keras_backend"] == "tensorflow" and "keras" in attrs["versions"]
+    assert attrs["settings"]["epochs"] == 2 and attrs["overrides"]["depth"] == "8"
+
+    # The same call again has nothing left to do; a larger budget continues the same study.
+    assert len(tuner.search("resnet", "digits", trials=2, epochs=2, study="s", storage=sqlite_url,
+                            overrides=TINY["resnet"]).trials) == 2
+    assert len(tuner.search("resnet", "digits", trials=3, epochs=1, study="s", storage=sqlite_url,
+                            overrides=TINY["resnet"]).trials) == 3
+
+    with pytest.raises(StudyMismatchError, match="space="):
+        tuner.search("densenet", "digits", trials=3, study="s", storage=sqlite_url,
+                     overrides=TINY["densenet"])
+    with pytest.raises(StudyMismatchError, match="maximizes its objective"):
+        tuner.search("resnet", "digits", trials=3, study="s", storage=sqlite_url,
+                     overrides=TINY["resnet"], objective="val_loss")
+
+    # optuna-dashboard's own app serves the study: its trials, params and learning curves.
+    from optuna_dashboard import wsgi
+
+    app = wsgi(sqlite_url)
+    listed = _call(app, "/api/studies")["study_summaries"]
+    assert [s["study_name"] for s in listed] == ["s"]
+    detail = _call(app, f"/api/studies/{listed[0]['study_id']}")
+    assert len(detail["trials"]) == 3
+    assert len(detail["trials"][0]["intermediate_values"]) == 2
+    assert {p["name"] for p in detail["trials"][0]["params"]} >= {"depth", "learning_rate"}
+
+
+@pytest.mark.slow
+def test_densenet_search_minimising_val_loss(sqlite_url):
+    study = tuner.search("densenet", "digits", trials=1, epochs=1, storage=sqlite_url,
+                         overrides=TINY["densenet"], objective="val_loss", sampler="random")
+    assert study.study_name == "densenet-digits" and study.direction.name == "MINIMIZE"
+    (trial,) = study.trials
+    assert trial.state.name == "COMPLETE" and trial.value == trial.user_attrs["val_loss"]
+    assert trial.params["depth"] == 10 and trial.params["growth_rate"] == 8
+
+
+def test_failing_trials_are_recorded_and_stop_the_search(sqlite_url, monkeypatch):
+    import tuner.backends._optuna as backend
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(backend, "train_and_evaluate", broken)
+    with pytest.raises(SearchAborted, match="2 failed trials in a row; last error: RuntimeError: out of memory"):
+        tuner.search("resnet", "digits", trials=5, study="f", storage=sqlite_url, max_failures=2,
+                     overrides=TINY["resnet"])
+    trials = optuna.load_study(study_name="f", storage=sqlite_url).trials
+    assert [t.state.name for t in trials] == ["FAIL", "FAIL"]
+    assert trials[0].user_attrs["error"] == "RuntimeError: out of memory"
+
+
+def test_same_seed_same_suggestions(sqlite_url, monkeypatch):
+    import tuner.backends._optuna as backend
+
+    monkeypatch.setattr(backend, "train_and_evaluate", lambda *a, **k: (_ for _ in ()).throw(ValueError("x")))
+    for name in ("a", "b"):
+        with pytest.raises(SearchAborted):
+            tuner.search("densenet", "digits", trials=3, study=name, storage=sqlite_url, seed=7,
+                         max_failures=3, overrides=["depth=10"])
+    a, b = (optuna.load_study(study_name=n, storage=sqlite_url).trials for n in ("a", "b"))
+    assert [t.params for t in a] == [t.params for t in b]
+
+
+@pytest.mark.parametrize("kwargs,error,message", [
+    ({"space": "vgg"}, SpaceError, "choose one of: densenet, resnet"),
+    ({"overrides": ["depth=21"]}, SpaceError, "depth must be one of"),
+    ({"sampler": "grid"}, tuner.TunerError, "choose one of: tpe, random, gp, cmaes, qmc"),
+    ({"objective": "accuracy"}, tuner.TunerError, "val_accuracy, val_loss"),
+    ({"trials": 0}, tuner.TunerError, "--trials must be a positive number"),
+    ({"dataset": "nope"}, tuner.DataError, "unknown dataset"),
+])
+def test_bad_requests_fail_before_any_trial(sqlite_url, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        tuner.search(**{"space": "resnet", "storage": sqlite_url, **kwargs})
+    assert optuna.get_all_study_names(sqlite_url) == []

@@ -1,0 +1,96 @@
+"""The trial store: Optuna's schema on SQLite and PostgreSQL, bad files refused, studies never merged."""
+
+from __future__ import annotations
+
+import hashlib
+
+import optuna
+import pytest
+
+from storage import StoreError
+from storage import StudyMismatchError
+from storage import open_storage
+from storage import open_study
+from storage import storage_url
+
+ATTRS = {"space": "resnet", "dataset": "digits", "objective": "val_accuracy", "backend": "optuna",
+         "overrides": {}}
+
+
+def test_url_comes_from_argument_then_environment_then_default(monkeypatch):
+    assert storage_url() == "sqlite:///tuner.db"
+    monkeypatch.setenv("TUNER_STORAGE", "sqlite:///env.db")
+    assert storage_url() == "sqlite:///env.db"
+    assert storage_url("sqlite:///arg.db") == "sqlite:///arg.db"
+
+
+def test_new_study_records_its_identity_and_continues(storage_url, unique_name):
+    store = open_storage(storage_url)
+    study = open_study(store, unique_name, direction="maximize", attrs=ATTRS)
+    study.add_trial(optuna.trial.create_trial(value=0.5))
+    again = open_study(open_storage(storage_url), unique_name, direction="maximize", attrs=ATTRS)
+    assert len(again.trials) == 1
+    # A finished study opens with plain Optuna, no tuner code involved.
+    plain = optuna.load_study(study_name=unique_name, storage=storage_url)
+    assert plain.user_attrs["space"] == "resnet" and plain.best_value == 0.5
+
+
+@pytest.mark.parametrize("change", [{"space": "densenet"}, {"dataset": "mnist"},
+                                    {"overrides": {"depth": "20"}}, {"backend": "keras-tuner"}])
+def test_reusing_a_name_for_another_search_is_refused(storage_url, unique_name, change):
+    store = open_storage(storage_url)
+    open_study(store, unique_name, direction="maximize", attrs=ATTRS)
+    key = next(iter(change))
+    with pytest.raises(StudyMismatchError, match=f"created with {key}="):
+        open_study(store, unique_name, direction="maximize", attrs={**ATTRS, **change})
+
+
+def test_reusing_a_name_with_the_other_direction_is_refused(storage_url, unique_name):
+    store = open_storage(storage_url)
+    open_study(store, unique_name, direction="maximize", attrs=ATTRS)
+    with pytest.raises(StudyMismatchError, match="maximizes its objective"):
+        open_study(store, unique_name, direction="minimize", attrs=ATTRS)
+
+
+def test_a_study_tuner_did_not_create_is_refused(storage_url, unique_name):
+    optuna.create_study(storage=storage_url, study_name=unique_name)
+    with pytest.raises(StudyMismatchError, match="not created by tuner"):
+        open_study(open_storage(storage_url), unique_name, direction="maximize", attrs=ATTRS)
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_file_that_is_not_a_database_is_left_untouched(tmp_path):
+    path = tmp_path / "notes.db"
+    path.write_text("my notes, not a database\n" * 100)
+    before = _sha(path)
+    with pytest.raises(StoreError, match="is not a SQLite database"):
+        open_storage(f"sqlite:///{path}")
+    assert _sha(path) == before
+
+
+def test_a_corrupt_sqlite_file_is_left_untouched(tmp_path):
+    path = tmp_path / "corrupt.db"
+    path.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4000)
+    before = _sha(path)
+    with pytest.raises(StoreError, match="cannot open the store"):
+        open_storage(f"sqlite:///{path}")
+    assert _sha(path) == before
+
+
+def test_missing_store_and_folder(tmp_path):
+    with pytest.raises(StoreError, match="no store at"):
+        open_storage(f"sqlite:///{tmp_path / 'absent.db'}", must_exist=True)
+    assert not (tmp_path / "absent.db").exists()
+    with pytest.raises(StoreError, match="is a folder"):
+        open_storage(f"sqlite:///{tmp_path}")
+    with pytest.raises(StoreError, match="not a database URL"):
+        open_storage("nonsense")
+
+
+def test_sqlite_store_uses_write_ahead_logging(sqlite_url):
+    store = open_storage(sqlite_url)
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
