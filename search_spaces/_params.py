@@ -42,6 +42,18 @@ class ParamSpec:
         """Declare this hyperparameter on a Keras-Tuner-like ``hp`` object and return its value."""
         return getattr(hp, self.kind)(self.name, **self.config)
 
+    @property
+    def default(self) -> Any:
+        """The value a space builds when nobody chose one (Keras Tuner's rule: ``min_value`` if unset)."""
+        c = self.config
+        if self.kind == "Fixed":
+            return c["value"]
+        if c.get("default") is not None:
+            return c["default"]
+        if self.kind == "Boolean":
+            return False
+        return c["values"][0] if self.kind == "Choice" else c["min_value"]
+
     def describe(self) -> str:
         """A short human description: ``choice of 14, 20, 32 (default 20)``, ``float 1e-4..0.1 log``."""
         c = self.config

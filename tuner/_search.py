@@ -70,6 +70,7 @@ def search(
     batch_size: int = 64,
     backend: str = "optuna",
     max_failures: int = 5,
+    start_from_defaults: bool = True,
     progress: bool = False,
 ) -> optuna.Study:
     """Search ``space`` on ``dataset`` and store every trial in the Optuna study ``study``.
@@ -78,7 +79,8 @@ def search(
     ``timeout`` seconds pass; running it again with the same ``study`` continues that study.
     ``overrides`` fix or narrow hyperparameters, as ``{"depth": "20"}`` or ``["depth=20"]``.
     Everything the user can get wrong is checked before the first trial and raised as a
-    ``TunerError``, ``SpaceError`` or ``StoreError``. Returns the study.
+    ``TunerError``, ``SpaceError`` or ``StoreError``. A new study's first trial is the space's
+    defaults (within ``overrides``) unless ``start_from_defaults`` is False. Returns the study.
     """
     from search_spaces import get_space
     from search_spaces import parse_assignments
@@ -113,6 +115,12 @@ def search(
         sampler=chosen_sampler,
         pruner=optuna.pruners.NopPruner(),
     )
+    if start_from_defaults and not study_obj.trials:
+        # A new study first tries the space's defaults (a paper recipe): a known-good baseline for the rest.
+        study_obj.enqueue_trial(
+            {spec.name: narrowed.get(spec.name, spec).default for spec in space_cls.hyperparameters()},
+            skip_if_exists=True,
+        )
     study_obj.set_user_attr("settings", {
         "trials": trials, "epochs": epochs, "timeout": timeout, "batch_size": batch_size,
         "sampler": sampler, "seed": seed, "max_failures": max_failures,
