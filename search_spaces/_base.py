@@ -9,12 +9,26 @@ from typing import ClassVar
 import keras
 import keras_tuner
 
+from search_spaces._layers import AUGMENTATIONS
+from search_spaces._layers import augment_images
 from search_spaces._layers import normalize_inputs
 from search_spaces._params import ParamSpec
 from search_spaces._registry import SpaceError
 
 MIN_INPUT_SIZE = 8
 OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("cosine", "constant")
+# Fraction of a trial's steps spent warming the learning rate up from a tenth of its value.
+WARMUP_FRACTION = 0.05
+
+
+def declare_recipe(hp: Any) -> dict[str, Any]:
+    """The training hyperparameters every space shares: optimiser, learning rate and its schedule."""
+    return {
+        "optimizer": hp.Choice("optimizer", list(OPTIMIZERS), default="adam"),
+        "learning_rate": hp.Float("learning_rate", 1e-4, 1e-1, sampling="log", default=1e-3),
+        "lr_schedule": hp.Choice("lr_schedule", list(SCHEDULES), default="cosine"),
+    }
 
 
 class TunableSpace(keras_tuner.HyperModel):
@@ -29,7 +43,10 @@ class TunableSpace(keras_tuner.HyperModel):
 
     ``input_shape`` is ``(height, width, channels)`` with both sides >= 8; ``classes`` >= 2. ``mean``
     and ``variance`` are per-channel pixel statistics of the training data: normalisation happens
-    inside the model, so it takes raw pixels.
+    inside the model, so it takes raw pixels. ``augment`` (see ``AUGMENTATIONS``) adds random
+    training-time transforms inside the model, so they run on the accelerator and vanish at inference.
+    ``train_steps``, the optimiser steps a trial will take, scales the learning-rate schedule; without
+    it the learning rate is constant.
     """
 
     space_name: ClassVar[str] = ""
@@ -42,6 +59,8 @@ class TunableSpace(keras_tuner.HyperModel):
         *,
         mean: Sequence[float] | None = None,
         variance: Sequence[float] | None = None,
+        augment: str = "none",
+        train_steps: int | None = None,
     ) -> None:
         super().__init__(name=self.space_name or None, tunable=True)
         self.input_shape = check_input_shape(input_shape)
@@ -50,6 +69,10 @@ class TunableSpace(keras_tuner.HyperModel):
         self.classes = int(classes)
         self.mean = None if mean is None else [float(v) for v in mean]
         self.variance = None if variance is None else [float(v) for v in variance]
+        if augment not in AUGMENTATIONS:
+            raise SpaceError(f"unknown augmentation {augment!r}; choose one of: {', '.join(AUGMENTATIONS)}")
+        self.augment = augment
+        self.train_steps = train_steps
 
     @classmethod
     def declare(cls, hp: Any) -> dict[str, Any]:
@@ -59,13 +82,15 @@ class TunableSpace(keras_tuner.HyperModel):
         raise NotImplementedError
 
     def preprocess(self, inputs: keras.KerasTensor) -> keras.KerasTensor:
-        """Layers between the raw image and the network: normalisation to zero mean, unit variance."""
-        return normalize_inputs(inputs, self.mean, self.variance)
+        """Layers between the raw image and the network: normalisation, then augmentation."""
+        return augment_images(normalize_inputs(inputs, self.mean, self.variance), self.augment)
 
     def build(self, hp: Any) -> keras.Model:
         values = self.declare(hp)
         model = self.architecture(values)
-        compile_model(model, optimizer=values["optimizer"], learning_rate=values["learning_rate"])
+        learning_rate = learning_rate_schedule(values["learning_rate"], values["lr_schedule"],
+                                               self.train_steps)
+        compile_model(model, optimizer=values["optimizer"], learning_rate=learning_rate)
         return model
 
     @classmethod
@@ -88,7 +113,24 @@ def check_input_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
     return shape
 
 
-def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
+def learning_rate_schedule(
+    learning_rate: float, schedule: str, train_steps: int | None
+) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """Cosine decay to zero over ``train_steps`` after a short linear warm-up, or a constant rate."""
+    if schedule not in SCHEDULES:
+        raise SpaceError(f"unknown lr_schedule {schedule!r}; choose one of: {', '.join(SCHEDULES)}")
+    if schedule == "constant" or not train_steps:
+        return learning_rate
+    warmup = int(WARMUP_FRACTION * train_steps)
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=learning_rate / 10 if warmup else learning_rate,
+        decay_steps=max(train_steps - warmup, 1),
+        warmup_target=learning_rate if warmup else None,
+        warmup_steps=warmup,
+    )
+
+
+def make_optimizer(name: str, learning_rate: Any) -> keras.optimizers.Optimizer:
     """The optimizers of the spaces: Adam, or SGD with Nesterov momentum 0.9 as in the ResNet paper."""
     if name == "adam":
         return keras.optimizers.Adam(learning_rate=learning_rate)
@@ -97,7 +139,7 @@ def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimize
     raise SpaceError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
 
 
-def compile_model(model: keras.Model, *, optimizer: str, learning_rate: float) -> None:
+def compile_model(model: keras.Model, *, optimizer: str, learning_rate: Any) -> None:
     """Compile for integer labels with accuracy as the metric."""
     model.compile(
         optimizer=make_optimizer(optimizer, learning_rate),

@@ -46,6 +46,22 @@ def normalize_inputs(
     return layers.Rescaling(1.0 / 255.0, name="normalize")(inputs)
 
 
+# "shift": random translations of up to 1/8 of the side (4 px at 32x32, the CIFAR recipe's pad-and-crop);
+# "flip_shift" adds random horizontal flips, for images where a mirror shows the same class.
+AUGMENTATIONS = ("none", "shift", "flip_shift")
+SHIFT_FRACTION = 0.125
+
+
+def augment_images(x: keras.KerasTensor, augment: str) -> keras.KerasTensor:
+    """Random training-time flips and shifts (identity at inference); zero fill is the mean pixel."""
+    if augment == "flip_shift":
+        x = layers.RandomFlip("horizontal", name="augment_flip")(x)
+    if augment in ("shift", "flip_shift"):
+        x = layers.RandomTranslation(SHIFT_FRACTION, SHIFT_FRACTION, fill_mode="constant",
+                                     name="augment_shift")(x)
+    return x
+
+
 def stem_downsamples(size: int) -> int:
     """How many times a large input is halved before the first stage (0 for CIFAR-sized input)."""
     count = 0

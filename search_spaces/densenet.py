@@ -14,8 +14,8 @@ from typing import Any
 import keras
 from keras import layers
 
-from search_spaces._base import OPTIMIZERS
 from search_spaces._base import TunableSpace
+from search_spaces._base import declare_recipe
 from search_spaces._layers import batch_norm
 from search_spaces._layers import classifier_head
 from search_spaces._layers import regularizer
@@ -141,8 +141,7 @@ class TunableDenseNet(TunableSpace):
             # Dropout after every conv, as in the paper (0.2 there): a light touch adds up over L layers.
             "dropout": hp.Float("dropout", 0.0, 0.3, step=0.05, default=0.0),
             "l2": hp.Float("l2", 1e-6, 1e-3, sampling="log", default=1e-4),
-            "optimizer": hp.Choice("optimizer", list(OPTIMIZERS), default="adam"),
-            "learning_rate": hp.Float("learning_rate", 1e-4, 1e-1, sampling="log", default=1e-3),
+            **declare_recipe(hp),
         }
 
     def architecture(self, values: dict[str, Any]) -> keras.Model:

@@ -63,7 +63,7 @@ def test_search_then_best_trials_and_studies(capsys, sqlite_url):
     trials = json.loads(listed.stdout)
     assert len(trials) == 2
     assert set(trials[0]["params"]) == {"depth", "filters", "kernel_size", "version", "dropout", "l2",
-                                        "learning_rate", "optimizer"}
+                                        "learning_rate", "optimizer", "lr_schedule"}
 
 
 def _sha(path) -> str:

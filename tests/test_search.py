@@ -65,7 +65,7 @@ def _call(app, path: str) -> dict:
 @pytest.mark.slow
 def test_search_stores_every_trial_and_continues(sqlite_url):
     study = tuner.search("resnet", "digits", trials=2, epochs=2, study="s", storage=sqlite_url,
-                         overrides=TINY["resnet"], seed=1)
+                         overrides=TINY["resnet"], seed=1, pruner="none")
     trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert len(trials) == 2
     for trial in trials:
@@ -74,18 +74,19 @@ def test_search_stores_every_trial_and_continues(sqlite_url):
         assert trial.value == max(trial.intermediate_values.values())
         assert 0.0 <= trial.user_attrs["test_accuracy"] <= 1.0
         assert set(trial.params) == {"depth", "filters", "kernel_size", "version", "dropout", "l2",
-                                     "learning_rate", "optimizer"}
+                                     "learning_rate", "optimizer", "lr_schedule"}
     attrs = optuna.load_study(study_name="s", storage=sqlite_url).user_attrs
     assert attrs["space"] == "resnet" and attrs["dataset"] == "digits"
     assert attrs["input_shape"] == [8, 8, 1] and attrs["classes"] == 10
     assert attrs["keras_backend"] == "tensorflow" and "keras" in attrs["versions"]
-    assert attrs["settings"]["epochs"] == 2 and attrs["overrides"]["depth"] == "8"
+    assert attrs["settings"]["max_epochs"] == 2 and attrs["settings"]["pruner"] == "none"
+    assert attrs["overrides"]["depth"] == "8"
 
     # The same call again has nothing left to do; a larger budget continues the same study.
     assert len(tuner.search("resnet", "digits", trials=2, epochs=2, study="s", storage=sqlite_url,
                             overrides=TINY["resnet"]).trials) == 2
     assert len(tuner.search("resnet", "digits", trials=3, epochs=1, study="s", storage=sqlite_url,
-                            overrides=TINY["resnet"]).trials) == 3
+                            overrides=TINY["resnet"], pruner="none").trials) == 3
 
     with pytest.raises(StudyMismatchError, match="space="):
         tuner.search("densenet", "digits", trials=3, study="s", storage=sqlite_url,
@@ -155,3 +156,40 @@ def test_bad_requests_fail_before_any_trial(sqlite_url, kwargs, error, message):
     with pytest.raises(error, match=message):
         tuner.search(**{"space": "resnet", "storage": sqlite_url, **kwargs})
     assert optuna.get_all_study_names(sqlite_url) == []
+
+
+def test_pruned_trial_keeps_its_learning_curve(sqlite_url, monkeypatch):
+    import tuner._search
+
+    # A pruner that rejects every trial after its first epoch.
+    monkeypatch.setattr(tuner._search, "make_pruner", lambda name, epochs: optuna.pruners.ThresholdPruner(lower=2.0))
+    study = tuner.search("resnet", "digits", trials=1, epochs=3, storage=sqlite_url, overrides=TINY["resnet"])
+    (trial,) = study.trials
+    assert trial.state.name == "PRUNED"
+    assert list(trial.intermediate_values) == [1] and trial.user_attrs["epochs"] == 1
+    assert trial.user_attrs["augment"] == "shift" and trial.user_attrs["batch_size"] == 64
+
+
+def test_interrupt_leaves_no_trial_running(sqlite_url, monkeypatch):
+    import tuner.backends._optuna as backend
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(backend, "train_and_evaluate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tuner.search("resnet", "digits", trials=3, study="i", storage=sqlite_url, overrides=TINY["resnet"])
+    assert [t.state.name for t in optuna.load_study(study_name="i", storage=sqlite_url).trials] == ["FAIL"]
+
+
+def test_two_workers_share_one_trial_budget(sqlite_url):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    worker = [sys.executable, str(Path(__file__).with_name("fake_worker.py")), sqlite_url, "shared", "6"]
+    procs = [subprocess.Popen(worker, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for proc in procs:
+        assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    states = [t.state.name for t in optuna.load_study(study_name="shared", storage=sqlite_url).trials]
+    assert states == ["COMPLETE"] * 6

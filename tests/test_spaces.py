@@ -17,7 +17,7 @@ from search_spaces import resolve_overrides
 from search_spaces.densenet import layers_per_block
 from search_spaces.resnet import blocks_per_stage
 
-COMMON = {"depth", "filters", "kernel_size", "dropout", "l2", "learning_rate", "optimizer"}
+COMMON = {"depth", "filters", "kernel_size", "dropout", "l2", "learning_rate", "optimizer", "lr_schedule"}
 SPECIFIC = {"resnet": {"version"}, "densenet": {"growth_rate", "compression", "bottleneck"}}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import platform
 from collections.abc import Mapping
 from collections.abc import Sequence
@@ -14,6 +15,8 @@ import optuna
 from tuner.errors import TunerError
 
 SAMPLERS = ("tpe", "random", "gp", "cmaes", "qmc")
+PRUNERS = ("hyperband", "sha", "median", "none")
+AUGMENT_CHOICES = ("auto", "none", "shift", "flip_shift")
 OBJECTIVES = ("val_accuracy", "val_loss")
 
 
@@ -29,6 +32,20 @@ def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
     if name not in samplers:
         raise TunerError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")
     return samplers[name]()
+
+
+def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
+    """One of Optuna's pruners by short name; epochs are the resource (one report per epoch)."""
+    pruners = {
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs,
+                                                            reduction_factor=3),
+        "sha": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3),
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
+        "none": optuna.pruners.NopPruner,
+    }
+    if name not in pruners:
+        raise TunerError(f"unknown pruner {name!r}; choose one of: {', '.join(PRUNERS)}")
+    return pruners[name]()
 
 
 def versions() -> dict[str, str]:
@@ -64,10 +81,14 @@ def search(
     study: str | None = None,
     storage: str | None = None,
     sampler: str = "tpe",
+    pruner: str = "hyperband",
     seed: int = 0,
     overrides: Mapping[str, str] | Sequence[str] | None = None,
     objective: str = "val_accuracy",
     batch_size: int = 64,
+    patience: int | None = 5,
+    augment: str = "auto",
+    precision: str = "auto",
     backend: str = "optuna",
     max_failures: int = 5,
     start_from_defaults: bool = True,
@@ -75,8 +96,13 @@ def search(
 ) -> optuna.Study:
     """Search ``space`` on ``dataset`` and store every trial in the Optuna study ``study``.
 
-    Runs until the study holds ``trials`` finished trials (from every process working on it) or
-    ``timeout`` seconds pass; running it again with the same ``study`` continues that study.
+    Runs until the study holds ``trials`` finished (complete or pruned) trials, from every process
+    working on it, or ``timeout`` seconds pass; running it again with the same ``study`` continues
+    that study. ``pruner`` stops unpromising trials after any epoch; ``patience`` stops a trial whose
+    objective has not improved for that many epochs (None or 0: never). ``augment`` is ``auto`` (shifts
+    for digits and MNIST, flips and shifts otherwise), ``none``, ``shift`` or ``flip_shift``;
+    ``precision`` is ``auto`` (mixed_float16 on a GPU), ``float32``, ``mixed_float16`` or
+    ``mixed_bfloat16``.
     ``overrides`` fix or narrow hyperparameters, as ``{"depth": "20"}`` or ``["depth=20"]``.
     Everything the user can get wrong is checked before the first trial and raised as a
     ``TunerError``, ``SpaceError`` or ``StoreError``. A new study's first trial is the space's
@@ -88,9 +114,11 @@ def search(
     from storage import open_storage
     from storage import open_study
     from tuner._progress import SearchProgress
+    from tuner._device import resolve_precision
     from tuner._training import DIRECTIONS
     from tuner.backends import SearchJob
     from tuner.backends import get_backend
+    from tuner.data import auto_augmentation
     from tuner.data import load_dataset
 
     if objective not in DIRECTIONS:
@@ -98,6 +126,13 @@ def search(
     for name, value in (("trials", trials), ("epochs", epochs), ("batch-size", batch_size)):
         _positive(name, value)
     _positive("timeout", timeout, allow_none=True)
+    if patience is not None and patience < 0:
+        raise TunerError(f"--patience must be 0 (off) or a positive number, got {patience}")
+    patience = patience or None
+    if augment not in AUGMENT_CHOICES:
+        raise TunerError(f"unknown augmentation {augment!r}; choose one of: {', '.join(AUGMENT_CHOICES)}")
+    policy = resolve_precision(precision)
+    chosen_pruner = make_pruner(pruner, epochs)
     space_cls = get_space(space)
     raw = parse_assignments(overrides) if isinstance(overrides, (list, tuple)) else dict(overrides or {})
     narrowed = resolve_overrides(space_cls.hyperparameters(), raw)
@@ -106,14 +141,17 @@ def search(
     store = open_storage(storage)
     data = load_dataset(dataset)
     mean, variance = data.pixel_stats()
-    hypermodel = space_cls(data.input_shape, data.classes, mean=mean, variance=variance)
+    augmentation = auto_augmentation(data.name) if augment == "auto" else augment
+    steps_per_epoch = math.ceil(len(data.y_train) / batch_size)
+    hypermodel = space_cls(data.input_shape, data.classes, mean=mean, variance=variance,
+                           augment=augmentation, train_steps=epochs * steps_per_epoch)
     study_obj = open_study(
         store,
         study or default_study_name(space, dataset),
         direction=DIRECTIONS[objective],
         attrs=study_attrs(space, backend, objective, raw, data.describe()),
         sampler=chosen_sampler,
-        pruner=optuna.pruners.NopPruner(),
+        pruner=chosen_pruner,
     )
     if start_from_defaults and not study_obj.trials:
         # A new study first tries the space's defaults (a paper recipe): a known-good baseline for the rest.
@@ -121,15 +159,17 @@ def search(
             {spec.name: narrowed.get(spec.name, spec).default for spec in space_cls.hyperparameters()},
             skip_if_exists=True,
         )
+    recipe = {"batch_size": batch_size, "augment": augmentation, "precision": policy,
+              "patience": patience, "max_epochs": epochs}
     study_obj.set_user_attr("settings", {
-        "trials": trials, "epochs": epochs, "timeout": timeout, "batch_size": batch_size,
-        "sampler": sampler, "seed": seed, "max_failures": max_failures,
+        **recipe, "trials": trials, "timeout": timeout, "sampler": sampler, "pruner": pruner,
+        "seed": seed, "max_failures": max_failures,
     })
     study_obj.set_user_attr("versions", versions())
     job = SearchJob(
         study=study_obj, hypermodel=hypermodel, data=data, overrides=narrowed, objective=objective,
         trials=trials, epochs=epochs, batch_size=batch_size, timeout=timeout, seed=seed,
-        max_failures=max_failures,
+        max_failures=max_failures, patience=patience, precision=policy, recipe=recipe,
         progress=SearchProgress(enabled=progress, objective=objective, epochs=epochs),
     )
     engine.run(job)

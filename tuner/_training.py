@@ -101,13 +101,18 @@ def train_and_evaluate(
     epochs: int,
     batch_size: int,
     objective: str,
+    patience: int | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> TrialResult:
     """Fit ``model`` on the train split, validate each epoch, restore the best epoch, test it.
 
-    Raises ``TrialDiverged`` if the loss stops being finite.
+    Training stops early after ``patience`` epochs without a better ``objective``. Raises
+    ``TrialDiverged`` if the loss stops being finite.
     """
     best = BestEpoch(objective, DIRECTIONS[objective])
+    if patience:
+        mode = "max" if DIRECTIONS[objective] == "maximize" else "min"
+        callbacks = [keras.callbacks.EarlyStopping(objective, patience=patience, mode=mode), *callbacks]
     start = time.perf_counter()
     history = model.fit(
         data.x_train,

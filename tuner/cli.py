@@ -53,8 +53,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     try:
         search(
             args.space, args.dataset, trials=args.trials, epochs=args.epochs, timeout=args.timeout,
-            study=study, storage=args.storage, sampler=args.sampler, seed=args.seed,
+            study=study, storage=args.storage, sampler=args.sampler, pruner=args.pruner, seed=args.seed,
             overrides=args.set, objective=args.objective, batch_size=args.batch_size,
+            patience=args.patience, augment=args.augment, precision=args.precision,
             max_failures=args.max_failures, progress=not args.quiet,
         )
     except KeyboardInterrupt:
@@ -168,7 +169,10 @@ def cmd_best(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> ArgumentParser:
+    from tuner._device import PRECISIONS
+    from tuner._search import AUGMENT_CHOICES
     from tuner._search import OBJECTIVES
+    from tuner._search import PRUNERS
     from tuner._search import SAMPLERS
 
     parser = ArgumentParser(prog="tuner", description="Hyperparameter search for Keras CNN classifiers.")
@@ -198,6 +202,14 @@ def build_parser() -> ArgumentParser:
     s.add_argument("--study", metavar="NAME", help="study name (default SPACE-DATASET); reuse it to continue")
     storage_option(s)
     s.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="Optuna sampler (default tpe)")
+    s.add_argument("--pruner", choices=PRUNERS, default="hyperband",
+                   help="Optuna pruner that stops unpromising trials after an epoch (default hyperband)")
+    s.add_argument("--patience", type=int, default=5,
+                   help="stop a trial after this many epochs without improvement (default 5; 0: off)")
+    s.add_argument("--augment", choices=AUGMENT_CHOICES, default="auto",
+                   help="training augmentation (default auto: shifts for digits/mnist, flips and shifts otherwise)")
+    s.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="float32 or mixed precision (default auto: mixed_float16 on a GPU, float32 on a CPU)")
     s.add_argument("--seed", type=int, default=0, help="seed of the sampler and of each trial (default 0)")
     s.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="fix or narrow a hyperparameter: depth=20, learning_rate=1e-3..1e-1, optimizer=adam,sgd")

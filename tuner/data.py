@@ -20,6 +20,8 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 # Fractions carved out of the training data when a source has no validation or test split.
 VAL_FRACTION = 0.1
 TEST_FRACTION = 0.1
+# Mirrored digits are not digits: these get shifts but no flips under --augment auto.
+NO_FLIP_DATASETS = {"digits", "mnist"}
 # digits is small (1,797 images): larger held-out splits keep its accuracy estimates stable.
 DIGITS_FRACTION = 0.2
 
@@ -61,6 +63,11 @@ class Dataset:
             "class_names": self.class_names,
             "splits": {"train": len(self.y_train), "val": len(self.y_val), "test": len(self.y_test)},
         }
+
+
+def auto_augmentation(name: str) -> str:
+    """The augmentation ``--augment auto`` picks: shifts for digits, flips and shifts for the rest."""
+    return "shift" if name in NO_FLIP_DATASETS else "flip_shift"
 
 
 def load_dataset(name: str, *, split_seed: int = 0) -> Dataset:

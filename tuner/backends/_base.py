@@ -40,7 +40,13 @@ class SearchJob:
     timeout: float | None
     seed: int
     max_failures: int
+    patience: int | None
+    precision: str
     progress: SearchProgress
+    recipe: dict[str, object]
+
+    # ``recipe`` holds the training flags (batch size, augmentation, precision...) that every
+    # trial records as attributes next to its hyperparameters.
 
     def finished_trials(self) -> int:
         """Trials that count towards the budget: COMPLETE and PRUNED, from every worker."""

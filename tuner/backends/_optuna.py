@@ -106,7 +106,7 @@ class OptunaBackend(SearchBackend):
         if remaining <= 0:
             return
         failures = ConsecutiveFailures(job.max_failures)
-        budget = optuna.study.MaxTrialsCallback(job.trials, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        budget = StudyBudget(job.trials)
         job.study.optimize(
             lambda trial: run_trial(job, trial),
             n_trials=remaining,
@@ -125,6 +125,9 @@ def run_trial(job: SearchJob, trial: optuna.Trial) -> float:
     """Build, train and test one configuration; record its metrics on the trial."""
     keras.backend.clear_session()
     keras.utils.set_random_seed(job.seed + trial.number)
+    keras.config.set_dtype_policy(job.precision)
+    for key, value in job.recipe.items():
+        trial.set_user_attr(key, value)
     try:
         hp = OptunaHyperParameters(trial, job.overrides)
         model = job.hypermodel.build(hp)
@@ -135,11 +138,13 @@ def run_trial(job: SearchJob, trial: optuna.Trial) -> float:
             if math.isfinite(value):
                 trial.report(value, epoch)
             job.progress.epoch_ended(trial.number, epoch, logs)
-            return trial.should_prune()
+            # After the last epoch there is nothing left to save: the trial completes.
+            return epoch < job.epochs and trial.should_prune()
 
         pruning = EpochReport(report)
         result = train_and_evaluate(model, job.data, epochs=job.epochs, batch_size=job.batch_size,
-                                    objective=job.objective, callbacks=[pruning])
+                                    objective=job.objective, patience=job.patience,
+                                    callbacks=[pruning])
     except Exception as err:
         trial.set_user_attr("error", f"{type(err).__name__}: {err}"[:1000])
         raise
@@ -148,6 +153,22 @@ def run_trial(job: SearchJob, trial: optuna.Trial) -> float:
     if pruning.stopped_early:
         raise optuna.TrialPruned(f"pruned after epoch {result.epochs}")
     return result.value
+
+
+class StudyBudget:
+    """Study callback that stops this worker once finished trials plus those still running elsewhere
+    reach ``trials``, so N workers on one study end with ``trials`` in total, not N times as many.
+
+    (Optuna's ``MaxTrialsCallback`` ignores the trials other workers have in flight.)
+    """
+
+    def __init__(self, trials: int) -> None:
+        self.trials = trials
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        if len(study.get_trials(deepcopy=False, states=states)) >= self.trials:
+            study.stop()
 
 
 class ConsecutiveFailures:

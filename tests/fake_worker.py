@@ -1,0 +1,26 @@
+"""A search worker whose trials train nothing: for tests of how workers share a study's budget.
+
+Usage: python fake_worker.py STORAGE_URL STUDY TRIALS
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import tuner
+import tuner.backends._optuna as backend
+from tuner._training import TrialResult
+
+
+def fake_training(model, data, *, epochs, callbacks=(), **_):
+    time.sleep(0.3)
+    return TrialResult(value=0.5, best_epoch=1, epochs=1, train_seconds=0.3, params=1, best_logs={},
+                       test_loss=1.0, test_accuracy=0.5)
+
+
+if __name__ == "__main__":
+    backend.train_and_evaluate = fake_training
+    url, study, trials = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    tuner.search("resnet", "digits", trials=trials, study=study, storage=url, seed=int(time.time_ns() % 1000),
+                 overrides=["depth=8"], pruner="none")
