@@ -6,6 +6,8 @@ CLI read it unchanged. What tuner adds is kept in Optuna's study and trial user 
 
 from __future__ import annotations
 
+from storage._artifacts import artifacts_path
+from storage._artifacts import open_artifact_store
 from storage._store import DEFAULT_STORAGE
 from storage._store import STORAGE_ENV
 from storage._store import StoreError
@@ -16,6 +18,8 @@ from storage._store import storage_url
 from storage._store import study_names
 
 __all__ = [
+    "artifacts_path",
+    "open_artifact_store",
     "DEFAULT_STORAGE",
     "STORAGE_ENV",
     "StoreError",

@@ -18,6 +18,7 @@ __all__ = [
     "DataError",
     "TunerError",
     "best_trial",
+    "export",
     "list_studies",
     "list_trials",
     "load_dataset",
@@ -26,6 +27,7 @@ __all__ = [
 
 _LAZY = {
     "search": "tuner._search",
+    "export": "tuner._export",
     "best_trial": "tuner._results",
     "list_studies": "tuner._results",
     "list_trials": "tuner._results",

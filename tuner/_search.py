@@ -91,6 +91,8 @@ def search(
     precision: str = "auto",
     backend: str = "optuna",
     max_failures: int = 5,
+    keep: int = 3,
+    artifacts: str | None = None,
     start_from_defaults: bool = True,
     progress: bool = False,
 ) -> optuna.Study:
@@ -102,7 +104,8 @@ def search(
     objective has not improved for that many epochs (None or 0: never). ``augment`` is ``auto`` (shifts
     for digits and MNIST, flips and shifts otherwise), ``none``, ``shift`` or ``flip_shift``;
     ``precision`` is ``auto`` (mixed_float16 on a GPU), ``float32``, ``mixed_float16`` or
-    ``mixed_bfloat16``.
+    ``mixed_bfloat16``. The models of the best ``keep`` complete trials are stored in the artifact
+    folder ``artifacts`` (default: ``<db name>-artifacts`` beside a SQLite store).
     ``overrides`` fix or narrow hyperparameters, as ``{"depth": "20"}`` or ``["depth=20"]``.
     Everything the user can get wrong is checked before the first trial and raised as a
     ``TunerError``, ``SpaceError`` or ``StoreError``. A new study's first trial is the space's
@@ -111,10 +114,13 @@ def search(
     from search_spaces import get_space
     from search_spaces import parse_assignments
     from search_spaces import resolve_overrides
+    from storage import artifacts_path
+    from storage import open_artifact_store
     from storage import open_storage
     from storage import open_study
     from tuner._progress import SearchProgress
     from tuner._device import resolve_precision
+    from tuner._models import ModelKeeper
     from tuner._training import DIRECTIONS
     from tuner.backends import SearchJob
     from tuner.backends import get_backend
@@ -138,7 +144,10 @@ def search(
     narrowed = resolve_overrides(space_cls.hyperparameters(), raw)
     engine = get_backend(backend)
     chosen_sampler = make_sampler(sampler, seed)
+    if keep < 0:
+        raise TunerError(f"--keep must be 0 or more, got {keep}")
     store = open_storage(storage)
+    keeper = ModelKeeper(open_artifact_store(artifacts_path(storage, artifacts), create=True), keep)
     data = load_dataset(dataset)
     mean, variance = data.pixel_stats()
     augmentation = auto_augmentation(data.name) if augment == "auto" else augment
@@ -166,10 +175,12 @@ def search(
         "seed": seed, "max_failures": max_failures,
     })
     study_obj.set_user_attr("versions", versions())
+    study_obj.set_user_attr("pixel_mean", mean)  # to rebuild a model from its parameters
+    study_obj.set_user_attr("pixel_variance", variance)
     job = SearchJob(
         study=study_obj, hypermodel=hypermodel, data=data, overrides=narrowed, objective=objective,
         trials=trials, epochs=epochs, batch_size=batch_size, timeout=timeout, seed=seed,
-        max_failures=max_failures, patience=patience, precision=policy, recipe=recipe,
+        max_failures=max_failures, patience=patience, precision=policy, recipe=recipe, keeper=keeper,
         progress=SearchProgress(enabled=progress, objective=objective, epochs=epochs),
     )
     engine.run(job)

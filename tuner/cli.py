@@ -56,7 +56,8 @@ def cmd_search(args: argparse.Namespace) -> int:
             study=study, storage=args.storage, sampler=args.sampler, pruner=args.pruner, seed=args.seed,
             overrides=args.set, objective=args.objective, batch_size=args.batch_size,
             patience=args.patience, augment=args.augment, precision=args.precision,
-            max_failures=args.max_failures, progress=not args.quiet,
+            keep=args.keep, artifacts=args.artifacts, max_failures=args.max_failures,
+            progress=not args.quiet,
         )
     except KeyboardInterrupt:
         interrupted = True
@@ -76,6 +77,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(f"  {format_params(best['params'])}")
         storage_flag = f" --storage {args.storage}" if args.storage else ""
         print(f"  see all trials: tuner trials --study {study}{storage_flag}")
+        print(f"  export it:      tuner export --study {study}{storage_flag}{_artifacts_flag(args)} "
+              "--output best.keras")
     return 130 if interrupted else 0
 
 
@@ -147,12 +150,31 @@ def cmd_trials(args: argparse.Namespace) -> int:
     return 0
 
 
+def _artifacts_flag(args: argparse.Namespace) -> str:
+    return f" --artifacts {args.artifacts}" if args.artifacts else ""
+
+
+def stored_model_path(args: argparse.Namespace, trial: dict[str, Any]) -> str | None:
+    """Where the trial's stored model file is, if it is still on disk."""
+    from storage import artifacts_path
+
+    artifact_id = trial.get("model_artifact")
+    if not artifact_id:
+        return None
+    path = artifacts_path(args.storage, args.artifacts) / artifact_id
+    return str(path) if path.is_file() else None
+
+
 def cmd_best(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from tuner._results import best_trial
 
     best = best_trial(args.study, args.storage)
+    best["model_file"] = stored_model_path(args, best)
+    storage_flag = f" --storage {args.storage}" if args.storage else ""
+    best["export_command"] = (f"tuner export --study {args.study}{storage_flag}{_artifacts_flag(args)} "
+                              f"--output best.keras" + ("" if best["model_file"] else " --retrain"))
     if args.json:
         _print_json(best)
         return 0
@@ -164,7 +186,46 @@ def cmd_best(args: argparse.Namespace) -> int:
         table.add_row(key, _fmt(best.get(key)))
     for key, value in best["params"].items():
         table.add_row(f"param {key}", _fmt(value))
+    table.add_row("model file", best["model_file"] or "not kept (export with --retrain)")
+    table.add_row("export with", best["export_command"])
     _console().print(table)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from tuner._export import export
+
+    description = export(args.study, args.output, trial=args.trial, storage=args.storage,
+                         artifacts=args.artifacts, retrain=args.retrain, epochs=args.epochs,
+                         overwrite=args.overwrite)
+    if args.json:
+        _print_json(description)
+        return 0
+    what = "retrained on train+validation" if description["retrained"] else "best epoch"
+    print(f"wrote {description['output']} ({description['format']}): trial {description['trial']} "
+          f"of study {description['study']}, {what}, test_accuracy={_fmt(description['test_accuracy'])}")
+    print(f"  space {description['space']}: {json.dumps(description['hyperparameters'])}")
+    if "rebuild" in description:
+        print("  rebuild the model, then load the weights:\n" + description["rebuild"])
+    else:
+        print("  load it with: keras.saving.load_model(...) (takes raw pixels; normalisation is inside)")
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from optuna_dashboard import run_server
+
+    from storage import artifacts_path
+    from storage import open_artifact_store
+    from storage import open_storage
+    from storage import storage_url
+
+    store = open_storage(args.storage, must_exist=True)
+    folder = artifacts_path(args.storage, args.artifacts)
+    artifact_store = open_artifact_store(folder, create=False) if folder.is_dir() else None
+    print(f"optuna-dashboard for {storage_url(args.storage)} at http://{args.host}:{args.port}/ "
+          f"(artifacts: {folder if artifact_store else 'none'}); Ctrl-C stops it", flush=True)
+    run_server(store, host=args.host, port=args.port, artifact_store=artifact_store)
     return 0
 
 
@@ -187,6 +248,10 @@ def build_parser() -> ArgumentParser:
     def storage_option(sub: ArgumentParser) -> None:
         sub.add_argument("--storage", metavar="URL",
                          help="SQLAlchemy URL of the store (default: $TUNER_STORAGE or sqlite:///tuner.db)")
+
+    def artifacts_option(sub: ArgumentParser) -> None:
+        sub.add_argument("--artifacts", metavar="DIR",
+                         help="folder of stored models (default: <db name>-artifacts beside a SQLite store)")
 
     def json_option(sub: ArgumentParser) -> None:
         sub.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -215,6 +280,9 @@ def build_parser() -> ArgumentParser:
                    help="fix or narrow a hyperparameter: depth=20, learning_rate=1e-3..1e-1, optimizer=adam,sgd")
     s.add_argument("--objective", choices=OBJECTIVES, default="val_accuracy",
                    help="what to optimise (default val_accuracy)")
+    s.add_argument("--keep", type=int, default=3,
+                   help="store the models of the best N complete trials (default 3; 0: none)")
+    artifacts_option(s)
     s.add_argument("--max-failures", type=int, default=5,
                    help="stop after this many failed trials in a row (default 5; 0 never stops)")
     s.add_argument("--quiet", action="store_true", help="no progress output")
@@ -228,11 +296,28 @@ def build_parser() -> ArgumentParser:
     json_option(st)
 
     for name, help, func in (("trials", "list the trials of a study", cmd_trials),
-                             ("best", "show the best trial of a study", cmd_best)):
+                             ("best", "show the best trial of a study and where its model is", cmd_best),
+                             ("export", "write a trial's model as a file plain Keras loads", cmd_export)):
         sub = add(name, help, func)
         sub.add_argument("--study", metavar="NAME", required=True, help="study name")
         storage_option(sub)
         json_option(sub)
+        if name != "trials":
+            artifacts_option(sub)
+    e = commands.choices["export"]
+    e.add_argument("--output", metavar="PATH", required=True,
+                   help="best.keras (whole model), best.weights.h5 (weights), or a folder (SavedModel)")
+    e.add_argument("--trial", type=int, metavar="N", help="trial number (default: the best trial)")
+    e.add_argument("--retrain", action="store_true",
+                   help="train the configuration again on train+validation data, then export")
+    e.add_argument("--epochs", type=int, help="epochs for --retrain (default: the study's --epochs)")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+
+    d = add("dashboard", "open the store in optuna-dashboard, with the stored models", cmd_dashboard)
+    storage_option(d)
+    artifacts_option(d)
+    d.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    d.add_argument("--port", type=int, default=8080, help="port (default 8080)")
     return parser
 
 

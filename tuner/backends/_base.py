@@ -18,6 +18,7 @@ import optuna
 
 from search_spaces import ParamSpec
 from search_spaces import TunableSpace
+from tuner._models import ModelKeeper
 from tuner._progress import SearchProgress
 from tuner.data import Dataset
 from tuner.errors import TunerError
@@ -44,6 +45,7 @@ class SearchJob:
     precision: str
     progress: SearchProgress
     recipe: dict[str, object]
+    keeper: ModelKeeper | None = None
 
     # ``recipe`` holds the training flags (batch size, augmentation, precision...) that every
     # trial records as attributes next to its hyperparameters.

@@ -152,6 +152,8 @@ def run_trial(job: SearchJob, trial: optuna.Trial) -> float:
         trial.set_user_attr(key, value)
     if pruning.stopped_early:
         raise optuna.TrialPruned(f"pruned after epoch {result.epochs}")
+    if job.keeper is not None:
+        job.keeper.offer(trial, model, result.value)
     return result.value
 
 

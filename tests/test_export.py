@@ -1,0 +1,159 @@
+"""Keeping the winners: stored models, retention, export for plain Keras, and the dashboard."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import optuna
+import pytest
+from conftest import TINY
+from test_search import _call
+
+import tuner
+from tuner._training import TrialResult
+from tuner.cli import main
+
+
+def _fake_training(values):
+    """A train_and_evaluate stand-in that trains nothing and returns the next of ``values``."""
+    values = iter(values)
+
+    def fake(model, data, **_):
+        value = next(values)
+        return TrialResult(value=value, best_epoch=1, epochs=1, train_seconds=0.0,
+                           params=model.count_params(), best_logs={}, test_loss=1.0, test_accuracy=value)
+
+    return fake
+
+
+def _model_files(tmp_path):
+    return sorted(p.name for p in (tmp_path / "tuner-artifacts").iterdir())
+
+
+def test_only_the_best_keep_trials_keep_their_files(sqlite_url, tmp_path, monkeypatch):
+    import tuner.backends._optuna as backend
+
+    values = [0.5, 0.9, 0.3, 0.95, 0.7, 0.2, 0.99, 0.1, 0.6, 0.8]
+    monkeypatch.setattr(backend, "train_and_evaluate", _fake_training(values))
+    study = tuner.search("resnet", "digits", trials=10, storage=sqlite_url, keep=2, overrides=["depth=8"],
+                         pruner="none", sampler="random")
+    assert len(study.trials) == 10
+    files = _model_files(tmp_path)
+    assert len(files) == 2
+    kept = sorted(t.number for t in study.trials if t.user_attrs.get("model_artifact") in files)
+    assert kept == [3, 6]  # the trials with values 0.95 and 0.99
+
+
+def test_a_failed_write_leaves_the_trial_complete(sqlite_url, monkeypatch):
+    import tuner.backends._optuna as backend
+    from optuna.artifacts import FileSystemArtifactStore
+
+    def full_disk(self, artifact_id, body):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(backend, "train_and_evaluate", _fake_training([0.5]))
+    monkeypatch.setattr(FileSystemArtifactStore, "write", full_disk)
+    (trial,) = tuner.search("resnet", "digits", trials=1, storage=sqlite_url, overrides=["depth=8"]).trials
+    assert trial.state.name == "COMPLETE" and "No space left" in trial.user_attrs["model_error"]
+
+
+@pytest.mark.slow
+def test_export_round_trip_in_a_python_with_only_keras(capsys, sqlite_url, tmp_path):
+    store = ["--storage", sqlite_url]
+    tiny = [f"--set={item}" for item in TINY["resnet"]]
+    assert main(["search", "--trials", "2", "--epochs", "2", "--study", "d", "--quiet", *store, *tiny]) == 0
+    assert main(["export", "--study", "d", "--output", str(tmp_path / "best.keras"), "--json", *store]) == 0
+    out = capsys.readouterr().out
+    described = json.loads(out[out.index("{"):])
+    recorded = described["test_accuracy"]
+
+    data = tuner.load_dataset("digits")
+    np.savez(tmp_path / "test.npz", x=data.x_test, y=data.y_test)
+    # -I: isolated, so neither this project nor the working directory is importable by accident.
+    script = (
+        "import sys, numpy as np, keras\n"
+        f"model = keras.saving.load_model({str(tmp_path / 'best.keras')!r})\n"
+        f"d = np.load({str(tmp_path / 'test.npz')!r})\n"
+        "print(model.evaluate(d['x'], d['y'], verbose=0)[1])\n"
+        "assert not any(m.split('.')[0] in ('tuner', 'search_spaces', 'storage') for m in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-I", "-c", script], capture_output=True, text=True,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert abs(float(result.stdout.strip().splitlines()[-1]) - recorded) <= 0.005
+
+    # Weights alone, with the recipe to rebuild; a SavedModel folder on TensorFlow.
+    assert main(["export", "--study", "d", "--output", str(tmp_path / "w.weights.h5"), "--json", *store]) == 0
+    out = capsys.readouterr().out
+    recipe = json.loads(out[out.index("{"):])["rebuild"]
+    scope: dict = {}
+    exec(recipe, scope)  # noqa: S102 - the printed recipe must actually rebuild the model
+    probs = scope["model"].predict(data.x_test[:50], verbose=0)
+    assert (probs.argmax(1) == data.y_test[:50]).mean() > 0.3
+    assert main(["export", "--study", "d", "--output", str(tmp_path / "serving"), *store]) == 0
+    assert (tmp_path / "serving" / "saved_model.pb").exists()
+
+    # Existing output is never overwritten silently.
+    assert main(["export", "--study", "d", "--output", str(tmp_path / "best.keras"), *store]) == 2
+    assert "exists; choose another --output or pass --overwrite" in capsys.readouterr().err
+
+    # Retrain on train+validation, then export.
+    assert main(["export", "--study", "d", "--output", str(tmp_path / "re.keras"), "--retrain",
+                 "--epochs", "1", "--json", *store]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out[out.index("{"):])["retrained"] is True
+
+    # optuna-dashboard lists the kept trial's artifact.
+    from optuna_dashboard import wsgi
+    from optuna.artifacts import FileSystemArtifactStore
+
+    app = wsgi(sqlite_url, artifact_store=FileSystemArtifactStore(tmp_path / "tuner-artifacts"))
+    study_id = _call(app, "/api/studies")["study_summaries"][0]["study_id"]
+    trials = _call(app, f"/api/studies/{study_id}")["trials"]
+    assert any(a["filename"] == "model.keras" for t in trials for a in t["artifacts"])
+
+
+def test_missing_corrupt_and_empty_are_clear_errors(capsys, sqlite_url, tmp_path, monkeypatch):
+    import tuner.backends._optuna as backend
+
+    monkeypatch.setattr(backend, "train_and_evaluate", _fake_training([0.5, 0.9, 0.7]))
+    tuner.search("resnet", "digits", trials=3, study="m", storage=sqlite_url, keep=1, overrides=["depth=8"],
+                 pruner="none")
+    store = ["--storage", sqlite_url]
+    code = main(["export", "--study", "m", "--trial", "0", "--output", str(tmp_path / "x.keras"), *store])
+    assert code == 2
+    assert "trial 0 has no stored model" in capsys.readouterr().err
+    (kept,) = _model_files(tmp_path)
+    (tmp_path / "tuner-artifacts" / kept).write_bytes(b"not a zip file")
+    code = main(["export", "--study", "m", "--output", str(tmp_path / "x.keras"), *store])
+    err = capsys.readouterr().err
+    assert code == 2 and "the stored model of trial 1 cannot be read" in err and err.count("\n") == 1
+    assert not (tmp_path / "x.keras").exists()
+
+    optuna.create_study(study_name="empty", storage=sqlite_url)
+    code = main(["export", "--study", "empty", "--output", str(tmp_path / "x.keras"), *store])
+    assert code == 2 and "has no finished trial to export" in capsys.readouterr().err
+    code = main(["export", "--study", "m", "--output", str(tmp_path / "x.txt"), "--trial", "1", *store])
+    assert code == 2
+
+
+def test_best_shows_the_model_file_and_dashboard_serves(capsys, sqlite_url, tmp_path, monkeypatch):
+    import optuna_dashboard
+
+    import tuner.backends._optuna as backend
+
+    monkeypatch.setattr(backend, "train_and_evaluate", _fake_training([0.5]))
+    tuner.search("resnet", "digits", trials=1, study="b", storage=sqlite_url, overrides=["depth=8"])
+    assert main(["best", "--study", "b", "--storage", sqlite_url, "--json"]) == 0
+    best = json.loads(capsys.readouterr().out)
+    assert best["model_file"].startswith(str(tmp_path / "tuner-artifacts"))
+    assert best["export_command"].startswith("tuner export --study b")
+
+    served = {}
+    monkeypatch.setattr(optuna_dashboard, "run_server", lambda storage, **kw: served.update(kw))
+    assert main(["dashboard", "--storage", sqlite_url, "--port", "8123"]) == 0
+    assert served["host"] == "127.0.0.1" and served["port"] == 8123 and served["artifact_store"] is not None
+    assert "http://127.0.0.1:8123/" in capsys.readouterr().out

@@ -1,0 +1,129 @@
+"""``tuner.export``: the best (or a chosen) trial's model as a file plain Keras loads."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from tuner.errors import TunerError
+
+
+def build_trial_model(attrs: dict[str, Any], params: dict[str, Any], *, train_steps: int | None = None):
+    """Rebuild (untrained) the model of a trial from its study's attributes and its parameters."""
+    import keras_tuner
+
+    from search_spaces import get_space
+
+    hp = keras_tuner.HyperParameters()
+    for name, value in params.items():
+        hp.Fixed(name, value)
+    settings = attrs.get("settings", {})
+    space = get_space(attrs["space"])(
+        attrs["input_shape"], attrs["classes"], mean=attrs.get("pixel_mean"),
+        variance=attrs.get("pixel_variance"), augment=settings.get("augment", "none"),
+        train_steps=train_steps,
+    )
+    return space.build(hp)
+
+
+def rebuild_recipe(attrs: dict[str, Any], params: dict[str, Any], weights: str) -> str:
+    """Python that rebuilds the architecture and loads ``weights`` (for .weights.h5 exports)."""
+    return (
+        "import keras_tuner\nfrom search_spaces import get_space\n"
+        f"hp = keras_tuner.HyperParameters()\nfor name, value in {params!r}.items():\n"
+        "    hp.Fixed(name, value)\n"
+        f"space = get_space({attrs['space']!r})({tuple(attrs['input_shape'])!r}, {attrs['classes']}, "
+        f"mean={attrs.get('pixel_mean')!r}, variance={attrs.get('pixel_variance')!r})\n"
+        f"model = space.build(hp)\nmodel.load_weights({weights!r})\n"
+    )
+
+
+def export(
+    study: str,
+    output: str,
+    *,
+    trial: int | None = None,
+    storage: str | None = None,
+    artifacts: str | None = None,
+    retrain: bool = False,
+    epochs: int | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Write a trial's model to ``output`` (``.keras``, ``.weights.h5`` or a SavedModel folder).
+
+    Without ``trial`` the best trial. With ``retrain`` the configuration is trained again on
+    train+validation data for ``epochs`` (default: the study's epoch budget) and then tested.
+    Returns a description: trial, space, hyperparameters, test accuracy, output, format, and for
+    weights the Python that rebuilds the model.
+    """
+    from storage import artifacts_path
+    from storage import open_artifact_store
+    from tuner._models import check_output
+    from tuner._models import choose_trial
+    from tuner._models import load_trial_model
+    from tuner._models import write_model
+    from tuner._results import load_study
+
+    loaded = load_study(study, storage)
+    attrs = loaded.user_attrs
+    out = check_output(output, overwrite)
+    store = open_artifact_store(artifacts_path(storage, artifacts), create=False)
+    if retrain:
+        chosen = _best_or_numbered(loaded, trial)
+        model, test_accuracy = _retrain(attrs, chosen.params, epochs)
+    else:
+        chosen = choose_trial(loaded, store, trial)
+        model, test_accuracy = load_trial_model(store, chosen), chosen.user_attrs.get("test_accuracy")
+    kind = write_model(model, out)
+    description = {
+        "study": loaded.study_name,
+        "trial": chosen.number,
+        "value": chosen.value,
+        "test_accuracy": test_accuracy,
+        "retrained": retrain,
+        "space": attrs["space"],
+        "hyperparameters": dict(chosen.params),
+        "input_shape": attrs["input_shape"],
+        "classes": attrs["classes"],
+        "class_names": attrs.get("class_names"),
+        "output": str(out),
+        "format": kind,
+    }
+    if kind == "weights.h5":
+        description["rebuild"] = rebuild_recipe(attrs, chosen.params, str(out))
+    return description
+
+
+def _best_or_numbered(study, number: int | None):
+    from optuna.trial import TrialState
+
+    if number is not None:
+        for t in study.get_trials(deepcopy=False):
+            if t.number == number and t.params:
+                return t
+        raise TunerError(f"study {study.study_name!r} has no trial {number} with parameters")
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        raise TunerError(f"study {study.study_name!r} has no finished trial to export")
+    return study.best_trial
+
+
+def _retrain(attrs: dict[str, Any], params: dict[str, Any], epochs: int | None):
+    """Train the configuration on train+validation for the full budget; returns (model, test accuracy)."""
+    import keras
+    import numpy as np
+
+    from tuner.data import load_dataset
+
+    settings = attrs.get("settings", {})
+    epochs = epochs or settings.get("max_epochs") or 10
+    if epochs <= 0:
+        raise TunerError(f"--epochs must be a positive number, got {epochs}")
+    batch_size = settings.get("batch_size", 64)
+    data = load_dataset(attrs["dataset"])
+    x = np.concatenate([data.x_train, data.x_val])
+    y = np.concatenate([data.y_train, data.y_val])
+    keras.utils.set_random_seed(settings.get("seed", 0))
+    model = build_trial_model(attrs, params, train_steps=epochs * math.ceil(len(y) / batch_size))
+    model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0)
+    test_accuracy = float(model.evaluate(data.x_test, data.y_test, batch_size=batch_size, verbose=0)[1])
+    return model, test_accuracy
