@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ STORAGE_ENV = "TUNER_STORAGE"
 SQLITE_MAGIC = b"SQLite format 3\x00"
 # Seconds a SQLite writer waits for another's lock before "database is locked".
 SQLITE_BUSY_TIMEOUT = 60
+# Tries at opening a store whose tables another worker is creating at the same moment.
+CREATE_ATTEMPTS = 5
 # Study attributes that must match for a run to continue an existing study.
 IDENTITY_ATTRS = ("space", "dataset", "objective", "backend", "overrides")
 
@@ -76,14 +79,25 @@ def open_storage(url: str | None = None, *, must_exist: bool = False) -> optuna.
         engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT}
     else:
         engine_kwargs["pool_pre_ping"] = True
-    try:
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-    except (sqlalchemy.exc.SQLAlchemyError, RuntimeError, ValueError, ImportError) as err:
-        raise StoreError(f"cannot open the store {url}: {_first_line(err)}") from None
+    storage = _create_storage(url, engine_kwargs)
     if path is not None:
         _use_write_ahead_log(path)
         storage.engine.dispose()  # pooled connections opened before still use the old journal mode
     return storage
+
+
+def _create_storage(url: str, engine_kwargs: dict[str, Any]) -> optuna.storages.RDBStorage:
+    """Optuna's RDBStorage; workers that create a new store's tables at the same moment retry."""
+    for attempt in range(CREATE_ATTEMPTS):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        except sqlalchemy.exc.SQLAlchemyError as err:
+            if "already exists" not in str(err) or attempt == CREATE_ATTEMPTS - 1:
+                raise StoreError(f"cannot open the store {url}: {_first_line(err)}") from None
+            time.sleep(0.2 * (attempt + 1))  # another worker is creating the schema
+        except (RuntimeError, ValueError, ImportError) as err:
+            raise StoreError(f"cannot open the store {url}: {_first_line(err)}") from None
+    raise AssertionError("unreachable")
 
 
 def _use_write_ahead_log(path: Path) -> None:
