@@ -1,6 +1,7 @@
 """Search efficiency: our default search against plain random search and Keras Tuner's own, side by side.
 
-Each approach gets the same wall-clock budget, data and seeds:
+Each approach gets the same wall-clock budget (no trial starts after it, and the trial in flight
+stops at it), data and seeds:
 
   (a) tuner's default: TPE sampler + Hyperband pruning + early stopping, ResNet space;
   (b) plain random search over the same space, no pruning, no early stopping;
@@ -39,11 +40,32 @@ def epochs_to_target(curves: list[list[float]], target: float) -> int | None:
     return None
 
 
+def deadline_callback(deadline: float):
+    """Stops the trial in flight at the deadline, so every approach gets the same wall-clock budget."""
+    import keras
+
+    class Deadline(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if time.perf_counter() > deadline:
+                self.model.stop_training = True
+
+    return Deadline()
+
+
 def run_tuner(data_name: str, approach: str, seed: int, args, workdir: Path) -> dict:
     """(a) or (b): a tuner search limited by time, read back from its study."""
     import optuna
 
     import tuner
+    import tuner.backends._optuna as backend
+    from tuner._training import train_and_evaluate
+
+    deadline = time.perf_counter() + args.budget
+
+    def train_until_deadline(*a, callbacks=(), **k):
+        return train_and_evaluate(*a, callbacks=[*callbacks, deadline_callback(deadline)], **k)
+
+    backend.train_and_evaluate = train_until_deadline
 
     options = {"sampler": "tpe", "pruner": "hyperband"} if approach == "a" else {
         "sampler": "random", "pruner": "none", "patience": None, "start_from_defaults": False}
@@ -107,7 +129,7 @@ def run_keras_tuner(data_name: str, seed: int, args, workdir: Path) -> dict:
                              oracle=oracle, directory=str(workdir), project_name=f"kt-{seed}")
     start = time.perf_counter()
     search.search(x["train"], y["train"], validation_data=(x["val"], y["val"]), epochs=args.epochs,
-                  batch_size=args.batch_size, callbacks=[Record()], verbose=0)
+                  batch_size=args.batch_size, callbacks=[Record(), deadline_callback(deadline)], verbose=0)
     wall = time.perf_counter() - start
     curves = [c for c in _Curves.all if c]
     test = math.nan
