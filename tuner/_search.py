@@ -147,7 +147,9 @@ def search(
     if keep < 0:
         raise TunerError(f"--keep must be 0 or more, got {keep}")
     store = open_storage(storage)
-    keeper = ModelKeeper(open_artifact_store(artifacts_path(storage, artifacts), create=True), keep)
+    keeper = None
+    if keep:
+        keeper = ModelKeeper(open_artifact_store(artifacts_path(storage, artifacts), create=True), keep)
     data = load_dataset(dataset)
     mean, variance = data.pixel_stats()
     augmentation = auto_augmentation(data.name) if augment == "auto" else augment
