@@ -21,6 +21,8 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 SQLITE_BUSY_TIMEOUT = 60
 # Tries at opening a store whose tables another worker is creating at the same moment.
 CREATE_ATTEMPTS = 5
+# What the loser of that race sees, from SQLite and PostgreSQL (tables, then Alembic's version row).
+CREATE_RACE_MARKERS = ("already exists", "UNIQUE constraint failed", "duplicate key")
 # Study attributes that must match for a run to continue an existing study.
 IDENTITY_ATTRS = ("space", "dataset", "objective", "backend", "overrides")
 
@@ -92,7 +94,8 @@ def _create_storage(url: str, engine_kwargs: dict[str, Any]) -> optuna.storages.
         try:
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
         except sqlalchemy.exc.SQLAlchemyError as err:
-            if "already exists" not in str(err) or attempt == CREATE_ATTEMPTS - 1:
+            racing = any(marker in str(err) for marker in CREATE_RACE_MARKERS)
+            if not racing or attempt == CREATE_ATTEMPTS - 1:
                 raise StoreError(f"cannot open the store {url}: {_first_line(err)}") from None
             time.sleep(0.2 * (attempt + 1))  # another worker is creating the schema
         except (RuntimeError, ValueError, ImportError) as err:
