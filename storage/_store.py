@@ -19,6 +19,9 @@ STORAGE_ENV = "TUNER_STORAGE"
 SQLITE_MAGIC = b"SQLite format 3\x00"
 # Seconds a SQLite writer waits for another's lock before "database is locked".
 SQLITE_BUSY_TIMEOUT = 60
+# A running trial's heartbeat, and how long a silent one lives before it is failed (seconds).
+HEARTBEAT_INTERVAL = 10
+GRACE_PERIOD = 60
 # Tries at opening a store whose tables another worker is creating at the same moment.
 CREATE_ATTEMPTS = 5
 # What the loser of that race sees, from SQLite and PostgreSQL (tables, then Alembic's version row).
@@ -67,11 +70,16 @@ def check_sqlite_file(path: Path, *, must_exist: bool) -> None:
         raise StoreError(f"{path} is not a SQLite database (left untouched)")
 
 
-def open_storage(url: str | None = None, *, must_exist: bool = False) -> optuna.storages.RDBStorage:
+def open_storage(
+    url: str | None = None, *, must_exist: bool = False, heartbeat: bool = False
+) -> optuna.storages.RDBStorage:
     """Open Optuna's RDB storage at ``url`` (see ``storage_url``), tuned for several writers.
 
-    ``must_exist`` is for read-only commands: they should not create an empty database. Any
-    failure is a ``StoreError`` with one line of explanation.
+    ``must_exist`` is for read-only commands: they should not create an empty database.
+    ``heartbeat`` is for workers: a running trial beats every ``HEARTBEAT_INTERVAL`` seconds; one
+    whose worker died (kill -9, power loss) is turned to FAIL once it misses ``GRACE_PERIOD``
+    seconds of beats, when any worker starts its next trial, and its parameters are retried once.
+    Any failure is a ``StoreError`` with one line of explanation.
     """
     url = storage_url(url)
     path = sqlite_path(url)
@@ -81,18 +89,27 @@ def open_storage(url: str | None = None, *, must_exist: bool = False) -> optuna.
         engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT}
     else:
         engine_kwargs["pool_pre_ping"] = True
-    storage = _create_storage(url, engine_kwargs)
+    storage_kwargs: dict[str, Any] = {}
+    if heartbeat:
+        storage_kwargs = {
+            "heartbeat_interval": HEARTBEAT_INTERVAL,
+            "grace_period": GRACE_PERIOD,
+            "failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=1),
+        }
+    storage = _create_storage(url, engine_kwargs, storage_kwargs)
     if path is not None:
         _use_write_ahead_log(path)
         storage.engine.dispose()  # pooled connections opened before still use the old journal mode
     return storage
 
 
-def _create_storage(url: str, engine_kwargs: dict[str, Any]) -> optuna.storages.RDBStorage:
+def _create_storage(
+    url: str, engine_kwargs: dict[str, Any], storage_kwargs: dict[str, Any]
+) -> optuna.storages.RDBStorage:
     """Optuna's RDBStorage; workers that create a new store's tables at the same moment retry."""
     for attempt in range(CREATE_ATTEMPTS):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **storage_kwargs)
         except sqlalchemy.exc.SQLAlchemyError as err:
             racing = any(marker in str(err) for marker in CREATE_RACE_MARKERS)
             if not racing or attempt == CREATE_ATTEMPTS - 1:

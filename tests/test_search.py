@@ -193,3 +193,45 @@ def test_two_workers_share_one_trial_budget(sqlite_url):
         assert proc.wait(timeout=300) == 0, proc.stderr.read()
     states = [t.state.name for t in optuna.load_study(study_name="shared", storage=sqlite_url).trials]
     assert states == ["COMPLETE"] * 6
+
+
+def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(sqlite_url, monkeypatch):
+    import keras
+
+    import search_spaces._base as base
+
+    # A learning rate no space offers, so the loss really becomes NaN in training.
+    monkeypatch.setattr(base, "make_optimizer", lambda name, lr: keras.optimizers.SGD(learning_rate=1e12))
+    study = tuner.search("resnet", "digits", trials=2, epochs=2, storage=sqlite_url, overrides=TINY["resnet"],
+                         pruner="none")
+    assert [t.state.name for t in study.trials] == ["FAIL", "FAIL"]
+    assert "loss became nan" in study.trials[0].user_attrs["error"]
+
+
+def test_a_trial_whose_worker_died_is_failed_and_retried(sqlite_url, monkeypatch):
+    import datetime
+
+    from storage import open_storage
+
+    # A RUNNING trial whose heartbeat stopped long ago, as kill -9 leaves it.
+    store = open_storage(sqlite_url, heartbeat=True)
+    monkeypatch.setattr("tuner.backends._optuna.train_and_evaluate", lambda *a, **k: (_ for _ in ()).throw(
+        RuntimeError("no training in this test")))
+    with pytest.raises(SearchAborted):
+        tuner.search("resnet", "digits", trials=1, study="k", storage=sqlite_url, max_failures=1,
+                     overrides=TINY["resnet"])
+    study = optuna.load_study(study_name="k", storage=store)
+    dead = study.ask({"depth": optuna.distributions.CategoricalDistribution([8])})
+    long_ago = datetime.datetime.now() - datetime.timedelta(hours=1)
+    store.record_heartbeat(dead._trial_id)
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE trial_heartbeats SET heartbeat = ?", (long_ago,))
+    monkeypatch.setattr("tuner.backends._optuna.train_and_evaluate", lambda *a, **k: (_ for _ in ()).throw(
+        RuntimeError("still no training")))
+    with pytest.raises(SearchAborted):
+        tuner.search("resnet", "digits", trials=3, study="k", storage=sqlite_url, max_failures=1,
+                     overrides=TINY["resnet"])
+    trials = optuna.load_study(study_name="k", storage=sqlite_url).trials
+    assert trials[dead.number].state.name == "FAIL"
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
+    assert len(retried) == 1 and retried[0].params["depth"] == 8

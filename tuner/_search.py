@@ -146,7 +146,7 @@ def search(
     chosen_sampler = make_sampler(sampler, seed)
     if keep < 0:
         raise TunerError(f"--keep must be 0 or more, got {keep}")
-    store = open_storage(storage)
+    store = open_storage(storage, heartbeat=True)
     keeper = None
     if keep:
         keeper = ModelKeeper(open_artifact_store(artifacts_path(storage, artifacts), create=True), keep)
