@@ -235,3 +235,13 @@ def test_a_trial_whose_worker_died_is_failed_and_retried(sqlite_url, monkeypatch
     assert trials[dead.number].state.name == "FAIL"
     retried = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
     assert len(retried) == 1 and retried[0].params["depth"] == 8
+
+
+@pytest.mark.slow
+def test_workers_share_the_study(sqlite_url):
+    study = tuner.search("resnet", "digits", trials=4, epochs=1, storage=sqlite_url, workers=2,
+                         overrides=TINY["resnet"], pruner="none")
+    states = [t.state.name for t in optuna.load_study(study_name=study.study_name, storage=sqlite_url).trials]
+    assert states.count("COMPLETE") == 4 and "RUNNING" not in states
+    with pytest.raises(tuner.TunerError, match="--workers must be 1 or more"):
+        tuner.search("resnet", "digits", storage=sqlite_url, workers=0)

@@ -94,6 +94,8 @@ def search(
     keep: int = 3,
     artifacts: str | None = None,
     start_from_defaults: bool = True,
+    workers: int = 1,
+    gpus: Sequence[str] | None = None,
     progress: bool = False,
 ) -> optuna.Study:
     """Search ``space`` on ``dataset`` and store every trial in the Optuna study ``study``.
@@ -108,9 +110,11 @@ def search(
     folder ``artifacts`` (default: ``<db name>-artifacts`` beside a SQLite store).
     ``overrides`` fix or narrow hyperparameters, as ``{"depth": "20"}`` or ``["depth=20"]``.
     Everything the user can get wrong is checked before the first trial and raised as a
-    ``TunerError``, ``SpaceError`` or ``StoreError``. A new study's first trial is the space's
+    ``TunerError``, ``SpaceError`` or ``StoreError``. ``workers`` > 1 runs that many processes on
+    the study (``gpus``: one per listed GPU, each seeing only its own). A new study's first trial is the space's
     defaults (within ``overrides``) unless ``start_from_defaults`` is False. Returns the study.
     """
+    request = dict(locals())  # the arguments, for worker processes
     from search_spaces import get_space
     from search_spaces import parse_assignments
     from search_spaces import resolve_overrides
@@ -132,6 +136,10 @@ def search(
     for name, value in (("trials", trials), ("epochs", epochs), ("batch-size", batch_size)):
         _positive(name, value)
     _positive("timeout", timeout, allow_none=True)
+    if gpus:
+        workers = len(gpus)
+    if workers < 1:
+        raise TunerError(f"--workers must be 1 or more, got {workers}")
     if patience is not None and patience < 0:
         raise TunerError(f"--patience must be 0 (off) or a positive number, got {patience}")
     patience = patience or None
@@ -185,7 +193,12 @@ def search(
         max_failures=max_failures, patience=patience, precision=policy, recipe=recipe, keeper=keeper,
         progress=SearchProgress(enabled=progress, objective=objective, epochs=epochs),
     )
-    engine.run(job)
+    if workers > 1:
+        from tuner._workers import run_workers
+
+        run_workers(request, study_obj, workers, gpus)
+    else:
+        engine.run(job)
     return study_obj
 
 

@@ -57,7 +57,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             overrides=args.set, objective=args.objective, batch_size=args.batch_size,
             patience=args.patience, augment=args.augment, precision=args.precision,
             keep=args.keep, artifacts=args.artifacts, max_failures=args.max_failures,
-            progress=not args.quiet,
+            workers=args.workers, gpus=args.gpus, progress=not args.quiet,
         )
     except KeyboardInterrupt:
         interrupted = True
@@ -283,6 +283,10 @@ def build_parser() -> ArgumentParser:
     s.add_argument("--keep", type=int, default=3,
                    help="store the models of the best N complete trials (default 3; 0: none)")
     artifacts_option(s)
+    s.add_argument("--workers", type=int, default=1,
+                   help="worker processes on this machine, sharing the study (default 1)")
+    s.add_argument("--gpus", type=lambda text: [g.strip() for g in text.split(",") if g.strip()],
+                   metavar="0,1,...", help="one worker per listed GPU, each seeing only its own")
     s.add_argument("--max-failures", type=int, default=5,
                    help="stop after this many failed trials in a row (default 5; 0 never stops)")
     s.add_argument("--quiet", action="store_true", help="no progress output")
