@@ -35,7 +35,7 @@ def test_search_then_best_trials_and_studies(capsys, sqlite_url):
     store = ["--storage", sqlite_url]
     tiny = [f"--set={item}" for item in TINY["resnet"]]
     code, out, err = run(capsys, "search", "--space", "resnet", "--trials", "2", "--epochs", "1",
-                         "--study", "demo", *store, *tiny)
+                         "--study", "demo", "--recycle-after", "0", *store, *tiny)
     assert code == 0, err
     assert "best trial" in out and "test_accuracy=" in out
     assert "trial 1 epoch 1/1" in err and "trial 1 COMPLETE" in err  # progress goes to stderr

@@ -245,3 +245,13 @@ def test_workers_share_the_study(sqlite_url):
     assert states.count("COMPLETE") == 4 and "RUNNING" not in states
     with pytest.raises(tuner.TunerError, match="--workers must be 1 or more"):
         tuner.search("resnet", "digits", storage=sqlite_url, workers=0)
+
+
+@pytest.mark.slow
+def test_recycled_processes_finish_the_study(sqlite_url):
+    """Trials run in fresh processes of one trial each; each round continues the same study."""
+    study = tuner.search("resnet", "digits", trials=2, epochs=1, storage=sqlite_url, recycle_after=1,
+                         overrides=TINY["resnet"], pruner="none", sampler="random")
+    trials = optuna.load_study(study_name=study.study_name, storage=sqlite_url).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    assert trials[0].params != trials[1].params

@@ -91,11 +91,13 @@ def search(
     precision: str = "auto",
     backend: str = "optuna",
     max_failures: int = 5,
+    process_trials: int | None = None,
     keep: int = 3,
     artifacts: str | None = None,
     start_from_defaults: bool = True,
     workers: int = 1,
     gpus: Sequence[str] | None = None,
+    recycle_after: int | None = None,
     progress: bool = False,
 ) -> optuna.Study:
     """Search ``space`` on ``dataset`` and store every trial in the Optuna study ``study``.
@@ -111,7 +113,9 @@ def search(
     ``overrides`` fix or narrow hyperparameters, as ``{"depth": "20"}`` or ``["depth=20"]``.
     Everything the user can get wrong is checked before the first trial and raised as a
     ``TunerError``, ``SpaceError`` or ``StoreError``. ``workers`` > 1 runs that many processes on
-    the study (``gpus``: one per listed GPU, each seeing only its own). A new study's first trial is the space's
+    the study (``gpus``: one per listed GPU, each seeing only its own). ``recycle_after`` runs the
+    trials in child processes that each exit after that many trials: TensorFlow keeps memory from
+    every model a process built, and a fresh process is the only sure way to give it back. A new study's first trial is the space's
     defaults (within ``overrides``) unless ``start_from_defaults`` is False. Returns the study.
     """
     request = dict(locals())  # the arguments, for worker processes
@@ -191,12 +195,13 @@ def search(
         study=study_obj, hypermodel=hypermodel, data=data, overrides=narrowed, objective=objective,
         trials=trials, epochs=epochs, batch_size=batch_size, timeout=timeout, seed=seed,
         max_failures=max_failures, patience=patience, precision=policy, recipe=recipe, keeper=keeper,
+        process_trials=process_trials,
         progress=SearchProgress(enabled=progress, objective=objective, epochs=epochs),
     )
-    if workers > 1:
+    if workers > 1 or recycle_after:
         from tuner._workers import run_workers
 
-        run_workers(request, study_obj, workers, gpus)
+        run_workers(request, study_obj, workers, gpus, recycle_after=recycle_after, job=job)
     else:
         engine.run(job)
     return study_obj

@@ -7,6 +7,7 @@ given a GPU sees only that GPU (``CUDA_VISIBLE_DEVICES`` is set before any frame
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 import signal
@@ -17,9 +18,13 @@ from typing import Any
 from tuner.errors import TunerError
 
 
-def _worker(env: dict[str, str], request: dict[str, Any]) -> None:
+def _worker(env: dict[str, str], request: dict[str, Any], verbosity: int) -> None:
     os.environ.update(env)
+    import optuna
+
     from tuner._search import search
+
+    optuna.logging.set_verbosity(verbosity)  # as quiet as the parent
 
     search(**request)
 
@@ -37,8 +42,37 @@ def _wait_for_waiting_trials(study: Any, seconds: float) -> None:
         time.sleep(0.5)
 
 
-def run_workers(request: dict[str, Any], study: Any, workers: int, gpus: Sequence[str] | None) -> None:
-    """Run ``request`` (the keyword arguments of ``search``) in ``workers`` processes; wait for all."""
+def run_workers(
+    request: dict[str, Any],
+    study: Any,
+    workers: int,
+    gpus: Sequence[str] | None,
+    *,
+    recycle_after: int | None = None,
+    job: Any = None,
+) -> None:
+    """Run ``request`` (the keyword arguments of ``search``) in ``workers`` processes until the
+    study's budget or timeout is spent; with ``recycle_after`` each process exits after that many
+    trials and a fresh one takes its place.
+    """
+    deadline = None if request["timeout"] is None else time.monotonic() + request["timeout"]
+    request = {**request, "recycle_after": None, "process_trials": recycle_after}
+    for round_number in itertools.count():
+        before = job.finished_trials()
+        timeout = None if deadline is None else deadline - time.monotonic()
+        if before >= request["trials"] or (timeout is not None and timeout <= 0):
+            return
+        # A new seed each round, or a seeded sampler would propose the last round's parameters again.
+        seed = request["seed"] + 7919 * round_number
+        _run_round({**request, "timeout": timeout, "seed": seed}, study, workers, gpus)
+        if not recycle_after or job.finished_trials() == before:
+            return  # one round does it all, or a round that finishes nothing would loop forever
+
+
+def _run_round(request: dict[str, Any], study: Any, workers: int, gpus: Sequence[str] | None) -> None:
+    """One process per worker, each running ``request``; waits for all of them."""
+    import optuna
+
     context = multiprocessing.get_context("spawn")
     processes = []
     for i in range(workers):
@@ -47,7 +81,8 @@ def run_workers(request: dict[str, Any], study: Any, workers: int, gpus: Sequenc
         env = {"CUDA_VISIBLE_DEVICES": str(gpus[i])} if gpus else {}
         # Different seeds, or every worker would propose the same parameters.
         job = {**request, "seed": request["seed"] + 1000 * i, "workers": 1, "gpus": None}
-        process = context.Process(target=_worker, args=(env, job), name=f"tuner-worker-{i}")
+        process = context.Process(target=_worker, args=(env, job, optuna.logging.get_verbosity()),
+                                  name=f"tuner-worker-{i}")
         process.start()
         processes.append(process)
     try:

@@ -57,7 +57,8 @@ def cmd_search(args: argparse.Namespace) -> int:
             overrides=args.set, objective=args.objective, batch_size=args.batch_size,
             patience=args.patience, augment=args.augment, precision=args.precision,
             keep=args.keep, artifacts=args.artifacts, max_failures=args.max_failures,
-            workers=args.workers, gpus=args.gpus, progress=not args.quiet,
+            workers=args.workers, gpus=args.gpus, recycle_after=args.recycle_after or None,
+            progress=not args.quiet,
         )
     except KeyboardInterrupt:
         interrupted = True
@@ -287,6 +288,9 @@ def build_parser() -> ArgumentParser:
                    help="worker processes on this machine, sharing the study (default 1)")
     s.add_argument("--gpus", type=lambda text: [g.strip() for g in text.split(",") if g.strip()],
                    metavar="0,1,...", help="one worker per listed GPU, each seeing only its own")
+    s.add_argument("--recycle-after", type=int, default=10, metavar="N",
+                   help="run trials in worker processes that exit after N trials, which returns the memory "
+                        "TensorFlow keeps from every model it built (default 10; 0: all in this process)")
     s.add_argument("--max-failures", type=int, default=5,
                    help="stop after this many failed trials in a row (default 5; 0 never stops)")
     s.add_argument("--quiet", action="store_true", help="no progress output")

@@ -46,6 +46,7 @@ class SearchJob:
     progress: SearchProgress
     recipe: dict[str, object]
     keeper: ModelKeeper | None = None
+    process_trials: int | None = None  # the most trials this process runs (None: no limit)
 
     # ``recipe`` holds the training flags (batch size, augmentation, precision...) that every
     # trial records as attributes next to its hyperparameters.

@@ -103,6 +103,8 @@ class OptunaBackend(SearchBackend):
 
     def run(self, job: SearchJob) -> None:
         remaining = job.trials - job.finished_trials()
+        if job.process_trials:
+            remaining = min(remaining, job.process_trials)
         if remaining <= 0:
             return
         failures = ConsecutiveFailures(job.max_failures)
