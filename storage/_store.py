@@ -6,6 +6,7 @@ import contextlib
 import os
 import sqlite3
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -91,11 +92,14 @@ def open_storage(
         engine_kwargs["pool_pre_ping"] = True
     storage_kwargs: dict[str, Any] = {}
     if heartbeat:
-        storage_kwargs = {
-            "heartbeat_interval": HEARTBEAT_INTERVAL,
-            "grace_period": GRACE_PERIOD,
-            "failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=1),
-        }
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.8
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage_kwargs = {
+                "heartbeat_interval": HEARTBEAT_INTERVAL,
+                "grace_period": GRACE_PERIOD,
+                "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=1),
+            }
     storage = _create_storage(url, engine_kwargs, storage_kwargs)
     if path is not None:
         _use_write_ahead_log(path)
@@ -109,7 +113,9 @@ def _create_storage(
     """Optuna's RDBStorage; workers that create a new store's tables at the same moment retry."""
     for attempt in range(CREATE_ATTEMPTS):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **storage_kwargs)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **storage_kwargs)
         except sqlalchemy.exc.SQLAlchemyError as err:
             racing = any(marker in str(err) for marker in CREATE_RACE_MARKERS)
             if not racing or attempt == CREATE_ATTEMPTS - 1:

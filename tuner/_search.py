@@ -115,8 +115,10 @@ def search(
     ``TunerError``, ``SpaceError`` or ``StoreError``. ``workers`` > 1 runs that many processes on
     the study (``gpus``: one per listed GPU, each seeing only its own). ``recycle_after`` runs the
     trials in child processes that each exit after that many trials: TensorFlow keeps memory from
-    every model a process built, and a fresh process is the only sure way to give it back. A new study's first trial is the space's
-    defaults (within ``overrides``) unless ``start_from_defaults`` is False. Returns the study.
+    every model a process built, and a fresh process is the only sure way to give it back.
+    ``process_trials`` caps the trials this process runs (used by those children). A new study's
+    first trial is the space's defaults (within ``overrides``) unless ``start_from_defaults`` is
+    False. Returns the study.
     """
     request = dict(locals())  # the arguments, for worker processes
     from search_spaces import get_space

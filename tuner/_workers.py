@@ -11,11 +11,13 @@ import itertools
 import multiprocessing
 import os
 import signal
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from tuner.errors import TunerError
+from tuner.errors import is_user_error
 
 
 def _worker(env: dict[str, str], request: dict[str, Any], verbosity: int) -> None:
@@ -25,8 +27,15 @@ def _worker(env: dict[str, str], request: dict[str, Any], verbosity: int) -> Non
     from tuner._search import search
 
     optuna.logging.set_verbosity(verbosity)  # as quiet as the parent
-
-    search(**request)
+    try:
+        search(**request)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as err:
+        if not is_user_error(err):
+            raise
+        print(f"tuner: error: {err}", file=sys.stderr)  # one line, as the CLI prints it
+        sys.exit(2)
 
 
 def _wait_for_waiting_trials(study: Any, seconds: float) -> None:
