@@ -26,6 +26,15 @@ def artifacts_path(url: str | None = None, artifacts: str | None = None) -> Path
     return Path("tuner-artifacts")
 
 
+def keras_tuner_path(url: str | None = None) -> Path:
+    """Keras Tuner's working folders (one per study): ``<db name>-keras-tuner/`` beside a SQLite file,
+    else ``./tuner-keras-tuner``."""
+    path = sqlite_path(storage_url(url))
+    if path is not None:
+        return path.with_name(f"{path.stem}-keras-tuner")
+    return Path("tuner-keras-tuner")
+
+
 def open_artifact_store(path: Path, *, create: bool) -> FileSystemArtifactStore:
     """Optuna's filesystem artifact store at ``path`` (made if ``create``)."""
     if path.exists() and not path.is_dir():

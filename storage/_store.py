@@ -28,7 +28,7 @@ CREATE_ATTEMPTS = 5
 # What the loser of that race sees, from SQLite and PostgreSQL (tables, then Alembic's version row).
 CREATE_RACE_MARKERS = ("already exists", "UNIQUE constraint failed", "duplicate key")
 # Study attributes that must match for a run to continue an existing study.
-IDENTITY_ATTRS = ("space", "dataset", "objective", "backend", "overrides")
+IDENTITY_ATTRS = ("space", "dataset", "objective", "backend", "algorithm", "overrides")
 
 
 class StoreError(Exception):

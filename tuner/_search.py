@@ -18,6 +18,8 @@ SAMPLERS = ("tpe", "random", "gp", "cmaes", "qmc")
 PRUNERS = ("hyperband", "sha", "median", "none")
 AUGMENT_CHOICES = ("auto", "none", "shift", "flip_shift")
 OBJECTIVES = ("val_accuracy", "val_loss")
+BACKENDS = ("optuna", "keras-tuner")
+ALGORITHMS = ("random", "bayesian", "hyperband", "grid")  # Keras Tuner's tuners
 
 
 def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
@@ -90,6 +92,7 @@ def search(
     augment: str = "auto",
     precision: str = "auto",
     backend: str = "optuna",
+    algorithm: str | None = None,
     max_failures: int = 5,
     process_trials: int | None = None,
     keep: int = 3,
@@ -118,13 +121,17 @@ def search(
     every model a process built, and a fresh process is the only sure way to give it back.
     ``process_trials`` caps the trials this process runs (used by those children). A new study's
     first trial is the space's defaults (within ``overrides``) unless ``start_from_defaults`` is
-    False. Returns the study.
+    False. ``backend="keras-tuner"`` lets Keras Tuner's ``algorithm`` (``random``, ``bayesian``,
+    ``hyperband``, ``grid``) choose the values instead of Optuna's sampler and pruner; its trials are
+    written to the same study, and its own state lives in ``<db name>-keras-tuner/<study>/``.
+    Returns the study.
     """
     request = dict(locals())  # the arguments, for worker processes
     from search_spaces import get_space
     from search_spaces import parse_assignments
     from search_spaces import resolve_overrides
     from storage import artifacts_path
+    from storage import keras_tuner_path
     from storage import open_artifact_store
     from storage import open_storage
     from storage import open_study
@@ -157,6 +164,10 @@ def search(
     raw = parse_assignments(overrides) if isinstance(overrides, (list, tuple)) else dict(overrides or {})
     narrowed = resolve_overrides(space_cls.hyperparameters(), raw)
     engine = get_backend(backend)
+    algorithm = check_algorithm(backend, algorithm)
+    if backend == "keras-tuner" and workers > 1:
+        raise TunerError("Keras Tuner keeps its search state in one process: --workers and --gpus need "
+                         "--backend optuna")
     chosen_sampler = make_sampler(sampler, seed)
     if keep < 0:
         raise TunerError(f"--keep must be 0 or more, got {keep}")
@@ -174,11 +185,11 @@ def search(
         store,
         study or default_study_name(space, dataset),
         direction=DIRECTIONS[objective],
-        attrs=study_attrs(space, backend, objective, raw, data.describe()),
+        attrs=study_attrs(space, backend, objective, raw, data.describe(), algorithm),
         sampler=chosen_sampler,
         pruner=chosen_pruner,
     )
-    if start_from_defaults and not study_obj.trials:
+    if start_from_defaults and backend == "optuna" and not study_obj.trials:
         # A new study first tries the space's defaults (a paper recipe): a known-good baseline for the rest.
         study_obj.enqueue_trial(
             {spec.name: narrowed.get(spec.name, spec).default for spec in space_cls.hyperparameters()},
@@ -188,16 +199,17 @@ def search(
               "patience": patience, "max_epochs": epochs}
     study_obj.set_user_attr("settings", {
         **recipe, "trials": trials, "timeout": timeout, "sampler": sampler, "pruner": pruner,
-        "seed": seed, "max_failures": max_failures,
+        "seed": seed, "max_failures": max_failures, "backend": backend, "algorithm": algorithm,
     })
     study_obj.set_user_attr("versions", versions())
     study_obj.set_user_attr("pixel_mean", mean)  # to rebuild a model from its parameters
     study_obj.set_user_attr("pixel_variance", variance)
     job = SearchJob(
-        study=study_obj, hypermodel=hypermodel, data=data, overrides=narrowed, objective=objective,
+        study=study_obj, storage=store, hypermodel=hypermodel, data=data, overrides=narrowed, objective=objective,
         trials=trials, epochs=epochs, batch_size=batch_size, timeout=timeout, seed=seed,
         max_failures=max_failures, patience=patience, precision=policy, recipe=recipe, keeper=keeper,
-        process_trials=process_trials,
+        process_trials=process_trials, algorithm=algorithm,
+        workdir=str(keras_tuner_path(storage)) if backend == "keras-tuner" else None,
         progress=SearchProgress(enabled=progress, objective=objective, epochs=epochs),
     )
     if workers > 1 or recycle_after:
@@ -209,15 +221,35 @@ def search(
     return study_obj
 
 
+def check_algorithm(backend: str, algorithm: str | None) -> str:
+    """The algorithm that chooses the values: the Optuna backend's sampler, or Keras Tuner's tuner."""
+    if backend != "keras-tuner":
+        if algorithm is not None:
+            raise TunerError("--algorithm chooses a Keras Tuner tuner (with --backend keras-tuner); "
+                             "the Optuna backend takes --sampler")
+        return "optuna"
+    algorithm = algorithm or "hyperband"
+    if algorithm not in ALGORITHMS:
+        raise TunerError(f"unknown Keras Tuner algorithm {algorithm!r}; choose one of: {', '.join(ALGORITHMS)}")
+    return algorithm
+
+
 def study_attrs(
-    space: str, backend: str, objective: str, overrides: Mapping[str, str], data: Mapping[str, Any]
+    space: str, backend: str, objective: str, overrides: Mapping[str, str], data: Mapping[str, Any],
+    algorithm: str = "optuna",
 ) -> dict[str, Any]:
-    """The study's identity (checked when it is continued) and what it ran on."""
+    """The study's identity (checked when it is continued) and what it ran on.
+
+    A Keras Tuner study also records its ``algorithm``, which cannot change: Keras Tuner resumes
+    its own oracle. (An Optuna study may switch samplers between runs.)
+    """
     import keras
 
+    chosen = {"algorithm": algorithm} if backend == "keras-tuner" else {}
     return {
         "space": space,
         "backend": backend,
+        **chosen,
         "objective": objective,
         "overrides": dict(sorted(overrides.items())),
         **data,

@@ -23,6 +23,13 @@ from tuner.errors import TunerError
 DIRECTIONS = {"val_accuracy": "maximize", "val_loss": "minimize"}
 
 
+def start_trial(seed: int, precision: str) -> None:
+    """A clean slate for the next model: free the last one's graph, seed its weights, set its dtypes."""
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(seed)
+    keras.config.set_dtype_policy(precision)
+
+
 class TrialDiverged(TunerError):
     """The loss became NaN or infinite; the trial fails with this reason."""
 
@@ -103,11 +110,13 @@ def train_and_evaluate(
     objective: str,
     patience: int | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
+    initial_epoch: int = 0,
 ) -> TrialResult:
     """Fit ``model`` on the train split, validate each epoch, restore the best epoch, test it.
 
     Training stops early after ``patience`` epochs without a better ``objective``. Raises
-    ``TrialDiverged`` if the loss stops being finite.
+    ``TrialDiverged`` if the loss stops being finite. ``initial_epoch`` continues a model trained
+    for that many epochs already (Keras Tuner's Hyperband); epochs are counted from 1 overall.
     """
     best = BestEpoch(objective, DIRECTIONS[objective])
     if patience:
@@ -119,6 +128,7 @@ def train_and_evaluate(
         data.y_train,
         validation_data=(data.x_val, data.y_val),
         epochs=epochs,
+        initial_epoch=initial_epoch,
         batch_size=batch_size,
         callbacks=[keras.callbacks.TerminateOnNaN(), best, *callbacks],
         verbose=0,
@@ -127,7 +137,7 @@ def train_and_evaluate(
     losses = history.history.get("loss", [])
     if not losses or not all(math.isfinite(v) for v in losses):
         raise TrialDiverged(f"loss became {losses[-1] if losses else 'undefined'} "
-                            f"at epoch {len(losses)}; try a lower learning_rate")
+                            f"at epoch {initial_epoch + len(losses)}; try a lower learning_rate")
     if best.best_weights is None:
         raise TrialDiverged(f"{objective} was never finite")
     model.set_weights(best.best_weights)

@@ -53,7 +53,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     try:
         search(
             args.space, args.dataset, trials=args.trials, epochs=args.epochs, timeout=args.timeout,
-            study=study, storage=args.storage, sampler=args.sampler, pruner=args.pruner, seed=args.seed,
+            study=study, storage=args.storage, backend=args.backend, algorithm=args.algorithm,
+            sampler=args.sampler, pruner=args.pruner, seed=args.seed,
             overrides=args.set, objective=args.objective, batch_size=args.batch_size,
             patience=args.patience, augment=args.augment, precision=args.precision,
             keep=args.keep, artifacts=args.artifacts, max_failures=args.max_failures,
@@ -235,6 +236,8 @@ def build_parser() -> ArgumentParser:
     from tuner._search import AUGMENT_CHOICES
     from tuner._search import OBJECTIVES
     from tuner._search import PRUNERS
+    from tuner._search import ALGORITHMS
+    from tuner._search import BACKENDS
     from tuner._search import SAMPLERS
 
     parser = ArgumentParser(prog="tuner", description="Hyperparameter search for Keras CNN classifiers.")
@@ -267,6 +270,10 @@ def build_parser() -> ArgumentParser:
     s.add_argument("--batch-size", type=int, default=64, help="training batch size (default 64)")
     s.add_argument("--study", metavar="NAME", help="study name (default SPACE-DATASET); reuse it to continue")
     storage_option(s)
+    s.add_argument("--backend", choices=BACKENDS, default="optuna",
+                   help="search engine: optuna (default) or keras-tuner (Keras Tuner's tuners)")
+    s.add_argument("--algorithm", choices=ALGORITHMS,
+                   help="Keras Tuner's tuner with --backend keras-tuner (default hyperband)")
     s.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="Optuna sampler (default tpe)")
     s.add_argument("--pruner", choices=PRUNERS, default="hyperband",
                    help="Optuna pruner that stops unpromising trials after an epoch (default hyperband)")

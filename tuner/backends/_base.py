@@ -15,15 +15,45 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import optuna
+from optuna.distributions import BaseDistribution
+from optuna.distributions import CategoricalDistribution
+from optuna.distributions import FloatDistribution
+from optuna.distributions import IntDistribution
 
 from search_spaces import ParamSpec
 from search_spaces import TunableSpace
 from tuner._models import ModelKeeper
 from tuner._progress import SearchProgress
+from tuner._search import BACKENDS
 from tuner.data import Dataset
 from tuner.errors import TunerError
 
-BACKENDS = ("optuna",)
+
+
+class SearchAborted(TunerError):
+    """Too many trials in a row failed; the last error says why."""
+
+
+def to_distribution(spec: ParamSpec) -> BaseDistribution:
+    """The Optuna distribution of a Keras Tuner declaration (log sampling excludes a step in Optuna).
+
+    Both backends record parameters with it, so a study's distributions are the same whichever
+    engine chose the values.
+    """
+    c = spec.config
+    if spec.kind in ("Int", "Float"):
+        log = c.get("sampling") in ("log", "reverse_log")
+        step = None if log else c.get("step")
+        if spec.kind == "Int":
+            return IntDistribution(int(c["min_value"]), int(c["max_value"]), log=log, step=int(step or 1))
+        return FloatDistribution(float(c["min_value"]), float(c["max_value"]), log=log, step=step)
+    if spec.kind == "Choice":
+        return CategoricalDistribution(list(c["values"]))
+    if spec.kind == "Boolean":
+        return CategoricalDistribution([False, True])
+    if spec.kind == "Fixed":
+        return CategoricalDistribution([c["value"]])
+    raise TypeError(f"unknown hyperparameter kind {spec.kind!r}")
 
 
 @dataclass
@@ -31,6 +61,7 @@ class SearchJob:
     """Everything a backend needs to run a search; built and checked by ``tuner.search``."""
 
     study: optuna.Study
+    storage: optuna.storages.BaseStorage
     hypermodel: TunableSpace
     data: Dataset
     overrides: dict[str, ParamSpec]
@@ -47,6 +78,8 @@ class SearchJob:
     recipe: dict[str, object]
     keeper: ModelKeeper | None = None
     process_trials: int | None = None  # the most trials this process runs (None: no limit)
+    algorithm: str = "tpe"  # the Keras Tuner backend's tuner (random, bayesian, hyperband, grid)
+    workdir: str | None = None  # the Keras Tuner backend's own folder for this study
 
     # ``recipe`` holds the training flags (batch size, augmentation, precision...) that every
     # trial records as attributes next to its hyperparameters.
@@ -73,4 +106,8 @@ def get_backend(name: str) -> SearchBackend:
         from tuner.backends._optuna import OptunaBackend
 
         return OptunaBackend()
+    if name == "keras-tuner":
+        from tuner.backends._keras_tuner import KerasTunerBackend
+
+        return KerasTunerBackend()
     raise TunerError(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}")

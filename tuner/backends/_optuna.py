@@ -10,42 +10,20 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-import keras
 import optuna
 from optuna.distributions import BaseDistribution
-from optuna.distributions import CategoricalDistribution
 from optuna.distributions import FloatDistribution
 from optuna.distributions import IntDistribution
 from optuna.trial import TrialState
 
 from search_spaces import ParamSpec
 from tuner._training import EpochReport
+from tuner._training import start_trial
 from tuner._training import train_and_evaluate
+from tuner.backends._base import SearchAborted
 from tuner.backends._base import SearchBackend
 from tuner.backends._base import SearchJob
-from tuner.errors import TunerError
-
-
-class SearchAborted(TunerError):
-    """Too many trials in a row failed; the last error says why."""
-
-
-def to_distribution(spec: ParamSpec) -> BaseDistribution:
-    """The Optuna distribution of a Keras Tuner declaration (log sampling excludes a step in Optuna)."""
-    c = spec.config
-    if spec.kind in ("Int", "Float"):
-        log = c.get("sampling") in ("log", "reverse_log")
-        step = None if log else c.get("step")
-        if spec.kind == "Int":
-            return IntDistribution(int(c["min_value"]), int(c["max_value"]), log=log, step=int(step or 1))
-        return FloatDistribution(float(c["min_value"]), float(c["max_value"]), log=log, step=step)
-    if spec.kind == "Choice":
-        return CategoricalDistribution(list(c["values"]))
-    if spec.kind == "Boolean":
-        return CategoricalDistribution([False, True])
-    if spec.kind == "Fixed":
-        return CategoricalDistribution([c["value"]])
-    raise TypeError(f"unknown hyperparameter kind {spec.kind!r}")
+from tuner.backends._base import to_distribution
 
 
 def suggest(trial: optuna.Trial, name: str, distribution: BaseDistribution) -> Any:
@@ -125,9 +103,7 @@ class OptunaBackend(SearchBackend):
 
 def run_trial(job: SearchJob, trial: optuna.Trial) -> float:
     """Build, train and test one configuration; record its metrics on the trial."""
-    keras.backend.clear_session()
-    keras.utils.set_random_seed(job.seed + trial.number)
-    keras.config.set_dtype_policy(job.precision)
+    start_trial(job.seed + trial.number, job.precision)
     for key, value in job.recipe.items():
         trial.set_user_attr(key, value)
     try:

@@ -1,0 +1,263 @@
+"""The Keras Tuner backend: its hyperparameters, states and trials land in the Optuna study, once."""
+
+from __future__ import annotations
+
+import keras_tuner
+import optuna
+import pytest
+from conftest import TINY
+from optuna.distributions import CategoricalDistribution
+from optuna.distributions import FloatDistribution
+from optuna.distributions import IntDistribution
+from optuna.trial import TrialState
+
+import tuner
+import tuner.backends._keras_tuner as kt_backend
+from storage import StudyMismatchError
+from tuner._training import TrialResult
+from tuner.backends._keras_tuner import TRIAL_ID_ATTR
+from tuner.backends._keras_tuner import optuna_params
+from tuner.backends._keras_tuner import optuna_state
+from tuner.errors import TunerError
+
+TRIAL_ATTRS = {"epochs", "best_epoch", "train_seconds", "param_count", "val_accuracy", "test_accuracy",
+               "batch_size", "augment", "precision", "max_epochs", TRIAL_ID_ATTR, "algorithm"}
+
+
+def test_every_keras_tuner_kind_becomes_an_optuna_param_with_its_distribution():
+    hp = keras_tuner.HyperParameters()
+    hp.Int("units", 8, 64, step=8, default=16)
+    hp.Int("blocks", 1, 64, sampling="log")
+    hp.Float("dropout", 0.0, 0.5, step=0.05, default=0.15)
+    hp.Float("lr", 1e-4, 1e-1, sampling="log", default=1e-3)
+    hp.Choice("optimizer", ["adam", "sgd"], default="sgd")
+    hp.Boolean("bottleneck", default=True)
+    hp.Fixed("kernel_size", 3)
+    hp.values["tuner/epochs"] = 4  # Hyperband's bookkeeping: an attribute, not a parameter
+    params, distributions = optuna_params(hp)
+    assert params == {"units": 16, "blocks": 1, "dropout": 0.15, "lr": 1e-3, "optimizer": "sgd",
+                      "bottleneck": True, "kernel_size": 3}
+    assert distributions["units"] == IntDistribution(8, 64, step=8)
+    assert distributions["blocks"] == IntDistribution(1, 64, log=True)
+    assert distributions["dropout"] == FloatDistribution(0.0, 0.5, step=0.05)
+    assert distributions["lr"] == FloatDistribution(1e-4, 1e-1, log=True)
+    assert distributions["optimizer"] == CategoricalDistribution(["adam", "sgd"])
+    assert distributions["bottleneck"] == CategoricalDistribution([False, True])
+    assert distributions["kernel_size"] == CategoricalDistribution([3])
+    # Optuna accepts them as a trial: every value lies in its distribution.
+    study = optuna.create_study()
+    study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=0.5))
+    assert study.trials[0].params == params
+
+
+def test_inactive_conditional_hyperparameters_are_left_out():
+    hp = keras_tuner.HyperParameters()
+    hp.Choice("optimizer", ["adam", "sgd"], default="adam")
+    with hp.conditional_scope("optimizer", ["sgd"]):
+        hp.Float("momentum", 0.0, 0.99)
+    params, _ = optuna_params(hp)
+    assert params == {"optimizer": "adam"}
+
+
+@pytest.mark.parametrize("status, epochs, expected", [
+    ("COMPLETED", 4, TrialState.COMPLETE),
+    ("COMPLETED", 2, TrialState.PRUNED),  # a Hyperband round short of the full budget
+    ("FAILED", 4, TrialState.FAIL),
+    ("INVALID", 1, TrialState.FAIL),
+    ("STOPPED", 4, TrialState.FAIL),
+])
+def test_keras_tuner_states(status, epochs, expected):
+    assert optuna_state(status, epochs, 4) == expected
+
+
+def fake_training(model, data, *, epochs, initial_epoch=0, callbacks=(), **_):
+    """Reports an accuracy per epoch that depends on the learning rate, without training."""
+    lr = float(model.optimizer.learning_rate.numpy()) if hasattr(model.optimizer.learning_rate, "numpy") else 0.01
+    logs = {}
+    for callback in callbacks:
+        callback.set_model(model)
+    for epoch in range(initial_epoch, epochs):
+        logs = {"loss": 1.0, "val_accuracy": min(0.5 + lr + 0.01 * epoch, 1.0), "val_loss": 1.0}
+        for callback in callbacks:
+            callback.on_epoch_end(epoch, logs)
+    return TrialResult(value=logs["val_accuracy"], best_epoch=epochs, epochs=epochs - initial_epoch,
+                       train_seconds=0.1, params=1, best_logs=logs, test_loss=1.0, test_accuracy=0.5)
+
+
+def kt_search(url, **kwargs):
+    settings = dict(trials=3, epochs=2, study="kt", storage=url, backend="keras-tuner", algorithm="random",
+                    overrides=TINY["resnet"], keep=0)
+    return tuner.search("resnet", "digits", **{**settings, **kwargs})
+
+
+def test_random_search_mirrors_every_trial(sqlite_url, monkeypatch):
+    monkeypatch.setattr(kt_backend, "train_and_evaluate", fake_training)
+    study = kt_search(sqlite_url)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    assert sorted(int(t.user_attrs[TRIAL_ID_ATTR]) for t in trials) == [0, 1, 2]
+    for trial in trials:
+        assert set(trial.intermediate_values) == {1, 2}
+        assert trial.value == trial.intermediate_values[2]
+        assert set(trial.params) >= {"depth", "learning_rate", "optimizer"} and trial.params["depth"] == 8
+    assert study.user_attrs["backend"] == "keras-tuner" and study.user_attrs["algorithm"] == "random"
+    # Running the same command again: the budget is spent, nothing is added.
+    assert len(kt_search(sqlite_url).trials) == 3
+    assert len(kt_search(sqlite_url, trials=4).trials) == 4
+
+
+def test_hyperband_rounds_are_pruned_and_continued(sqlite_url, monkeypatch):
+    monkeypatch.setattr(kt_backend, "train_and_evaluate", fake_training)
+    study = kt_search(sqlite_url, algorithm="hyperband", trials=8, epochs=3)
+    trials = study.get_trials()
+    assert len(trials) == 8
+    states = {t.state for t in trials}
+    assert states == {TrialState.PRUNED, TrialState.COMPLETE}
+    for trial in trials:
+        epochs = trial.user_attrs["tuner_epochs"]
+        assert trial.state == (TrialState.COMPLETE if epochs == 3 else TrialState.PRUNED)
+        assert max(trial.intermediate_values) == epochs
+    continued = [t for t in trials if "tuner_trial_id" in t.user_attrs]
+    assert continued, "Hyperband promoted no trial"
+    by_id = {t.user_attrs[TRIAL_ID_ATTR]: t for t in trials}
+    for child in continued:
+        parent = by_id[child.user_attrs["tuner_trial_id"]]
+        assert child.params == parent.params
+        # The curve of a continued round starts with its parent's epochs.
+        for step in parent.intermediate_values:
+            assert child.intermediate_values[step] == parent.intermediate_values[step]
+
+
+def test_a_failing_trial_is_recorded_and_the_search_goes_on(sqlite_url, monkeypatch):
+    calls = []
+
+    def sometimes_broken(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("out of memory (simulated)")
+        return fake_training(*args, **kwargs)
+
+    monkeypatch.setattr(kt_backend, "train_and_evaluate", sometimes_broken)
+    study = kt_search(sqlite_url)
+    states = [t.state for t in study.get_trials()]
+    assert states.count(TrialState.FAIL) == 1 and states.count(TrialState.COMPLETE) == 3
+    failed = study.get_trials(states=(TrialState.FAIL,))[0]
+    assert failed.user_attrs["error"] == "RuntimeError: out of memory (simulated)"
+
+
+def test_consecutive_failures_stop_the_search(sqlite_url, monkeypatch):
+    monkeypatch.setattr(kt_backend, "train_and_evaluate",
+                        lambda *a, **k: (_ for _ in ()).throw(ValueError("bad")))
+    with pytest.raises(tuner.TunerError, match="2 failed trials in a row; last error: ValueError: bad"):
+        kt_search(sqlite_url, max_failures=2)
+
+
+def test_resume_after_a_kill_adds_no_duplicate(sqlite_url, monkeypatch):
+    """A process dying mid-trial, or between storing a trial and Keras Tuner recording it."""
+    calls = []
+
+    def killed_in_second_trial(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # stands for SIGKILL: nothing after this line runs
+        return fake_training(*args, **kwargs)
+
+    monkeypatch.setattr(kt_backend, "train_and_evaluate", killed_in_second_trial)
+    with pytest.raises(KeyboardInterrupt):
+        kt_search(sqlite_url)
+    study = optuna.load_study(study_name="kt", storage=sqlite_url)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE]  # nothing left RUNNING
+
+    original = kt_backend.MirroredTuner.on_trial_end
+
+    def killed_after_storing(self, trial):
+        self.mirror(trial)
+        raise KeyboardInterrupt  # Keras Tuner never learns that the trial ended
+
+    monkeypatch.setattr(kt_backend, "train_and_evaluate", fake_training)
+    monkeypatch.setattr(kt_backend.MirroredTuner, "on_trial_end", killed_after_storing)
+    with pytest.raises(KeyboardInterrupt):
+        kt_search(sqlite_url)
+    assert len(study.trials) == 2
+
+    monkeypatch.setattr(kt_backend.MirroredTuner, "on_trial_end", original)
+    kt_search(sqlite_url)
+    trials = study.get_trials()
+    ids = [int(t.user_attrs[TRIAL_ID_ATTR]) for t in trials]
+    assert len(trials) == 3 and sorted(ids) == [0, 1, 2]
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+
+
+def test_backends_and_algorithms_do_not_mix(sqlite_url, monkeypatch):
+    monkeypatch.setattr(kt_backend, "train_and_evaluate", fake_training)
+    kt_search(sqlite_url, trials=1)
+    with pytest.raises(StudyMismatchError, match="backend"):
+        tuner.search("resnet", "digits", trials=1, epochs=1, study="kt", storage=sqlite_url,
+                     overrides=TINY["resnet"])
+    with pytest.raises(StudyMismatchError, match="algorithm"):
+        kt_search(sqlite_url, algorithm="bayesian")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"algorithm": "annealing"}, "unknown Keras Tuner algorithm"),
+    ({"workers": 2}, "--backend optuna"),
+    ({"backend": "optuna"}, "--algorithm chooses a Keras Tuner tuner"),
+])
+def test_bad_keras_tuner_requests_fail_before_any_trial(sqlite_url, kwargs, message):
+    with pytest.raises(TunerError, match=message):
+        kt_search(sqlite_url, **kwargs)
+
+
+def test_missing_keras_tuner_folder_is_refused(sqlite_url, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(kt_backend, "train_and_evaluate", fake_training)
+    kt_search(sqlite_url, trials=1)
+    shutil.rmtree(tmp_path / "tuner-keras-tuner" / "kt")
+    with pytest.raises(TunerError, match="Keras Tuner folder .* is missing"):
+        kt_search(sqlite_url, trials=2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["bayesian", "grid", "hyperband"])
+def test_every_algorithm_trains_real_models(sqlite_url, algorithm):
+    study = kt_search(sqlite_url, algorithm=algorithm, trials=2, epochs=1, keep=1,
+                      overrides=[*TINY["resnet"], "learning_rate=1e-3..1e-2"])
+    trials = study.get_trials()
+    assert len(trials) == 2 and all(t.state == TrialState.COMPLETE for t in trials)
+    for trial in trials:
+        assert TRIAL_ATTRS <= set(trial.user_attrs)
+        assert 0.0 <= trial.user_attrs["test_accuracy"] <= 1.0
+    exported = tuner.export("kt", "best.keras", storage=sqlite_url)
+    assert exported["trial"] == study.best_trial.number
+
+
+@pytest.mark.slow
+def test_kill_9_mid_study_then_the_same_command_completes_it(sqlite_url, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tuner.cli import main
+
+    args = ["search", "--space", "resnet", "--backend", "keras-tuner", "--algorithm", "random",
+            "--trials", "3", "--epochs", "2", "--study", "kt", "--storage", sqlite_url, "--keep", "0",
+            "--recycle-after", "0", "--quiet", *(f"--set={item}" for item in TINY["resnet"])]
+    process = subprocess.Popen([sys.executable, "-m", "tuner", *args], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, env={**os.environ, "TUNER_STORAGE": ""})
+    second = tmp_path / "tuner-keras-tuner" / "kt" / "trial_0001"
+    deadline = time.monotonic() + 120
+    while not second.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert second.exists(), "the second trial never started"
+    process.send_signal(signal.SIGKILL)  # mid-trial: it is training the second configuration
+    process.wait()
+    study = optuna.load_study(study_name="kt", storage=sqlite_url)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE]
+
+    assert main(args) == 0
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    assert sorted(int(t.user_attrs[TRIAL_ID_ATTR]) for t in trials) == [0, 1, 2]

@@ -1,0 +1,321 @@
+"""The Keras Tuner backend: Keras Tuner's own oracles drive the space, every trial lands in the Optuna study.
+
+Keras Tuner chooses the values (``random``, ``bayesian``, ``hyperband`` or ``grid``) and keeps its
+own state in a folder per study, which is how it resumes. Training is ours (``train_and_evaluate``),
+so a trial means the same as under the Optuna backend. When a Keras Tuner trial ends, and before
+Keras Tuner records that it ended, it is written to the study as one Optuna trial: parameters with
+the distributions of their declarations, the per-epoch objective as intermediate values, the state
+and the same attributes, plus ``kt_trial_id``. A trial already in the study under that id is not
+written again, so a study resumed after a crash holds each Keras Tuner trial once. A trial is
+written only once it has ended, so a killed process leaves nothing RUNNING; Keras Tuner runs that
+trial again on resume.
+
+Keras Tuner's Hyperband trains a configuration in rounds of growing epoch budgets, each round a
+trial that continues from its parent's weights. A round that stops short of ``--epochs`` is stored
+as PRUNED, the last round COMPLETE; a round's learning curve starts with its parent's epochs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import fcntl
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import keras_tuner
+import optuna
+from optuna.trial import TrialState
+
+from search_spaces import ParamSpec
+from tuner._search import ALGORITHMS
+from tuner._training import EpochReport
+from tuner._training import TrialResult
+from tuner._training import start_trial
+from tuner._training import train_and_evaluate
+from tuner.backends._base import SearchAborted
+from tuner.backends._base import SearchBackend
+from tuner.backends._base import SearchJob
+from tuner.backends._base import to_distribution
+from tuner.errors import TunerError
+
+# Keras Tuner's own bookkeeping values (Hyperband's rounds); attributes of a trial, not parameters.
+PRIVATE_PREFIX = "tuner/"
+TRIAL_ID_ATTR = "kt_trial_id"
+# Keras Tuner marks a trial COMPLETED, FAILED (given up) or INVALID (an error; FAILED without retries).
+STATES = {"COMPLETED": TrialState.COMPLETE, "FAILED": TrialState.FAIL, "INVALID": TrialState.FAIL}
+
+
+class _StopSearch(Exception):
+    """Raised before a new Keras Tuner trial when the budget or the time is spent."""
+
+
+def make_oracle(algorithm: str, job: SearchJob) -> keras_tuner.Oracle:
+    """Keras Tuner's oracle for ``algorithm``, over the space narrowed by ``job.overrides``.
+
+    Hyperband runs as many iterations as the study's trial budget allows; the budget, not Keras
+    Tuner's ``max_trials``, ends a search, so it counts the same finished trials as the Optuna backend.
+    """
+    from tuner._training import DIRECTIONS
+
+    direction = "max" if DIRECTIONS[job.objective] == "maximize" else "min"
+    objective = keras_tuner.Objective(job.objective, direction)
+    hp = keras_tuner.HyperParameters()
+    for spec in job.overrides.values():
+        spec.declare(hp)  # declared first, a narrowed spec wins over the space's own declaration
+    common = {"objective": objective, "hyperparameters": hp, "seed": job.seed,
+              "max_consecutive_failed_trials": 10**9}  # ours counts (SearchAborted)
+    if algorithm == "random":
+        return keras_tuner.oracles.RandomSearchOracle(max_trials=None, **common)
+    if algorithm == "bayesian":
+        return keras_tuner.oracles.BayesianOptimizationOracle(max_trials=None, **common)
+    if algorithm == "grid":
+        return keras_tuner.oracles.GridSearchOracle(max_trials=None, **common)
+    if algorithm == "hyperband":
+        return keras_tuner.oracles.HyperbandOracle(max_epochs=job.epochs, factor=3,
+                                                   hyperband_iterations=None, **common)
+    raise TunerError(f"unknown Keras Tuner algorithm {algorithm!r}; choose one of: {', '.join(ALGORITHMS)}")
+
+
+def split_values(hp: keras_tuner.HyperParameters) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The trial's space values, and Keras Tuner's own ``tuner/...`` values (Hyperband's bookkeeping)."""
+    values = dict(hp.values)
+    private = {k: values.pop(k) for k in list(values) if k.startswith(PRIVATE_PREFIX)}
+    return values, private
+
+
+def optuna_params(hp: keras_tuner.HyperParameters) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The active values of ``hp`` as Optuna params, each with the distribution of its declaration."""
+    params, distributions = {}, {}
+    for declaration in hp.space:
+        name = declaration.name
+        if name.startswith(PRIVATE_PREFIX) or not hp.is_active(declaration) or name not in hp.values:
+            continue
+        distribution = to_distribution(ParamSpec.from_keras_tuner(declaration))
+        params[name], distributions[name] = hp.values[name], distribution
+    return params, distributions
+
+
+def optuna_state(status: str, epochs_trained: int, max_epochs: int) -> TrialState:
+    """The Optuna state of a Keras Tuner trial that ended with ``status`` after ``epochs_trained``.
+
+    A completed trial that trained fewer epochs than the most a trial gets was stopped there by
+    Hyperband: PRUNED. (Early stopping on a plateau still ends a trial COMPLETE, as in the Optuna
+    backend; it is ``max_epochs`` that a Hyperband round lowers.)
+    """
+    state = STATES.get(status, TrialState.FAIL)
+    if state == TrialState.COMPLETE and epochs_trained < max_epochs:
+        return TrialState.PRUNED
+    return state
+
+
+@contextlib.contextmanager
+def exclusive(folder: Path, study: str) -> Iterator[None]:
+    """Hold the study's Keras Tuner folder alone: its oracle is one process's state, not shareable."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise TunerError(f"cannot create the Keras Tuner folder {folder}: {err}") from None
+    with open(folder / "tuner.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TunerError(
+                f"study {study!r} is being searched by another Keras Tuner process ({folder}); Keras "
+                "Tuner keeps its state in one process: wait for it, or use --backend optuna for "
+                "several workers") from None
+        yield
+
+
+class MirroredTuner(keras_tuner.Tuner):
+    """A Keras Tuner ``Tuner`` that trains with tuner's trial loop and writes each trial to the study."""
+
+    def __init__(self, job: SearchJob, oracle: keras_tuner.Oracle, folder: Path) -> None:
+        super().__init__(oracle=oracle, hypermodel=job.hypermodel, directory=str(folder.parent),
+                         project_name=folder.name, overwrite=False)
+        self.job = job
+        self.deadline = None if job.timeout is None else time.monotonic() + job.timeout
+        self.started = 0
+        self.results: dict[str, TrialResult] = {}
+        self.models: dict[str, Any] = {}
+        self.errors: dict[str, str] = {}
+        self.curves: dict[str, dict[int, float]] = {}
+        self.started_at: dict[str, datetime.datetime] = {}
+        self.consecutive_failures = 0
+        self.last_error = ""
+
+    # The search loop: Keras Tuner calls these in order for every trial.
+
+    def pre_create_trial(self) -> None:
+        job = self.job
+        if job.finished_trials() >= job.trials:
+            raise _StopSearch("budget")
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise _StopSearch("timeout")
+        if job.process_trials and self.started >= job.process_trials:
+            raise _StopSearch("process")
+
+    def on_trial_begin(self, trial: keras_tuner.engine.trial.Trial) -> None:
+        self.started += 1
+        self.started_at[trial.trial_id] = datetime.datetime.now()
+        values, _ = split_values(trial.hyperparameters)
+        # The values of a trial's first declarations are known only once build() declared them all.
+        self.job.progress.trial_started(int(trial.trial_id), values)
+
+    def run_trial(self, trial: keras_tuner.engine.trial.Trial, *args: Any, **kwargs: Any) -> dict[str, float]:
+        job = self.job
+        hp = trial.hyperparameters
+        _, private = split_values(hp)
+        epochs = int(private.get("tuner/epochs", job.epochs))
+        initial_epoch = int(private.get("tuner/initial_epoch", 0))
+        curve = dict(self.parent_curve(private.get("tuner/trial_id"), initial_epoch))
+        self.curves[trial.trial_id] = curve
+        try:
+            start_trial(job.seed + int(trial.trial_id), job.precision)
+            model = job.hypermodel.build(hp)
+            if "tuner/trial_id" in private:  # a Hyperband round continues its parent's weights
+                model.optimizer.build(model.trainable_variables)  # and its optimizer's moments
+                model.load_weights(self._get_checkpoint_fname(private["tuner/trial_id"]))
+
+            def report(epoch: int, logs: dict[str, float]) -> bool:
+                value = logs.get(job.objective, math.nan)
+                if math.isfinite(value):
+                    curve[epoch] = value
+                job.progress.epoch_ended(int(trial.trial_id), epoch, logs)
+                return False
+
+            result = train_and_evaluate(model, job.data, epochs=epochs, initial_epoch=initial_epoch,
+                                        batch_size=job.batch_size, objective=job.objective,
+                                        patience=job.patience, callbacks=[EpochReport(report)])
+        except Exception as err:
+            self.errors[trial.trial_id] = f"{type(err).__name__}: {err}"[:1000]
+            raise
+        if epochs < job.epochs:  # a Hyperband round that may be continued by a later one
+            model.save_weights(self._get_checkpoint_fname(trial.trial_id))
+        self.results[trial.trial_id] = result
+        self.models[trial.trial_id] = model
+        return {job.objective: result.value}
+
+    def on_trial_end(self, trial: keras_tuner.engine.trial.Trial) -> None:
+        # Into the study first: a crash between the two leaves a trial Keras Tuner reruns and the
+        # study already has (skipped then), never one the study lacks.
+        stored = self.mirror(trial)
+        super().on_trial_end(trial)
+        if stored is not None:
+            self.count_failure(stored)
+
+    # Writing a trial to the study.
+
+    def parent_curve(self, parent_id: str | None, upto: int) -> dict[int, float]:
+        """The parent round's intermediate values up to epoch ``upto``, from the study."""
+        if parent_id is None:
+            return {}
+        for stored in self.job.study.get_trials(deepcopy=False):
+            if stored.user_attrs.get(TRIAL_ID_ATTR) == parent_id:
+                return {step: v for step, v in stored.intermediate_values.items() if step <= upto}
+        return {}
+
+    def mirror(self, trial: keras_tuner.engine.trial.Trial) -> optuna.trial.FrozenTrial | None:
+        """Write the ended Keras Tuner ``trial`` to the study, once; returns it as stored (None: it was)."""
+        job, trial_id = self.job, trial.trial_id
+        model = self.models.pop(trial_id, None)
+        result = self.results.pop(trial_id, None)
+        if trial_id in mirrored_ids(job.study):
+            return None
+        _, private = split_values(trial.hyperparameters)
+        status = trial.status if result is not None else "FAILED"
+        state = optuna_state(status, int(private.get("tuner/epochs", job.epochs)), job.epochs)
+        attrs: dict[str, Any] = {**job.recipe, TRIAL_ID_ATTR: trial_id, "algorithm": job.algorithm}
+        attrs.update({key.replace("/", "_"): value for key, value in private.items()})
+        if result is not None:
+            attrs.update(result.attrs())
+        if state == TrialState.FAIL:
+            attrs["error"] = self.errors.pop(trial_id, None) or _last_line(trial.message) or "failed"
+        curve = self.curves.pop(trial_id, {})
+        params, distributions = optuna_params(trial.hyperparameters)
+        template = optuna.trial.FrozenTrial(
+            number=-1, trial_id=-1, state=TrialState.RUNNING, value=None,
+            datetime_start=self.started_at.pop(trial_id, datetime.datetime.now()), datetime_complete=None,
+            params=params, distributions=distributions, user_attrs=attrs, system_attrs={},
+            intermediate_values=curve,
+        )
+        storage = job.storage
+        study_id = storage.get_study_id_from_name(job.study.study_name)
+        optuna_id = storage.create_new_trial(study_id, template_trial=template)
+        value = None
+        if state == TrialState.COMPLETE:
+            value = result.value
+            if job.keeper is not None:
+                job.keeper.offer(optuna.Trial(job.study, optuna_id), model, value)
+        elif state == TrialState.PRUNED and curve:
+            value = curve[max(curve)]  # as Optuna records a pruned trial: its last reported value
+        storage.set_trial_state_values(optuna_id, state, None if value is None else [value])
+        frozen = storage.get_trial(optuna_id)
+        job.progress.trial_finished(job.study, frozen)
+        return frozen
+
+    def count_failure(self, frozen: optuna.trial.FrozenTrial) -> None:
+        if frozen.state != TrialState.FAIL:
+            self.consecutive_failures = 0
+            return
+        self.consecutive_failures += 1
+        self.last_error = frozen.user_attrs.get("error", "unknown error")
+        if self.job.max_failures and self.consecutive_failures >= self.job.max_failures:
+            raise SearchAborted(f"search stopped after {self.consecutive_failures} failed trials in a "
+                                f"row; last error: {self.last_error}")
+
+
+def mirrored_ids(study: optuna.Study) -> dict[str, int]:
+    """Keras Tuner trial id -> Optuna trial number, for the trials already in the study."""
+    return {t.user_attrs[TRIAL_ID_ATTR]: t.number for t in study.get_trials(deepcopy=False)
+            if TRIAL_ID_ATTR in t.user_attrs}
+
+
+def _last_line(text: str | None) -> str:
+    lines = [line for line in (text or "").strip().splitlines() if line.strip()]
+    return lines[-1][:1000] if lines else ""
+
+
+class KerasTunerBackend(SearchBackend):
+    """Runs one of Keras Tuner's tuners over the space, mirroring each trial into the study."""
+
+    name = "keras-tuner"
+
+    def run(self, job: SearchJob) -> None:
+        if job.finished_trials() >= job.trials:
+            return
+        folder = Path(job.workdir or "keras-tuner") / job.study.study_name
+        with exclusive(folder, job.study.study_name):
+            check_resumable(job.study, folder)
+            tuner = MirroredTuner(job, make_oracle(job.algorithm, job), folder)
+            try:
+                with quiet_failures():
+                    tuner.search(verbose=0)
+            except _StopSearch:
+                pass
+
+
+@contextlib.contextmanager
+def quiet_failures() -> Iterator[None]:
+    """Keras Tuner prints the traceback of every failed trial; ours is one line with the trial's state."""
+    from keras_tuner.src import config  # no public switch for this
+
+    debug, config.DEBUG = config.DEBUG, False
+    try:
+        yield
+    finally:
+        config.DEBUG = debug
+
+
+def check_resumable(study: optuna.Study, folder: Path) -> None:
+    """Refuse to restart Keras Tuner from nothing on a study it already wrote trials to.
+
+    Keras Tuner numbers trials from 0 in a new folder, so its trials would collide with the stored ones.
+    """
+    if mirrored_ids(study) and not (folder / "oracle.json").exists():
+        raise TunerError(
+            f"study {study.study_name!r} has Keras Tuner trials but its Keras Tuner folder {folder} is "
+            "missing (it holds the search state): restore it, or start a new --study")
