@@ -30,6 +30,7 @@ def test_spaces_lists_both_spaces_with_ranges(capsys):
     assert code == 0 and "growth_rate" in out and "choice of 8, 14, 20" in out
 
 
+@pytest.mark.core
 @pytest.mark.slow
 def test_search_then_best_trials_and_studies(capsys, sqlite_url):
     store = ["--storage", sqlite_url]

@@ -62,6 +62,7 @@ def _call(app, path: str) -> dict:
     return json.loads(body)
 
 
+@pytest.mark.core
 @pytest.mark.slow
 def test_search_stores_every_trial_and_continues(sqlite_url):
     study = tuner.search("resnet", "digits", trials=2, epochs=2, study="s", storage=sqlite_url,
@@ -107,6 +108,7 @@ def test_search_stores_every_trial_and_continues(sqlite_url):
     assert {p["name"] for p in detail["trials"][0]["params"]} >= {"depth", "learning_rate"}
 
 
+@pytest.mark.core
 @pytest.mark.slow
 def test_densenet_search_minimising_val_loss(sqlite_url):
     study = tuner.search("densenet", "digits", trials=1, epochs=1, storage=sqlite_url,
@@ -121,15 +123,38 @@ def test_failing_trials_are_recorded_and_stop_the_search(sqlite_url, monkeypatch
     import tuner.backends._optuna as backend
 
     def broken(*args, **kwargs):
-        raise RuntimeError("out of memory")
+        raise RuntimeError("a bug in a layer")
 
     monkeypatch.setattr(backend, "train_and_evaluate", broken)
-    with pytest.raises(SearchAborted, match="2 failed trials in a row; last error: RuntimeError: out of memory"):
+    with pytest.raises(SearchAborted, match="2 failed trials in a row; last error: RuntimeError: a bug in a layer"):
         tuner.search("resnet", "digits", trials=5, study="f", storage=sqlite_url, max_failures=2,
                      overrides=TINY["resnet"])
     trials = optuna.load_study(study_name="f", storage=sqlite_url).trials
     assert [t.state.name for t in trials] == ["FAIL", "FAIL"]
-    assert trials[0].user_attrs["error"] == "RuntimeError: out of memory"
+    assert trials[0].user_attrs["error"] == "RuntimeError: a bug in a layer"
+
+
+@pytest.mark.parametrize("error", [MemoryError("host"), RuntimeError("CUDA out of memory. Tried to allocate 2 GiB"),
+                                   ValueError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate")])
+def test_out_of_memory_fails_that_trial_and_the_study_goes_on(sqlite_url, monkeypatch, error):
+    import tuner.backends._optuna as backend
+    from tuner._training import TrialResult
+
+    calls = []
+
+    def first_runs_out(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise error
+        return TrialResult(value=0.5, best_epoch=1, epochs=1, train_seconds=0.1, params=1, best_logs={},
+                           test_loss=1.0, test_accuracy=0.5)
+
+    monkeypatch.setattr(backend, "train_and_evaluate", first_runs_out)
+    study = tuner.search("resnet", "digits", trials=2, study="oom", storage=sqlite_url, overrides=TINY["resnet"],
+                         keep=0)
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE", "COMPLETE"]
+    reason = study.trials[0].user_attrs["error"]
+    assert reason.startswith("out of memory (try a smaller --batch-size") and type(error).__name__ in reason
 
 
 def test_same_seed_same_suggestions(sqlite_url, monkeypatch):
@@ -182,6 +207,49 @@ def test_interrupt_leaves_no_trial_running(sqlite_url, monkeypatch):
     assert [t.state.name for t in optuna.load_study(study_name="i", storage=sqlite_url).trials] == ["FAIL"]
 
 
+def test_continuing_a_study_does_not_repeat_its_configurations(sqlite_url, monkeypatch):
+    import tuner.backends._optuna as backend
+    from tuner._training import TrialResult
+
+    monkeypatch.setattr(backend, "train_and_evaluate", lambda *a, **k: TrialResult(
+        value=0.5, best_epoch=1, epochs=1, train_seconds=0.1, params=1, best_logs={}, test_loss=1.0,
+        test_accuracy=0.5))
+    settings = dict(study="c", storage=sqlite_url, overrides=TINY["resnet"], keep=0, start_from_defaults=False)
+    tuner.search("resnet", "digits", trials=2, **settings)
+    study = tuner.search("resnet", "digits", trials=4, **settings)  # the same command, continued
+    configurations = {tuple(sorted(t.params.items())) for t in study.trials}
+    assert len(study.trials) == 4 and len(configurations) == 4
+
+
+@pytest.mark.slow
+def test_sigterm_records_the_trial_in_flight_as_failed(sqlite_url):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    command = [sys.executable, "-m", "tuner", "search", "--trials", "3", "--epochs", "50", "--study", "t",
+               "--storage", sqlite_url, "--recycle-after", "0", "--pruner", "none", "--quiet",
+               *(f"--set={item}" for item in TINY["resnet"])]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "TUNER_STORAGE": ""})
+    deadline = time.monotonic() + 120
+    running: list = []
+    while not running and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+        try:
+            study = optuna.load_study(study_name="t", storage=sqlite_url)
+            running = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+        except KeyError:  # the study is not created yet
+            pass
+    assert running, "no trial started"
+    time.sleep(3)  # well inside training
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 130, process.stderr.read()[-2000:]
+    assert [t.state.name for t in study.get_trials()] == ["FAIL"]
+
+
 def test_two_workers_share_one_trial_budget(sqlite_url):
     import subprocess
     import sys
@@ -195,16 +263,24 @@ def test_two_workers_share_one_trial_budget(sqlite_url):
     assert states == ["COMPLETE"] * 6
 
 
+@pytest.mark.core
 def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(sqlite_url, monkeypatch):
     import keras
 
     import search_spaces._base as base
 
-    # A learning rate no space offers, so the loss really becomes NaN in training.
-    monkeypatch.setattr(base, "make_optimizer", lambda name, lr: keras.optimizers.SGD(learning_rate=1e12))
-    study = tuner.search("resnet", "digits", trials=2, epochs=2, storage=sqlite_url, overrides=TINY["resnet"],
-                         pruner="none")
-    assert [t.state.name for t in study.trials] == ["FAIL", "FAIL"]
+    # For the first trial, a learning rate no space offers, so the loss really becomes NaN in training.
+    built = []
+    original = base.make_optimizer
+
+    def first_diverges(name, lr):
+        built.append(name)
+        return keras.optimizers.SGD(learning_rate=1e12) if len(built) == 1 else original(name, lr)
+
+    monkeypatch.setattr(base, "make_optimizer", first_diverges)
+    study = tuner.search("resnet", "digits", trials=1, epochs=2, storage=sqlite_url, overrides=TINY["resnet"],
+                         pruner="none", keep=0)
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
     assert "loss became nan" in study.trials[0].user_attrs["error"]
 
 

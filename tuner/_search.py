@@ -135,6 +135,7 @@ def search(
     from storage import open_artifact_store
     from storage import open_storage
     from storage import open_study
+    from storage import study_names
     from tuner._progress import SearchProgress
     from tuner._device import resolve_precision
     from tuner._models import ModelKeeper
@@ -181,14 +182,20 @@ def search(
     steps_per_epoch = math.ceil(len(data.y_train) / batch_size)
     hypermodel = space_cls(data.input_shape, data.classes, mean=mean, variance=variance,
                            augment=augmentation, train_steps=epochs * steps_per_epoch)
+    name = study or default_study_name(space, dataset)
+    continued = name in study_names(store)
     study_obj = open_study(
         store,
-        study or default_study_name(space, dataset),
+        name,
         direction=DIRECTIONS[objective],
         attrs=study_attrs(space, backend, objective, raw, data.describe(), algorithm),
         sampler=chosen_sampler,
         pruner=chosen_pruner,
     )
+    if continued:
+        # Seeded afresh, a sampler proposes its first (random start-up) values again: a rerun, or the
+        # same command on another machine, would repeat trials the study already has.
+        chosen_sampler.reseed_rng()
     if start_from_defaults and backend == "optuna" and not study_obj.trials:
         # A new study first tries the space's defaults (a paper recipe): a known-good baseline for the rest.
         study_obj.enqueue_trial(

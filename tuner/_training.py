@@ -6,6 +6,7 @@ Only the ``keras`` API is used: it runs on the TensorFlow, JAX and PyTorch backe
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 from collections.abc import Callable
@@ -21,6 +22,8 @@ from tuner.errors import TunerError
 
 # The objectives a search can optimise, and which way.
 DIRECTIONS = {"val_accuracy": "maximize", "val_loss": "minimize"}
+# How TensorFlow, JAX and PyTorch say that a device (or the host) ran out of memory.
+OOM_MARKERS = ("out of memory", "resource_exhausted", "resourceexhausted", "oom when allocating")
 
 
 def start_trial(seed: int, precision: str) -> None:
@@ -28,6 +31,20 @@ def start_trial(seed: int, precision: str) -> None:
     keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
     keras.config.set_dtype_policy(precision)
+
+
+def trial_error(err: BaseException) -> str:
+    """The reason a trial failed, as stored in its ``error`` attribute.
+
+    After running out of memory (host or GPU) it first gives back what Keras holds, so the next
+    trial starts with the memory this one took, and says so with what to change.
+    """
+    text = f"{type(err).__name__}: {err}"
+    if isinstance(err, MemoryError) or any(marker in text.lower() for marker in OOM_MARKERS):
+        keras.backend.clear_session()
+        gc.collect()
+        text = f"out of memory (try a smaller --batch-size, or --set a smaller depth): {text}"
+    return text[:1000]
 
 
 class TrialDiverged(TunerError):

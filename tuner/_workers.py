@@ -25,6 +25,9 @@ def _worker(env: dict[str, str], request: dict[str, Any], verbosity: int) -> Non
     import optuna
 
     from tuner._search import search
+    from tuner.cli import stop_on_sigterm
+
+    stop_on_sigterm()
 
     optuna.logging.set_verbosity(verbosity)  # as quiet as the parent
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -336,9 +337,23 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+def stop_on_sigterm() -> None:
+    """Make SIGTERM (``kill``, a job scheduler's stop) stop a search as Ctrl-C does: the trial in
+    flight is recorded as failed, never left RUNNING, and the process exits with 130."""
+
+    import threading
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():  # the only thread that may set one
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``tuner`` command with ``argv``; returns the exit code."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    stop_on_sigterm()
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress lines replace Optuna's

@@ -36,6 +36,7 @@ from tuner._training import EpochReport
 from tuner._training import TrialResult
 from tuner._training import start_trial
 from tuner._training import train_and_evaluate
+from tuner._training import trial_error
 from tuner.backends._base import SearchAborted
 from tuner.backends._base import SearchBackend
 from tuner.backends._base import SearchJob
@@ -191,7 +192,7 @@ class MirroredTuner(keras_tuner.Tuner):
                                         batch_size=job.batch_size, objective=job.objective,
                                         patience=job.patience, callbacks=[EpochReport(report)])
         except Exception as err:
-            self.errors[trial.trial_id] = f"{type(err).__name__}: {err}"[:1000]
+            self.errors[trial.trial_id] = trial_error(err)
             raise
         if epochs < job.epochs:  # a Hyperband round that may be continued by a later one
             model.save_weights(self._get_checkpoint_fname(trial.trial_id))

@@ -20,6 +20,7 @@ from search_spaces import ParamSpec
 from tuner._training import EpochReport
 from tuner._training import start_trial
 from tuner._training import train_and_evaluate
+from tuner._training import trial_error
 from tuner.backends._base import SearchAborted
 from tuner.backends._base import SearchBackend
 from tuner.backends._base import SearchJob
@@ -80,16 +81,13 @@ class OptunaBackend(SearchBackend):
     name = "optuna"
 
     def run(self, job: SearchJob) -> None:
-        remaining = job.trials - job.finished_trials()
-        if job.process_trials:
-            remaining = min(remaining, job.process_trials)
-        if remaining <= 0:
+        if job.finished_trials() >= job.trials:
             return
         failures = ConsecutiveFailures(job.max_failures)
-        budget = StudyBudget(job.trials)
+        budget = StudyBudget(job.trials)  # what ends the search: failed trials do not count
         job.study.optimize(
             lambda trial: run_trial(job, trial),
-            n_trials=remaining,
+            n_trials=job.process_trials,
             timeout=job.timeout,
             catch=(Exception,),
             callbacks=[budget, failures, job.progress.trial_finished],
@@ -124,7 +122,7 @@ def run_trial(job: SearchJob, trial: optuna.Trial) -> float:
                                     objective=job.objective, patience=job.patience,
                                     callbacks=[pruning])
     except Exception as err:
-        trial.set_user_attr("error", f"{type(err).__name__}: {err}"[:1000])
+        trial.set_user_attr("error", trial_error(err))
         raise
     for key, value in result.attrs().items():
         trial.set_user_attr(key, value)
