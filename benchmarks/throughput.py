@@ -139,7 +139,9 @@ def measure_plain(dataset: str, space: str, values: dict, args: argparse.Namespa
 def child(args: argparse.Namespace) -> None:
     """Measure every configuration and precision on this process's backend; print JSON rows."""
     import keras
+    import optuna
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -156,6 +158,7 @@ def child(args: argparse.Namespace) -> None:
                 rows.append({"config": name, "backend": keras.backend.backend(), "precision": precision,
                              "ours": args.images / statistics.median(ours),
                              "plain": args.images / statistics.median(plain)})
+                print(f"{name} {precision}: plain {plain}, ours {ours}", file=sys.stderr, flush=True)
     print("ROWS " + json.dumps(rows))
 
 
@@ -184,11 +187,11 @@ def main() -> None:
     rows = []
     for backend in args.backends or installed_backends():
         argv = [a for a in sys.argv[1:] if a != "--child"]
-        result = subprocess.run([sys.executable, __file__, *argv, "--child"], capture_output=True, text=True,
-                                env={**os.environ, "KERAS_BACKEND": backend})
+        result = subprocess.run([sys.executable, __file__, *argv, "--child"], stdout=subprocess.PIPE, text=True,
+                                env={**os.environ, "KERAS_BACKEND": backend})  # progress on stderr
         found = [line for line in result.stdout.splitlines() if line.startswith("ROWS ")]
         if result.returncode or not found:
-            print(f"{backend}: failed (exit {result.returncode}): {result.stderr.strip().splitlines()[-1:]}")
+            print(f"{backend}: failed (exit {result.returncode}); its error is printed above")
             continue
         rows += json.loads(found[-1][5:])
     print(f"{args.images} random {args.size}x{args.size}x3 images, batch {args.batch_size}, median of epochs "

@@ -126,6 +126,17 @@ def test_hyperband_rounds_are_pruned_and_continued(sqlite_url, monkeypatch):
         # The curve of a continued round starts with its parent's epochs.
         for step in parent.intermediate_values:
             assert child.intermediate_values[step] == parent.intermediate_values[step]
+    # optuna-dashboard draws the learning curves of the pruned rounds from the store.
+    from optuna_dashboard import wsgi
+    from test_search import _call
+
+    app = wsgi(sqlite_url)
+    study_id = _call(app, "/api/studies")["study_summaries"][0]["study_id"]
+    served = _call(app, f"/api/studies/{study_id}")["trials"]
+    pruned = [t for t in served if t["state"].lower() == "pruned"]
+    assert len(pruned) == sum(t.state == TrialState.PRUNED for t in trials)
+    assert all(len(t["intermediate_values"]) == t_epochs for t, t_epochs in
+               zip(pruned, (t.user_attrs["tuner_epochs"] for t in trials if t.state == TrialState.PRUNED)))
 
 
 def test_a_failing_trial_is_recorded_and_the_search_goes_on(sqlite_url, monkeypatch):
@@ -219,9 +230,8 @@ def test_missing_keras_tuner_folder_is_refused(sqlite_url, tmp_path, monkeypatch
         kt_search(sqlite_url, trials=2)
 
 
-@pytest.mark.core
 @pytest.mark.slow
-@pytest.mark.parametrize("algorithm", ["bayesian", "grid", "hyperband"])
+@pytest.mark.parametrize("algorithm", ["bayesian", "grid", pytest.param("hyperband", marks=pytest.mark.core)])
 def test_every_algorithm_trains_real_models(sqlite_url, algorithm):
     study = kt_search(sqlite_url, algorithm=algorithm, trials=2, epochs=1, keep=1,
                       overrides=[*TINY["resnet"], "learning_rate=1e-3..1e-2"])

@@ -94,3 +94,19 @@ def test_sqlite_store_uses_write_ahead_logging(sqlite_url):
     store = open_storage(sqlite_url)
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+def test_a_schema_from_an_older_optuna_is_refused_untouched(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    open_storage(f"sqlite:///{path}").engine.dispose()
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE alembic_version SET version_num = 'v2.6.0.a'")  # as an Optuna 2.6 store says
+    conn.commit()
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # everything in the file itself, for the hash
+    conn.close()
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.raises(StoreError, match="optuna storage upgrade"):
+        open_storage(f"sqlite:///{path}")
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before

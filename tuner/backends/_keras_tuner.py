@@ -162,9 +162,6 @@ class MirroredTuner(keras_tuner.Tuner):
     def on_trial_begin(self, trial: keras_tuner.engine.trial.Trial) -> None:
         self.started += 1
         self.started_at[trial.trial_id] = datetime.datetime.now()
-        values, _ = split_values(trial.hyperparameters)
-        # The values of a trial's first declarations are known only once build() declared them all.
-        self.job.progress.trial_started(int(trial.trial_id), values)
 
     def run_trial(self, trial: keras_tuner.engine.trial.Trial, *args: Any, **kwargs: Any) -> dict[str, float]:
         job = self.job
@@ -177,6 +174,7 @@ class MirroredTuner(keras_tuner.Tuner):
         try:
             start_trial(job.seed + int(trial.trial_id), job.precision)
             model = job.hypermodel.build(hp)
+            job.progress.trial_started(int(trial.trial_id), split_values(hp)[0])  # all declared now
             if "tuner/trial_id" in private:  # a Hyperband round continues its parent's weights
                 model.optimizer.build(model.trainable_variables)  # and its optimizer's moments
                 model.load_weights(self._get_checkpoint_fname(private["tuner/trial_id"]))
