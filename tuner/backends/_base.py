@@ -34,6 +34,33 @@ class SearchAborted(TunerError):
     """Too many trials in a row failed; the last error says why."""
 
 
+class ConsecutiveFailures:
+    """Counts FAIL trials in a row; as an Optuna study callback it stops the study at ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+        self.last_error = ""
+        self.tripped = False
+
+    def record(self, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state != optuna.trial.TrialState.FAIL:
+            self.count = 0
+            return
+        self.count += 1
+        self.last_error = trial.user_attrs.get("error", "unknown error")
+        self.tripped = bool(self.limit) and self.count >= self.limit
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.record(trial)
+        if self.tripped:
+            study.stop()
+
+    def aborted(self) -> SearchAborted:
+        return SearchAborted(f"search stopped after {self.count} failed trials in a row; "
+                             f"last error: {self.last_error}")
+
+
 def to_distribution(spec: ParamSpec) -> BaseDistribution:
     """The Optuna distribution of a Keras Tuner declaration (log sampling excludes a step in Optuna).
 

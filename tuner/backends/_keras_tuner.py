@@ -37,7 +37,7 @@ from tuner._training import TrialResult
 from tuner._training import start_trial
 from tuner._training import train_and_evaluate
 from tuner._training import trial_error
-from tuner.backends._base import SearchAborted
+from tuner.backends._base import ConsecutiveFailures
 from tuner.backends._base import SearchBackend
 from tuner.backends._base import SearchJob
 from tuner.backends._base import to_distribution
@@ -145,8 +145,7 @@ class MirroredTuner(keras_tuner.Tuner):
         self.errors: dict[str, str] = {}
         self.curves: dict[str, dict[int, float]] = {}
         self.started_at: dict[str, datetime.datetime] = {}
-        self.consecutive_failures = 0
-        self.last_error = ""
+        self.failures = ConsecutiveFailures(job.max_failures)
 
     # The search loop: Keras Tuner calls these in order for every trial.
 
@@ -204,7 +203,9 @@ class MirroredTuner(keras_tuner.Tuner):
         stored = self.mirror(trial)
         super().on_trial_end(trial)
         if stored is not None:
-            self.count_failure(stored)
+            self.failures.record(stored)
+            if self.failures.tripped:
+                raise self.failures.aborted()
 
     # Writing a trial to the study.
 
@@ -255,16 +256,6 @@ class MirroredTuner(keras_tuner.Tuner):
         frozen = storage.get_trial(optuna_id)
         job.progress.trial_finished(job.study, frozen)
         return frozen
-
-    def count_failure(self, frozen: optuna.trial.FrozenTrial) -> None:
-        if frozen.state != TrialState.FAIL:
-            self.consecutive_failures = 0
-            return
-        self.consecutive_failures += 1
-        self.last_error = frozen.user_attrs.get("error", "unknown error")
-        if self.job.max_failures and self.consecutive_failures >= self.job.max_failures:
-            raise SearchAborted(f"search stopped after {self.consecutive_failures} failed trials in a "
-                                f"row; last error: {self.last_error}")
 
 
 def mirrored_ids(study: optuna.Study) -> dict[str, int]:

@@ -21,7 +21,8 @@ from tuner._training import EpochReport
 from tuner._training import start_trial
 from tuner._training import train_and_evaluate
 from tuner._training import trial_error
-from tuner.backends._base import SearchAborted
+from tuner.backends._base import ConsecutiveFailures
+from tuner.backends._base import SearchAborted  # noqa: F401 - re-exported for callers
 from tuner.backends._base import SearchBackend
 from tuner.backends._base import SearchJob
 from tuner.backends._base import to_distribution
@@ -94,9 +95,7 @@ class OptunaBackend(SearchBackend):
             gc_after_trial=True,
         )
         if failures.tripped:
-            raise SearchAborted(
-                f"search stopped after {failures.count} failed trials in a row; last error: {failures.last_error}"
-            )
+            raise failures.aborted()
 
 
 def run_trial(job: SearchJob, trial: optuna.Trial) -> float:
@@ -146,24 +145,4 @@ class StudyBudget:
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
         if len(study.get_trials(deepcopy=False, states=states)) >= self.trials:
-            study.stop()
-
-
-class ConsecutiveFailures:
-    """Study callback that stops the study after ``limit`` FAIL trials in a row."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.count = 0
-        self.last_error = ""
-        self.tripped = False
-
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if trial.state != TrialState.FAIL:
-            self.count = 0
-            return
-        self.count += 1
-        self.last_error = trial.user_attrs.get("error", "unknown error")
-        if self.limit and self.count >= self.limit:
-            self.tripped = True
             study.stop()
