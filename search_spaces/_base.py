@@ -16,16 +16,28 @@ from search_spaces._params import ParamSpec
 from search_spaces._registry import SpaceError
 
 MIN_INPUT_SIZE = 8
-OPTIMIZERS = ("adam", "sgd")
+OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
 # Fraction of a trial's steps spent warming the learning rate up from a tenth of its value.
 WARMUP_FRACTION = 0.05
 
 
 def declare_recipe(hp: Any) -> dict[str, Any]:
-    """The training hyperparameters every space shares: optimiser, learning rate and its schedule."""
+    """The training hyperparameters every space shares: optimiser, weight decay, learning rate, schedule.
+
+    Weight decay is an L2 penalty in the loss (``l2``) for Adam and SGD, and decoupled
+    (``weight_decay``, Loshchilov & Hutter 2019) for AdamW; each is declared only under its
+    optimiser, so a trial records (and a sampler tunes) only the one it uses.
+    """
+    optimizer = hp.Choice("optimizer", list(OPTIMIZERS), default="adam")
+    with hp.conditional_scope("optimizer", ["adam", "sgd"]):
+        l2 = hp.Float("l2", 1e-6, 1e-3, sampling="log", default=1e-4)
+    with hp.conditional_scope("optimizer", ["adamw"]):
+        weight_decay = hp.Float("weight_decay", 1e-4, 1e-1, sampling="log", default=1e-2)
     return {
-        "optimizer": hp.Choice("optimizer", list(OPTIMIZERS), default="adam"),
+        "optimizer": optimizer,
+        "l2": l2 or 0.0,  # None when inactive: AdamW decays the weights itself
+        "weight_decay": weight_decay or 0.0,
         "learning_rate": hp.Float("learning_rate", 1e-4, 1e-1, sampling="log", default=1e-3),
         "lr_schedule": hp.Choice("lr_schedule", list(SCHEDULES), default="cosine"),
     }
@@ -46,7 +58,8 @@ class TunableSpace(keras_tuner.HyperModel):
     inside the model, so it takes raw pixels. ``augment`` (see ``AUGMENTATIONS``) adds random
     training-time transforms inside the model, so they run on the accelerator and vanish at inference.
     ``train_steps``, the optimiser steps a trial will take, scales the learning-rate schedule; without
-    it the learning rate is constant.
+    it the learning rate is constant. ``label_smoothing`` moves that much of each target's
+    probability evenly onto all classes (Szegedy et al. 2016); labels stay integers.
     """
 
     space_name: ClassVar[str] = ""
@@ -61,6 +74,7 @@ class TunableSpace(keras_tuner.HyperModel):
         variance: Sequence[float] | None = None,
         augment: str = "none",
         train_steps: int | None = None,
+        label_smoothing: float = 0.0,
     ) -> None:
         super().__init__(name=self.space_name or None, tunable=True)
         self.input_shape = check_input_shape(input_shape)
@@ -73,6 +87,9 @@ class TunableSpace(keras_tuner.HyperModel):
             raise SpaceError(f"unknown augmentation {augment!r}; choose one of: {', '.join(AUGMENTATIONS)}")
         self.augment = augment
         self.train_steps = train_steps
+        if not 0.0 <= float(label_smoothing) < 1.0:
+            raise SpaceError(f"label smoothing must be in [0, 1), got {label_smoothing}")
+        self.label_smoothing = float(label_smoothing)
 
     @classmethod
     def declare(cls, hp: Any) -> dict[str, Any]:
@@ -90,7 +107,8 @@ class TunableSpace(keras_tuner.HyperModel):
         model = self.architecture(values)
         learning_rate = learning_rate_schedule(values["learning_rate"], values["lr_schedule"],
                                                self.train_steps)
-        compile_model(model, optimizer=values["optimizer"], learning_rate=learning_rate)
+        compile_model(model, optimizer=values["optimizer"], learning_rate=learning_rate,
+                      weight_decay=values["weight_decay"], label_smoothing=self.label_smoothing)
         return model
 
     @classmethod
@@ -130,19 +148,53 @@ def learning_rate_schedule(
     )
 
 
-def make_optimizer(name: str, learning_rate: Any) -> keras.optimizers.Optimizer:
-    """The optimizers of the spaces: Adam, or SGD with Nesterov momentum 0.9 as in the ResNet paper."""
+def make_optimizer(name: str, learning_rate: Any, weight_decay: float = 0.0) -> keras.optimizers.Optimizer:
+    """Adam; AdamW with decoupled ``weight_decay``; or SGD with Nesterov momentum 0.9 (the ResNet paper)."""
     if name == "adam":
         return keras.optimizers.Adam(learning_rate=learning_rate)
+    if name == "adamw":
+        return keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay)
     if name == "sgd":
         return keras.optimizers.SGD(learning_rate=learning_rate, momentum=0.9, nesterov=True)
     raise SpaceError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
 
 
-def compile_model(model: keras.Model, *, optimizer: str, learning_rate: Any) -> None:
+@keras.saving.register_keras_serializable(package="tuner")
+class SparseSmoothedCrossentropy(keras.losses.Loss):
+    """Cross-entropy with label smoothing for integer labels.
+
+    Keras' ``SparseCategoricalCrossentropy`` has no ``label_smoothing``; one-hot labels would make
+    every user of the model change theirs. The labels are one-hot encoded inside the loss instead.
+    """
+
+    def __init__(self, label_smoothing: float = 0.1, name: str = "sparse_smoothed_crossentropy",
+                 **kwargs: Any) -> None:
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = float(label_smoothing)
+
+    def call(self, y_true: Any, y_pred: Any) -> Any:
+        ops = keras.ops
+        labels = ops.reshape(ops.cast(y_true, "int32"), ops.shape(y_pred)[:-1])
+        one_hot = ops.one_hot(labels, ops.shape(y_pred)[-1], dtype=y_pred.dtype)
+        return keras.losses.categorical_crossentropy(one_hot, y_pred,
+                                                     label_smoothing=self.label_smoothing)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
+def make_loss(label_smoothing: float) -> str | keras.losses.Loss:
+    """Keras' own loss for integer labels, or ours where labels are smoothed."""
+    if label_smoothing:
+        return SparseSmoothedCrossentropy(label_smoothing)
+    return "sparse_categorical_crossentropy"
+
+
+def compile_model(model: keras.Model, *, optimizer: str, learning_rate: Any, weight_decay: float = 0.0,
+                  label_smoothing: float = 0.0) -> None:
     """Compile for integer labels with accuracy as the metric."""
     model.compile(
-        optimizer=make_optimizer(optimizer, learning_rate),
-        loss="sparse_categorical_crossentropy",
+        optimizer=make_optimizer(optimizer, learning_rate, weight_decay),
+        loss=make_loss(label_smoothing),
         metrics=["accuracy"],
     )

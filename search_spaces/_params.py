@@ -29,6 +29,8 @@ class ParamSpec:
     kind: str
     name: str
     config: Mapping[str, Any] = field(default_factory=dict)
+    # Where it is declared under ``hp.conditional_scope``: when it applies, e.g. "optimizer=adamw".
+    condition: str = ""
 
     @classmethod
     def from_keras_tuner(cls, hp_object: Any) -> ParamSpec:
@@ -36,7 +38,9 @@ class ParamSpec:
         config = dict(hp_object.get_config())
         config.pop("conditions", None)
         name = config.pop("name")
-        return cls(type(hp_object).__name__, name, config)
+        condition = " and ".join(
+            f"{c.name}={','.join(_fmt(v) for v in c.values)}" for c in hp_object.conditions)
+        return cls(type(hp_object).__name__, name, config, condition)
 
     def declare(self, hp: Any) -> Any:
         """Declare this hyperparameter on a Keras-Tuner-like ``hp`` object and return its value."""
@@ -71,6 +75,8 @@ class ParamSpec:
                 text += " log"
         if c.get("default") is not None:
             text += f" (default {_fmt(c['default'])})"
+        if self.condition:
+            text += f", with {self.condition}"
         return text
 
 

@@ -140,7 +140,6 @@ class TunableDenseNet(TunableSpace):
             "kernel_size": hp.Choice("kernel_size", [3, 5], default=3),
             # Dropout after every conv, as in the paper (0.2 there): a light touch adds up over L layers.
             "dropout": hp.Float("dropout", 0.0, 0.3, step=0.05, default=0.0),
-            "l2": hp.Float("l2", 1e-6, 1e-3, sampling="log", default=1e-4),
             **declare_recipe(hp),
         }
 

@@ -140,7 +140,6 @@ class TunableResNet(TunableSpace):
             "kernel_size": hp.Choice("kernel_size", [3, 5], default=3),
             "version": hp.Choice("version", ["v1", "v2"], default="v1"),
             "dropout": hp.Float("dropout", 0.0, 0.5, step=0.05, default=0.0),
-            "l2": hp.Float("l2", 1e-6, 1e-3, sampling="log", default=1e-4),
             **declare_recipe(hp),
         }
 

@@ -27,6 +27,8 @@ GRACE_PERIOD = 60
 CREATE_ATTEMPTS = 5
 # What the loser of that race sees, from SQLite and PostgreSQL (tables, then Alembic's version row).
 CREATE_RACE_MARKERS = ("already exists", "UNIQUE constraint failed", "duplicate key")
+# Seconds to wait for the creator of a new, empty study to record what it is for.
+IDENTITY_WAIT = 10
 # Study attributes that must match for a run to continue an existing study.
 IDENTITY_ATTRS = ("space", "dataset", "objective", "backend", "algorithm", "overrides")
 
@@ -103,7 +105,8 @@ def open_storage(
     storage = _create_storage(url, engine_kwargs, storage_kwargs)
     if path is not None:
         _use_write_ahead_log(path)
-        storage.engine.dispose()  # pooled connections opened before still use the old journal mode
+        _begin_immediate(storage.engine)
+        storage.engine.dispose()  # pooled connections opened before use neither
     return storage
 
 
@@ -133,6 +136,25 @@ def _use_write_ahead_log(path: Path) -> None:
         conn.execute("PRAGMA journal_mode=WAL")
 
 
+def _begin_immediate(engine: sqlalchemy.engine.Engine) -> None:
+    """Make every transaction on a SQLite ``engine`` take the write lock when it begins.
+
+    Python's sqlite3 starts a transaction only at the first write, so a read-then-write such as
+    Optuna's "take the enqueued trial if it is still WAITING" is not atomic: two processes both read
+    WAITING and both run the trial (SQLite ignores ``SELECT ... FOR UPDATE``). ``BEGIN IMMEDIATE``
+    serialises such transactions; the busy timeout makes the others wait instead of failing.
+    (SQLAlchemy's documented recipe for pysqlite's transaction handling.)
+    """
+
+    @sqlalchemy.event.listens_for(engine, "connect")
+    def _no_implicit_transactions(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @sqlalchemy.event.listens_for(engine, "begin")
+    def _begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__
@@ -151,23 +173,40 @@ def open_study(
     attrs: Mapping[str, Any],
     sampler: optuna.samplers.BaseSampler | None = None,
     pruner: optuna.pruners.BasePruner | None = None,
+    first_trial: Mapping[str, Any] | None = None,
 ) -> optuna.Study:
     """Create the study ``name`` with ``attrs``, or continue it if it was made for the same search.
 
     A study made for another space, dataset, objective, direction or backend raises
     ``StudyMismatchError`` instead of silently mixing trials; so does a study tuner did not create.
+    Only the process that creates the study enqueues ``first_trial``, so commands started at the
+    same moment on a new study run it once. A process that joins an existing study reseeds
+    ``sampler``: seeded afresh, it would propose the start-up values the study already tried.
     """
-    exists = name in study_names(storage)
-    study = optuna.create_study(
-        storage=storage, study_name=name, direction=direction, load_if_exists=True,
-        sampler=sampler, pruner=pruner,
-    )
-    if exists:
+    try:
+        study = optuna.create_study(storage=storage, study_name=name, direction=direction,
+                                    sampler=sampler, pruner=pruner)
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+        _wait_for_identity(study)
         check_same_search(study, direction=direction, attrs=attrs)
+        if sampler is not None:
+            sampler.reseed_rng()
         return study
-    for key, value in attrs.items():
+    if first_trial:
+        study.enqueue_trial(dict(first_trial))
+    # The identity goes last, "space" (the mark of a tuner study) last of all: a process that
+    # finds "space" finds the whole identity and the first trial too.
+    for key, value in sorted(attrs.items(), key=lambda item: item[0] == "space"):
         study.set_user_attr(key, value)
     return study
+
+
+def _wait_for_identity(study: optuna.Study, seconds: float = IDENTITY_WAIT) -> None:
+    """Give the process that created an empty ``study`` a moment to write its identity."""
+    deadline = time.monotonic() + seconds
+    while "space" not in study.user_attrs and not study.trials and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def check_same_search(study: optuna.Study, *, direction: str, attrs: Mapping[str, Any]) -> None:

@@ -66,7 +66,12 @@ def test_a_failed_write_leaves_the_trial_complete(sqlite_url, monkeypatch):
 def test_export_round_trip_in_a_python_with_only_keras(capsys, sqlite_url, tmp_path):
     store = ["--storage", sqlite_url]
     tiny = [f"--set={item}" for item in TINY["resnet"]]
-    assert main(["search", "--trials", "2", "--epochs", "2", "--study", "d", "--quiet", *store, *tiny]) == 0
+    # AdamW and label smoothing: the exported file must still load in plain Keras (no custom loss).
+    assert main(["search", "--trials", "2", "--epochs", "2", "--study", "d", "--quiet", *store, *tiny,
+                 "--set", "optimizer=adamw", "--label-smoothing", "0.1"]) == 0
+    study = optuna.load_study(study_name="d", storage=sqlite_url)
+    assert all("weight_decay" in t.params and "l2" not in t.params for t in study.trials)
+    assert study.trials[0].user_attrs["label_smoothing"] == 0.1
     assert main(["export", "--study", "d", "--output", str(tmp_path / "best.keras"), "--json", *store]) == 0
     out = capsys.readouterr().out
     described = json.loads(out[out.index("{"):])

@@ -17,7 +17,8 @@ from search_spaces import resolve_overrides
 from search_spaces.densenet import layers_per_block
 from search_spaces.resnet import blocks_per_stage
 
-COMMON = {"depth", "filters", "kernel_size", "dropout", "l2", "learning_rate", "optimizer", "lr_schedule"}
+COMMON = {"depth", "filters", "kernel_size", "dropout", "l2", "weight_decay", "learning_rate", "optimizer",
+          "lr_schedule"}
 SPECIFIC = {"resnet": {"version"}, "densenet": {"growth_rate", "compression", "bottleneck"}}
 
 
@@ -126,7 +127,7 @@ def test_set_fixes_narrows_and_subsets():
     ("depth=21", "depth must be one of 8, 14, 20, 32, 44, 56, 110"),
     ("learning_rate=2", "within 0.0001..0.1"),
     ("learning_rate=1e-2..1e-3", "empty range"),
-    ("optimizer=rmsprop", "optimizer must be one of adam, sgd"),
+    ("optimizer=rmsprop", "optimizer must be one of adam, adamw, sgd"),
     ("dropout=0.12", "in steps of 0.05"),
     ("depth=abc", "not a valid int"),
     ("version=v1..v2", "takes no range"),
@@ -146,3 +147,46 @@ def test_overrides_reach_keras_tuner_as_predeclared_hyperparameters():
         spec.declare(hp)
     values = get_space("resnet").declare(hp)
     assert values["depth"] == 8 and values["filters"] == 32
+
+
+@pytest.mark.parametrize("optimizer,used,unused", [("adamw", "weight_decay", "l2"), ("sgd", "l2", "weight_decay")])
+def test_each_optimizer_samples_only_its_own_weight_decay(optimizer, used, unused):
+    """AdamW decays weights itself (decoupled); Adam and SGD take an L2 penalty. Optuna sees only
+    the active one, as Keras Tuner does."""
+    import optuna
+
+    from tuner.backends._optuna import OptunaHyperParameters
+
+    space = get_space("resnet")((8, 8, 1), 10)
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    hp = OptunaHyperParameters(trial, _resolve("resnet", f"optimizer={optimizer}", "depth=8"))
+    model = space.build(hp)
+    assert used in trial.params and unused not in trial.params
+    assert type(model.optimizer).__name__ == {"adamw": "AdamW", "sgd": "SGD"}[optimizer]
+    regularized = [layer for layer in model.layers if getattr(layer, "kernel_regularizer", None)]
+    assert bool(regularized) == (optimizer != "adamw")
+    if optimizer == "adamw":
+        assert model.optimizer.weight_decay == pytest.approx(trial.params["weight_decay"])
+
+    kt = keras_tuner.HyperParameters()
+    kt.Fixed("optimizer", optimizer)
+    get_space("resnet").declare(kt)
+    assert used in kt.values and unused not in kt.values
+
+
+def test_label_smoothing_keeps_integer_labels():
+    """The smoothed loss on integer labels equals Keras' smoothed cross-entropy on one-hot labels."""
+    from search_spaces._base import SparseSmoothedCrossentropy
+    from search_spaces._base import make_loss
+
+    assert make_loss(0.0) == "sparse_categorical_crossentropy"
+    y = np.array([0, 2, 1, 2])
+    probs = np.random.dirichlet(np.ones(3), size=4).astype("float32")
+    ours = SparseSmoothedCrossentropy(0.1)(y, probs)
+    reference = keras.losses.CategoricalCrossentropy(label_smoothing=0.1)(np.eye(3)[y], probs)
+    np.testing.assert_allclose(float(ours), float(reference), rtol=1e-5)
+    assert float(ours) != pytest.approx(float(keras.losses.SparseCategoricalCrossentropy()(y, probs)))
+    space = get_space("resnet")((8, 8, 1), 3, label_smoothing=0.1)
+    model = space.build(keras_tuner.HyperParameters())
+    assert np.isfinite(model.train_on_batch(np.zeros((4, 8, 8, 1), "uint8"), y)[0])

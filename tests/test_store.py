@@ -110,3 +110,52 @@ def test_a_schema_from_an_older_optuna_is_refused_untouched(tmp_path):
     with pytest.raises(StoreError, match="optuna storage upgrade"):
         open_storage(f"sqlite:///{path}")
     assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+
+
+def _open_and_run_trials(url: str, name: str, worker: int, start: float, queue) -> None:
+    """One independent `tuner search`, reduced to its store calls: open the study, queue a
+    configuration of its own, then take two trials and finish them."""
+    import time
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    store = open_storage(url)
+    while time.time() < start:  # every process opens the new study at the same instant
+        time.sleep(0.001)
+    try:
+        study = open_study(store, name, direction="maximize", attrs=ATTRS, first_trial={"x": 1.0},
+                           sampler=optuna.samplers.RandomSampler())
+        study.enqueue_trial({"x": worker / 10})
+        for _ in range(2):
+            trial = study.ask()
+            study.tell(trial, trial.suggest_float("x", 0.0, 1.0))
+        queue.put(("ok",))
+    except Exception as err:  # noqa: BLE001 - reported to the test
+        queue.put(("error", type(err).__name__, str(err)))
+
+
+def test_commands_that_create_one_study_at_once_run_each_queued_trial_once(storage_url, unique_name):
+    """Optuna cannot lock a row on SQLite: without BEGIN IMMEDIATE two processes took the same
+    enqueued trial ("Cannot tell a COMPLETE trial"), and a joiner could find the study before its
+    creator had written what it is for ("not created by tuner")."""
+    import multiprocessing
+    import time
+
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    start = time.time() + 4  # time for the spawned interpreters to import optuna
+    processes = [context.Process(target=_open_and_run_trials,
+                                 args=(storage_url, unique_name, worker, start, queue))
+                 for worker in range(4)]
+    for p in processes:
+        p.start()
+    results = [queue.get(timeout=60) for _ in processes]
+    for p in processes:
+        p.join()
+    assert results == [("ok",)] * 4, results
+    study = optuna.load_study(study_name=unique_name, storage=storage_url)
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 8 and len(study.trials) >= 8
+    assert study.trials[0].params == {"x": 1.0}  # the creator's first trial, run once
+    queued = [1.0, 0.0, 0.1, 0.2, 0.3]
+    assert all([t.params["x"] for t in done].count(x) <= 1 for x in queued)
+    assert study.user_attrs["space"] == "resnet"

@@ -21,7 +21,7 @@ def build_trial_model(attrs: dict[str, Any], params: dict[str, Any], *, train_st
     space = get_space(attrs["space"])(
         attrs["input_shape"], attrs["classes"], mean=attrs.get("pixel_mean"),
         variance=attrs.get("pixel_variance"), augment=settings.get("augment", "none"),
-        train_steps=train_steps,
+        train_steps=train_steps, label_smoothing=settings.get("label_smoothing", 0.0),
     )
     return space.build(hp)
 

@@ -129,6 +129,9 @@ def write_model(model: Any, output: Path) -> str:
         model.save_weights(output)
         return "weights.h5"
     if name.endswith(".keras"):
+        if not isinstance(model.loss, str):  # our label-smoothing loss: plain Keras could not load it
+            model.compile(optimizer=model.optimizer, loss="sparse_categorical_crossentropy",
+                          metrics=["accuracy"])
         model.save(output)
         return "keras"
     if output.suffix:

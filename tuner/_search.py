@@ -90,6 +90,7 @@ def search(
     batch_size: int = 64,
     patience: int | None = 5,
     augment: str = "auto",
+    label_smoothing: float = 0.0,
     precision: str = "auto",
     backend: str = "optuna",
     algorithm: str | None = None,
@@ -111,7 +112,8 @@ def search(
     objective has not improved for that many epochs (None or 0: never). ``augment`` is ``auto`` (shifts
     for digits and MNIST, flips and shifts otherwise), ``none``, ``shift`` or ``flip_shift``;
     ``precision`` is ``auto`` (mixed_float16 on a GPU), ``float32``, ``mixed_float16`` or
-    ``mixed_bfloat16``. The models of the best ``keep`` complete trials are stored in the artifact
+    ``mixed_bfloat16``. ``label_smoothing`` (0 to 1, default 0) smooths the training targets.
+    The models of the best ``keep`` complete trials are stored in the artifact
     folder ``artifacts`` (default: ``<db name>-artifacts`` beside a SQLite store).
     ``overrides`` fix or narrow hyperparameters, as ``{"depth": "20"}`` or ``["depth=20"]``.
     Everything the user can get wrong is checked before the first trial and raised as a
@@ -135,7 +137,6 @@ def search(
     from storage import open_artifact_store
     from storage import open_storage
     from storage import open_study
-    from storage import study_names
     from tuner._progress import SearchProgress
     from tuner._device import resolve_precision
     from tuner._models import ModelKeeper
@@ -159,6 +160,8 @@ def search(
     patience = patience or None
     if augment not in AUGMENT_CHOICES:
         raise TunerError(f"unknown augmentation {augment!r}; choose one of: {', '.join(AUGMENT_CHOICES)}")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise TunerError(f"--label-smoothing must be at least 0 and below 1, got {label_smoothing}")
     policy = resolve_precision(precision)
     chosen_pruner = make_pruner(pruner, epochs)
     space_cls = get_space(space)
@@ -181,9 +184,10 @@ def search(
     augmentation = auto_augmentation(data.name) if augment == "auto" else augment
     steps_per_epoch = math.ceil(len(data.y_train) / batch_size)
     hypermodel = space_cls(data.input_shape, data.classes, mean=mean, variance=variance,
-                           augment=augmentation, train_steps=epochs * steps_per_epoch)
+                           augment=augmentation, train_steps=epochs * steps_per_epoch,
+                           label_smoothing=label_smoothing)
     name = study or default_study_name(space, dataset)
-    continued = name in study_names(store)
+    defaults = {spec.name: narrowed.get(spec.name, spec).default for spec in space_cls.hyperparameters()}
     study_obj = open_study(
         store,
         name,
@@ -191,19 +195,11 @@ def search(
         attrs=study_attrs(space, backend, objective, raw, data.describe(), algorithm),
         sampler=chosen_sampler,
         pruner=chosen_pruner,
+        # A new study first tries the space's defaults (a paper recipe): a known-good baseline.
+        first_trial=defaults if start_from_defaults and backend == "optuna" else None,
     )
-    if continued:
-        # Seeded afresh, a sampler proposes its first (random start-up) values again: a rerun, or the
-        # same command on another machine, would repeat trials the study already has.
-        chosen_sampler.reseed_rng()
-    if start_from_defaults and backend == "optuna" and not study_obj.trials:
-        # A new study first tries the space's defaults (a paper recipe): a known-good baseline for the rest.
-        study_obj.enqueue_trial(
-            {spec.name: narrowed.get(spec.name, spec).default for spec in space_cls.hyperparameters()},
-            skip_if_exists=True,
-        )
     recipe = {"batch_size": batch_size, "augment": augmentation, "precision": policy,
-              "patience": patience, "max_epochs": epochs}
+              "patience": patience, "max_epochs": epochs, "label_smoothing": label_smoothing}
     study_obj.set_user_attr("settings", {
         **recipe, "trials": trials, "timeout": timeout, "sampler": sampler, "pruner": pruner,
         "seed": seed, "max_failures": max_failures, "backend": backend, "algorithm": algorithm,

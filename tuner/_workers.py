@@ -41,19 +41,6 @@ def _worker(env: dict[str, str], request: dict[str, Any], verbosity: int) -> Non
         sys.exit(2)
 
 
-def _wait_for_waiting_trials(study: Any, seconds: float) -> None:
-    """Let the first worker take the study's enqueued trials before others start.
-
-    On SQLite two workers popping the same enqueued trial at once can both run it (Optuna cannot
-    lock the row there); one then fails to record it.
-    """
-    from optuna.trial import TrialState
-
-    deadline = time.monotonic() + seconds
-    while study.get_trials(deepcopy=False, states=(TrialState.WAITING,)) and time.monotonic() < deadline:
-        time.sleep(0.5)
-
-
 def run_workers(
     request: dict[str, Any],
     study: Any,
@@ -88,8 +75,6 @@ def _run_round(request: dict[str, Any], study: Any, workers: int, gpus: Sequence
     context = multiprocessing.get_context("spawn")
     processes = []
     for i in range(workers):
-        if i == 1:
-            _wait_for_waiting_trials(study, seconds=120)
         env = {"CUDA_VISIBLE_DEVICES": str(gpus[i])} if gpus else {}
         # Different seeds, or every worker would propose the same parameters.
         job = {**request, "seed": request["seed"] + 1000 * i, "workers": 1, "gpus": None}

@@ -58,7 +58,8 @@ def cmd_search(args: argparse.Namespace) -> int:
             sampler=args.sampler, pruner=args.pruner, seed=args.seed,
             overrides=args.set, objective=args.objective, batch_size=args.batch_size,
             patience=args.patience, augment=args.augment, precision=args.precision,
-            keep=args.keep, artifacts=args.artifacts, max_failures=args.max_failures,
+            label_smoothing=args.label_smoothing, keep=args.keep, artifacts=args.artifacts,
+            max_failures=args.max_failures,
             workers=args.workers, gpus=args.gpus, recycle_after=args.recycle_after or None,
             progress=not args.quiet,
         )
@@ -282,6 +283,8 @@ def build_parser() -> ArgumentParser:
                    help="stop a trial after this many epochs without improvement (default 5; 0: off)")
     s.add_argument("--augment", choices=AUGMENT_CHOICES, default="auto",
                    help="training augmentation (default auto: shifts for digits/mnist, flips and shifts otherwise)")
+    s.add_argument("--label-smoothing", type=float, default=0.0, metavar="EPS",
+                   help="label smoothing of the training loss, in [0, 1) (default 0: none; 0.1 is common)")
     s.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="float32 or mixed precision (default auto: mixed_float16 on a GPU, float32 on a CPU)")
     s.add_argument("--seed", type=int, default=0, help="seed of the sampler and of each trial (default 0)")

@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,14 +44,28 @@ class OptunaHyperParameters:
     """A stand-in for ``keras_tuner.HyperParameters`` whose values come from an Optuna trial.
 
     ``overrides`` (from ``--set``) replace the declaration of the same name before sampling.
+    Inside ``conditional_scope`` whose condition does not hold, declarations are inactive: nothing
+    is sampled and they return None, as in Keras Tuner.
     """
 
     def __init__(self, trial: optuna.Trial, overrides: Mapping[str, ParamSpec] | None = None):
         self.trial = trial
         self.overrides = dict(overrides or {})
         self.values: dict[str, Any] = {}
+        self._active: list[bool] = []
+
+    @contextlib.contextmanager
+    def conditional_scope(self, parent_name: str, parent_values: Any) -> Iterator[None]:
+        allowed = parent_values if isinstance(parent_values, (list, tuple)) else [parent_values]
+        self._active.append(self.values.get(parent_name) in allowed)
+        try:
+            yield
+        finally:
+            self._active.pop()
 
     def _declare(self, spec: ParamSpec) -> Any:
+        if not all(self._active):
+            return None
         if spec.name not in self.values:
             spec = self.overrides.get(spec.name, spec)
             self.values[spec.name] = suggest(self.trial, spec.name, to_distribution(spec))
