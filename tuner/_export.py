@@ -118,7 +118,7 @@ def _retrain(attrs: dict[str, Any], params: dict[str, Any], epochs: int | None):
     epochs = epochs or settings.get("max_epochs") or 10
     if epochs <= 0:
         raise TunerError(f"--epochs must be a positive number, got {epochs}")
-    batch_size = settings.get("batch_size", 64)
+    batch_size = settings.get("batch_size") or 64
     data = load_dataset(attrs["dataset"])
     x = np.concatenate([data.x_train, data.x_val])
     y = np.concatenate([data.y_train, data.y_val])

@@ -20,6 +20,8 @@ AUGMENT_CHOICES = ("auto", "none", "shift", "flip_shift")
 OBJECTIVES = ("val_accuracy", "val_loss")
 BACKENDS = ("optuna", "keras-tuner")
 ALGORITHMS = ("random", "bayesian", "hyperband", "grid")  # Keras Tuner's tuners
+# The automatic batch size (auto_batch_size): a power of two in this range, and the steps it leaves.
+MIN_AUTO_BATCH, MAX_AUTO_BATCH, MIN_STEPS_PER_EPOCH = 16, 128, 32
 
 
 def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
@@ -87,7 +89,7 @@ def search(
     seed: int = 0,
     overrides: Mapping[str, str] | Sequence[str] | None = None,
     objective: str = "val_accuracy",
-    batch_size: int = 64,
+    batch_size: int | None = None,
     patience: int | None = 5,
     augment: str = "auto",
     label_smoothing: float = 0.0,
@@ -115,7 +117,8 @@ def search(
     ``mixed_bfloat16``. ``label_smoothing`` (0 to 1, default 0) smooths the training targets.
     The models of the best ``keep`` complete trials are stored in the artifact
     folder ``artifacts`` (default: ``<db name>-artifacts`` beside a SQLite store).
-    ``overrides`` fix or narrow hyperparameters, as ``{"depth": "20"}`` or ``["depth=20"]``.
+    ``batch_size`` defaults to ``auto_batch_size`` of the training split (32 for digits, 128
+    for CIFAR-10). ``overrides`` fix or narrow hyperparameters, as ``{"depth": "20"}`` or ``["depth=20"]``.
     Everything the user can get wrong is checked before the first trial and raised as a
     ``TunerError``, ``SpaceError`` or ``StoreError``. ``workers`` > 1 runs that many processes on
     the study (``gpus``: one per listed GPU, each seeing only its own). ``recycle_after`` runs the
@@ -148,8 +151,9 @@ def search(
 
     if objective not in DIRECTIONS:
         raise TunerError(f"unknown objective {objective!r}; choose one of: {', '.join(OBJECTIVES)}")
-    for name, value in (("trials", trials), ("epochs", epochs), ("batch-size", batch_size)):
+    for name, value in (("trials", trials), ("epochs", epochs)):
         _positive(name, value)
+    _positive("batch-size", batch_size, allow_none=True)
     _positive("timeout", timeout, allow_none=True)
     if gpus:
         workers = len(gpus)
@@ -182,6 +186,7 @@ def search(
     data = load_dataset(dataset)
     mean, variance = data.pixel_stats()
     augmentation = auto_augmentation(data.name) if augment == "auto" else augment
+    batch_size = batch_size or auto_batch_size(len(data.y_train))
     steps_per_epoch = math.ceil(len(data.y_train) / batch_size)
     hypermodel = space_cls(data.input_shape, data.classes, mean=mean, variance=variance,
                            augment=augmentation, train_steps=epochs * steps_per_epoch,
@@ -222,6 +227,19 @@ def search(
     else:
         engine.run(job)
     return study_obj
+
+
+def auto_batch_size(train_images: int) -> int:
+    """The default batch size: the largest power of two from 16 to 128 that leaves an epoch at least
+    ``MIN_STEPS_PER_EPOCH`` optimizer steps.
+
+    Large datasets get large batches, which keep an accelerator busy (128, as in the ResNet paper);
+    small ones get enough updates per epoch to learn in the few epochs a trial has (32 for digits).
+    """
+    size = MAX_AUTO_BATCH
+    while size > MIN_AUTO_BATCH and train_images / size < MIN_STEPS_PER_EPOCH:
+        size //= 2
+    return size
 
 
 def check_algorithm(backend: str, algorithm: str | None) -> str:
