@@ -372,3 +372,20 @@ def test_a_new_trial_frees_the_graphs_tensorflow_registers_for_the_last_one():
     assert registered() > 0  # if TensorFlow stops registering them, this test has served its time
     start_trial(1, "float32")
     assert registered() == 0
+
+
+def test_a_study_from_an_older_space_is_refused_before_any_trial(sqlite_url):
+    """A study whose trials drew ``optimizer`` from {adam, sgd} (before AdamW joined the space)."""
+    from storage import open_storage
+    from storage import open_study
+    from tuner._search import study_attrs
+
+    data = tuner.load_dataset("digits")
+    attrs = study_attrs("resnet", "optuna", "val_accuracy", {}, data.describe())
+    study = open_study(open_storage(sqlite_url), "old", direction="maximize", attrs=attrs)
+    study.add_trial(optuna.trial.create_trial(
+        params={"optimizer": "adam"}, value=0.9,
+        distributions={"optimizer": optuna.distributions.CategoricalDistribution(["adam", "sgd"])}))
+    with pytest.raises(tuner.TunerError, match=r"drew optimizer from \{adam, sgd\}.*\{adam, adamw, sgd\}"):
+        tuner.search("resnet", "digits", trials=2, epochs=1, storage=sqlite_url, study="old")
+    assert len(optuna.load_study(study_name="old", storage=sqlite_url).trials) == 1

@@ -203,6 +203,7 @@ def search(
         # A new study first tries the space's defaults (a paper recipe): a known-good baseline.
         first_trial=defaults if start_from_defaults and backend == "optuna" else None,
     )
+    check_space_unchanged(study_obj, [narrowed.get(spec.name, spec) for spec in space_cls.hyperparameters()])
     recipe = {"batch_size": batch_size, "augment": augmentation, "precision": policy,
               "patience": patience, "max_epochs": epochs, "label_smoothing": label_smoothing}
     study_obj.set_user_attr("settings", {
@@ -240,6 +241,34 @@ def auto_batch_size(train_images: int) -> int:
     while size > MIN_AUTO_BATCH and train_images / size < MIN_STEPS_PER_EPOCH:
         size //= 2
     return size
+
+
+def check_space_unchanged(study: optuna.Study, specs: Sequence[Any]) -> None:
+    """Refuse to continue a study whose trials drew a hyperparameter from another range or choice set
+    (a study made by an older version of the space): Optuna would fail every new trial."""
+    from tuner.backends._base import to_distribution
+
+    current = {spec.name: to_distribution(spec) for spec in specs}
+    seen: set[str] = set()
+    for trial in study.get_trials(deepcopy=False):
+        for name, stored in trial.distributions.items():
+            if name in seen or name not in current:
+                continue
+            seen.add(name)
+            try:
+                optuna.distributions.check_distribution_compatibility(stored, current[name])
+            except ValueError:
+                raise TunerError(
+                    f"study {study.study_name!r} drew {name} from {_describe(stored)}, this version of "
+                    f"the space from {_describe(current[name])}; continue it with the version that made "
+                    "it, or use another --study name"
+                ) from None
+
+
+def _describe(distribution: Any) -> str:
+    if isinstance(distribution, optuna.distributions.CategoricalDistribution):
+        return "{" + ", ".join(str(c) for c in distribution.choices) + "}"
+    return f"{distribution.low}..{distribution.high}{' log' if distribution.log else ''}"
 
 
 def check_algorithm(backend: str, algorithm: str | None) -> str:
