@@ -114,3 +114,27 @@ def test_installed_entry_point_answers_help():
     assert result.returncode == 0
     for command in ("search", "spaces", "studies", "trials", "best"):
         assert command in result.stdout
+
+
+def test_progress_names_a_keras_tuner_trial_by_both_ids():
+    """A Keras Tuner trial gets its Optuna number only when it is written at its end: the end line
+    shows both, so it can be matched with its start and epoch lines."""
+    import io
+
+    import optuna
+    from rich.console import Console
+
+    from tuner._progress import SearchProgress
+
+    out = io.StringIO()
+    progress = SearchProgress(enabled=True, objective="val_accuracy", epochs=2,
+                              console=Console(file=out, width=200))
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(optuna.trial.create_trial(value=0.5))  # an earlier run's trial: numbers differ
+    study.add_trial(optuna.trial.create_trial(value=0.9, user_attrs={"kt_trial_id": "00"}))
+    progress.trial_started("kt-00", {"depth": 8})
+    progress.epoch_ended("kt-00", 1, {"val_accuracy": 0.9})
+    progress.trial_finished(study, study.trials[1])
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("trial kt-00  depth=8") and lines[1].startswith("  trial kt-00 epoch 1/2")
+    assert lines[2].startswith("trial 1 (kt-00) COMPLETE  val_accuracy=0.9000")

@@ -34,10 +34,13 @@ class SearchProgress:
         if self.enabled:
             self.console.print(text)
 
-    def trial_started(self, number: int, params: Mapping[str, Any]) -> None:
+    # A trial is named by its Optuna number; a Keras Tuner trial by "kt-<its Keras Tuner id>" until it
+    # is written to the study at its end, where both are shown.
+
+    def trial_started(self, number: int | str, params: Mapping[str, Any]) -> None:
         self.print(f"[bold]trial {number}[/bold]  {format_params(params)}")
 
-    def epoch_ended(self, number: int, epoch: int, logs: Mapping[str, float]) -> None:
+    def epoch_ended(self, number: int | str, epoch: int, logs: Mapping[str, float]) -> None:
         metrics = "  ".join(f"{k} {v:.4f}" for k, v in logs.items() if k != "learning_rate")
         self.print(f"  trial {number} epoch {epoch}/{self.epochs}  {metrics}")
 
@@ -45,7 +48,9 @@ class SearchProgress:
         state = trial.state.name
         value = "" if trial.value is None else f"{self.objective}={trial.value:.4f}  "
         reason = f"  ({trial.user_attrs['error']})" if "error" in trial.user_attrs else ""
-        self.print(f"trial {trial.number} {state}  {value}{self.best_text(study)}{reason}")
+        kt_id = trial.user_attrs.get("kt_trial_id")
+        name = f"{trial.number} (kt-{kt_id})" if kt_id is not None else str(trial.number)
+        self.print(f"trial {name} {state}  {value}{self.best_text(study)}{reason}")
 
     def best_text(self, study: optuna.Study) -> str:
         best = best_trial(study)

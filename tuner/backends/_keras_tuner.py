@@ -173,7 +173,7 @@ class MirroredTuner(keras_tuner.Tuner):
         try:
             start_trial(job.seed + int(trial.trial_id), job.precision)
             model = job.hypermodel.build(hp)
-            job.progress.trial_started(int(trial.trial_id), split_values(hp)[0])  # all declared now
+            job.progress.trial_started(f"kt-{trial.trial_id}", split_values(hp)[0])  # all declared now
             if "tuner/trial_id" in private:  # a Hyperband round continues its parent's weights
                 model.optimizer.build(model.trainable_variables)  # and its optimizer's moments
                 model.load_weights(self._get_checkpoint_fname(private["tuner/trial_id"]))
@@ -182,7 +182,7 @@ class MirroredTuner(keras_tuner.Tuner):
                 value = logs.get(job.objective, math.nan)
                 if math.isfinite(value):
                     curve[epoch] = value
-                job.progress.epoch_ended(int(trial.trial_id), epoch, logs)
+                job.progress.epoch_ended(f"kt-{trial.trial_id}", epoch, logs)
                 return False
 
             result = train_and_evaluate(model, job.data, epochs=epochs, initial_epoch=initial_epoch,
