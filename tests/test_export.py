@@ -66,14 +66,16 @@ def test_a_failed_write_leaves_the_trial_complete(sqlite_url, monkeypatch):
 def test_export_round_trip_in_a_python_with_only_keras(capsys, sqlite_url, tmp_path):
     store = ["--storage", sqlite_url]
     tiny = [f"--set={item}" for item in TINY["resnet"]]
-    # AdamW and label smoothing: the exported file must still load in plain Keras (no custom loss).
+    # With label smoothing (a custom loss) the exported file must still load in plain Keras.
     assert main(["search", "--trials", "2", "--epochs", "2", "--study", "d", "--quiet", *store, *tiny,
-                 "--set", "optimizer=adamw", "--label-smoothing", "0.1"]) == 0
-    study = optuna.load_study(study_name="d", storage=sqlite_url)
-    assert all("weight_decay" in t.params and "l2" not in t.params for t in study.trials)
-    assert study.trials[0].user_attrs["label_smoothing"] == 0.1
-    assert main(["export", "--study", "d", "--output", str(tmp_path / "best.keras"), "--json", *store]) == 0
-    out = capsys.readouterr().out
+                 "--label-smoothing", "0.1"]) == 0
+    assert optuna.load_study(study_name="d", storage=sqlite_url).trials[0].user_attrs["label_smoothing"] == 0.1
+    # A fresh process, as a user runs it: reading the stored model must find the custom loss.
+    exported = subprocess.run([sys.executable, "-m", "tuner", "export", "--study", "d", "--output",
+                               str(tmp_path / "best.keras"), "--json", *store],
+                              capture_output=True, text=True, cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    out = exported.stdout
     described = json.loads(out[out.index("{"):])
     recorded = described["test_accuracy"]
 
