@@ -13,6 +13,7 @@ from typing import Any
 
 import optuna
 import sqlalchemy
+from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
 DEFAULT_STORAGE = "sqlite:///tuner.db"
@@ -203,9 +204,15 @@ def open_study(
 
 
 def _wait_for_identity(study: optuna.Study, seconds: float = IDENTITY_WAIT) -> None:
-    """Give the process that created an empty ``study`` a moment to write its identity."""
+    """Give the process that created ``study`` a moment to write its identity.
+
+    Until it has, the study holds at most the creator's queued first trial (WAITING): a study with
+    any other trial and no identity was not made by tuner, and is refused at once.
+    """
+    started = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
     deadline = time.monotonic() + seconds
-    while "space" not in study.user_attrs and not study.trials and time.monotonic() < deadline:
+    while ("space" not in study.user_attrs and not study.get_trials(deepcopy=False, states=started)
+           and time.monotonic() < deadline):
         time.sleep(0.1)
 
 
