@@ -192,7 +192,7 @@ def search(
                            augment=augmentation, train_steps=epochs * steps_per_epoch,
                            label_smoothing=label_smoothing)
     name = study or default_study_name(space, dataset)
-    defaults = {spec.name: narrowed.get(spec.name, spec).default for spec in space_cls.hyperparameters()}
+    specs = [narrowed.get(spec.name, spec) for spec in space_cls.hyperparameters()]  # as this search draws them
     study_obj = open_study(
         store,
         name,
@@ -201,9 +201,10 @@ def search(
         sampler=chosen_sampler,
         pruner=chosen_pruner,
         # A new study first tries the space's defaults (a paper recipe): a known-good baseline.
-        first_trial=defaults if start_from_defaults and backend == "optuna" else None,
+        first_trial={spec.name: spec.default for spec in specs}
+        if start_from_defaults and backend == "optuna" else None,
     )
-    check_space_unchanged(study_obj, [narrowed.get(spec.name, spec) for spec in space_cls.hyperparameters()])
+    check_space_unchanged(study_obj, specs)
     recipe = {"batch_size": batch_size, "augment": augmentation, "precision": policy,
               "patience": patience, "max_epochs": epochs, "label_smoothing": label_smoothing}
     study_obj.set_user_attr("settings", {
@@ -224,7 +225,7 @@ def search(
     if workers > 1 or recycle_after:
         from tuner._workers import run_workers
 
-        run_workers(request, study_obj, workers, gpus, recycle_after=recycle_after, job=job)
+        run_workers(request, workers, gpus, recycle_after=recycle_after, job=job)
     else:
         engine.run(job)
     return study_obj

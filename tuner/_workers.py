@@ -43,7 +43,6 @@ def _worker(env: dict[str, str], request: dict[str, Any], verbosity: int) -> Non
 
 def run_workers(
     request: dict[str, Any],
-    study: Any,
     workers: int,
     gpus: Sequence[str] | None,
     *,
@@ -63,12 +62,12 @@ def run_workers(
             return
         # A new seed each round, or a seeded sampler would propose the last round's parameters again.
         seed = request["seed"] + 7919 * round_number
-        _run_round({**request, "timeout": timeout, "seed": seed}, study, workers, gpus)
+        _run_round({**request, "timeout": timeout, "seed": seed}, workers, gpus)
         if not recycle_after or job.finished_trials() == before:
             return  # one round does it all, or a round that finishes nothing would loop forever
 
 
-def _run_round(request: dict[str, Any], study: Any, workers: int, gpus: Sequence[str] | None) -> None:
+def _run_round(request: dict[str, Any], workers: int, gpus: Sequence[str] | None) -> None:
     """One process per worker, each running ``request``; waits for all of them."""
     import optuna
 
