@@ -195,7 +195,7 @@ def test_pruned_trial_keeps_its_learning_curve(sqlite_url, monkeypatch):
     (trial,) = study.trials
     assert trial.state.name == "PRUNED"
     assert list(trial.intermediate_values) == [1] and trial.user_attrs["epochs"] == 1
-    assert trial.user_attrs["augment"] == "shift" and trial.user_attrs["batch_size"] == 32  # automatic, for digits
+    assert trial.user_attrs["augment"] == "shift" and trial.user_attrs["batch_size"] == 16  # automatic, for digits
 
 
 def test_interrupt_leaves_no_trial_running(sqlite_url, monkeypatch):
@@ -339,12 +339,12 @@ def test_recycled_processes_finish_the_study(sqlite_url):
 def test_the_default_batch_size_leaves_enough_steps_per_epoch():
     from tuner._search import auto_batch_size
 
-    assert auto_batch_size(1149) == 32  # digits: 36 steps an epoch, not 18 at 64
+    assert auto_batch_size(1149) == 16  # digits: 72 steps an epoch, not 36 at 32
     assert auto_batch_size(45_000) == 128  # CIFAR-10: large batches keep an accelerator busy
     assert auto_batch_size(100) == 16  # never below 16
-    for n in (600, 1149, 5000, 45_000):
+    for n in (1149, 3000, 5000, 45_000):
         size = auto_batch_size(n)
-        assert n / size >= 32 and (size == 128 or n / (2 * size) < 32)
+        assert n / size >= 64 and (size == 128 or n / (2 * size) < 64)
 
 
 def test_a_new_trial_frees_the_graphs_tensorflow_registers_for_the_last_one():

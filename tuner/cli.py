@@ -270,7 +270,7 @@ def build_parser() -> ArgumentParser:
     s.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     s.add_argument("--epochs", type=int, default=10, help="epochs per trial (default 10)")
     s.add_argument("--batch-size", type=int,
-                   help="training batch size (default: the largest of 16..128 that leaves 32 steps an epoch)")
+                   help="training batch size (default: the largest of 16..128 that leaves 64 steps an epoch)")
     s.add_argument("--study", metavar="NAME", help="study name (default SPACE-DATASET); reuse it to continue")
     storage_option(s)
     s.add_argument("--backend", choices=BACKENDS, default="optuna",
