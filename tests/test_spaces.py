@@ -190,3 +190,18 @@ def test_label_smoothing_keeps_integer_labels():
     space = get_space("resnet")((8, 8, 1), 3, label_smoothing=0.1)
     model = space.build(keras_tuner.HyperParameters())
     assert np.isfinite(model.train_on_batch(np.zeros((4, 8, 8, 1), "uint8"), y)[0])
+
+
+@pytest.mark.core
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX compiles the augmented train step; "
+                    "TensorFlow cannot compile the shift with XLA")
+def test_augmented_models_still_compile_their_train_step_on_jax():
+    hp = keras_tuner.HyperParameters()
+    hp.Fixed("depth", 8)
+    model = get_space("resnet")((8, 8, 1), 10, augment="shift").build(hp)
+    assert model.jit_compile  # Keras turns it off for RandomTranslation; uncompiled JAX is 20-200x slower
+    shift = model.get_layer("augment_shift")
+    state = np.array(shift.generator.state.value)
+    images = np.random.default_rng(0).uniform(0, 16, (32, 8, 8, 1)).astype("float32")
+    model.fit(images, np.arange(32) % 10, batch_size=16, epochs=1, verbose=0)
+    assert not np.array_equal(state, np.array(shift.generator.state.value))  # a new shift every step
