@@ -199,6 +199,11 @@ def main() -> None:
     for approach, rows in results.items():
         cells = [median([r[c] for r in rows]) for c in columns]
         print(f"| ({approach}) {names[approach]} | " + " | ".join(cells) + " |")
+    # A run that never reached the target needs more epochs than it trained: show that lower bound.
+    print(f"\nepochs to {args.target} per seed {args.seeds}:")
+    for approach, rows in results.items():
+        print(f"  ({approach}) " + ", ".join(str(r["to_target"]) if r["to_target"] else f">{r['epochs']}"
+                                           for r in rows))
 
 
 if __name__ == "__main__":
