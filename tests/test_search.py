@@ -187,6 +187,7 @@ def test_bad_requests_fail_before_any_trial(sqlite_url, kwargs, error, message):
     assert optuna.get_all_study_names(sqlite_url) == []
 
 
+@pytest.mark.auto_batch
 def test_pruned_trial_keeps_its_learning_curve(sqlite_url, monkeypatch):
     import tuner._search
 
@@ -337,6 +338,7 @@ def test_recycled_processes_finish_the_study(sqlite_url):
     assert trials[0].params != trials[1].params
 
 
+@pytest.mark.auto_batch
 def test_the_default_batch_size_leaves_enough_steps_per_epoch():
     from tuner._search import auto_batch_size
 
