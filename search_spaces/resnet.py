@@ -101,6 +101,7 @@ def build_resnet(
     version: str = "v1",
     dropout: float = 0.0,
     l2: float = 1e-4,
+    stem_stride: int = 1,
     preprocess: Callable[[keras.KerasTensor], keras.KerasTensor] | None = None,
 ) -> keras.Model:
     """A CIFAR-style ResNet of ``depth`` = 6n+2 layers; ResNet-20 is ``build_resnet(shape, 10)``.
@@ -113,7 +114,7 @@ def build_resnet(
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = preprocess(inputs) if preprocess else inputs
     size = min(input_shape[:2])
-    downsamples = stem_downsamples(size)
+    downsamples = stem_downsamples(size) + (stem_stride == 2)
     size //= 2**downsamples
     x = stem(x, filters, kernel_size=kernel_size, downsamples=downsamples, l2=l2,
              activate=version == "v1")

@@ -100,3 +100,34 @@ def test_keras_dataset_offline_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(keras.datasets.cifar10, "load_data", offline)
     with pytest.raises(DataError, match="cannot load cifar10: Keras downloads it on first use"):
         load_dataset("cifar10")
+
+
+def test_idx_files_are_read_as_they_are_written(tmp_path):
+    import gzip
+
+    from tuner.data import read_idx
+
+    images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    header = bytes([0, 0, 8, 3]) + np.array([2, 3, 4], ">u4").tobytes()
+    (tmp_path / "x.gz").write_bytes(gzip.compress(header + images.tobytes()))
+    np.testing.assert_array_equal(read_idx(tmp_path / "x.gz"), images)
+    (tmp_path / "short.gz").write_bytes(gzip.compress(header + images.tobytes()[:-1]))
+    with pytest.raises(DataError, match="holds 23 values, its header says"):
+        read_idx(tmp_path / "short.gz")
+
+
+def test_fashion_mnist_is_read_from_the_debian_package_offline(monkeypatch):
+    from tuner.data import SYSTEM_DATASETS
+
+    if not (SYSTEM_DATASETS["fashion_mnist"] / "t10k-images-idx3-ubyte.gz").is_file():
+        pytest.skip("apt-get install dataset-fashion-mnist")
+    import keras
+
+    def offline():
+        raise OSError("URL fetch failure")
+
+    monkeypatch.setattr(keras.datasets.fashion_mnist, "load_data", offline)
+    data = load_dataset("fashion_mnist")
+    assert data.describe()["splits"] == {"train": 54000, "val": 6000, "test": 10000}
+    assert data.x_train.shape[1:] == (28, 28, 1) and data.x_train.dtype == np.uint8
+    assert data.class_names[0] == "T-shirt/top" and np.bincount(data.y_test).tolist() == [1000] * 10

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import platform
+import time
 from collections.abc import Mapping
 from collections.abc import Sequence
 from importlib import metadata
@@ -105,12 +106,16 @@ def search(
     gpus: Sequence[str] | None = None,
     recycle_after: int | None = None,
     progress: bool = False,
+    deadline: float | None = None,
 ) -> optuna.Study:
     """Search ``space`` on ``dataset`` and store every trial in the Optuna study ``study``.
 
     Runs until the study holds ``trials`` finished (complete or pruned) trials, from every process
     working on it, or ``timeout`` seconds pass; running it again with the same ``study`` continues
-    that study. ``pruner`` stops unpromising trials after any epoch; ``patience`` stops a trial whose
+    that study. The timeout is a deadline: a trial whose first epoch cannot end before it is not
+    started, and the trial in flight stops in time to be tested and stored, as a COMPLETE trial of
+    its best epoch with ``stopped_by="deadline"`` (``deadline`` is that moment as a ``time.time()``,
+    for worker processes; by default ``timeout`` seconds from this call). ``pruner`` stops unpromising trials after any epoch; ``patience`` stops a trial whose
     objective has not improved for that many epochs (None or 0: never). ``augment`` is ``auto`` (shifts
     for digits and MNIST, flips and shifts otherwise), ``none``, ``shift`` or ``flip_shift``;
     ``precision`` is ``auto`` (mixed_float16 on a GPU), ``float32``, ``mixed_float16`` or
@@ -131,6 +136,8 @@ def search(
     written to the same study, and its own state lives in ``<db name>-keras-tuner/<study>/``.
     Returns the study.
     """
+    if timeout is not None and deadline is None:
+        deadline = time.time() + timeout
     request = dict(locals())  # the arguments, for worker processes
     from search_spaces import get_space
     from search_spaces import parse_assignments
@@ -216,7 +223,7 @@ def search(
     study_obj.set_user_attr("pixel_variance", variance)
     job = SearchJob(
         study=study_obj, storage=store, hypermodel=hypermodel, data=data, overrides=narrowed, objective=objective,
-        trials=trials, epochs=epochs, batch_size=batch_size, timeout=timeout, seed=seed,
+        trials=trials, epochs=epochs, batch_size=batch_size, deadline=deadline, seed=seed,
         max_failures=max_failures, patience=patience, precision=policy, recipe=recipe, keeper=keeper,
         process_trials=process_trials, algorithm=algorithm,
         workdir=str(keras_tuner_path(storage)) if backend == "keras-tuner" else None,

@@ -22,6 +22,10 @@ from tuner.errors import TunerError
 
 # The objectives a search can optimise, and which way.
 DIRECTIONS = {"val_accuracy": "maximize", "val_loss": "minimize"}
+# Training steps timed before a first epoch's end is projected (the first step traces the model).
+PROBE_STEPS = 8
+# Seconds kept, at a deadline, for writing the trial's model.
+SAVE_SECONDS = 2.0
 # How TensorFlow, JAX and PyTorch say that a device (or the host) ran out of memory.
 OOM_MARKERS = ("out of memory", "resource_exhausted", "resourceexhausted", "oom when allocating")
 
@@ -75,7 +79,7 @@ class TrialDiverged(TunerError):
 
 
 class BestEpoch(keras.callbacks.Callback):
-    """Remembers the epoch with the best ``monitor`` value, its logs and its weights."""
+    """Remembers every epoch's logs, and the epoch with the best ``monitor`` value and its weights."""
 
     def __init__(self, monitor: str, direction: str) -> None:
         super().__init__()
@@ -85,18 +89,26 @@ class BestEpoch(keras.callbacks.Callback):
         self.best_epoch = 0
         self.best_logs: dict[str, float] = {}
         self.best_weights: list[np.ndarray] | None = None
+        self.history: dict[str, list[float]] = {}
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        value = float((logs or {}).get(self.monitor, math.nan))
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(value)
+        value = logs.get(self.monitor, math.nan)
         if math.isfinite(value) and self.sign * value > self.best_value:
             self.best_value = self.sign * value
             self.best_epoch = epoch + 1
-            self.best_logs = {k: float(v) for k, v in (logs or {}).items()}
+            self.best_logs = logs
             self.best_weights = self.model.get_weights()
 
 
 class EpochReport(keras.callbacks.Callback):
-    """Calls ``report(epoch, logs)`` after every epoch (1-based), and stops when it returns True."""
+    """Calls ``report(epoch, logs)`` after every epoch (1-based), and stops when it returns True.
+
+    An epoch after which training stops anyway (the deadline, early stopping) is reported but
+    not pruned: its model is kept as it is.
+    """
 
     def __init__(self, report: Callable[[int, dict[str, float]], bool | None]) -> None:
         super().__init__()
@@ -104,14 +116,69 @@ class EpochReport(keras.callbacks.Callback):
         self.stopped_early = False
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if self.report(epoch + 1, {k: float(v) for k, v in (logs or {}).items()}):
+        prune = self.report(epoch + 1, {k: float(v) for k, v in (logs or {}).items()})
+        if prune and not self.model.stop_training:
             self.stopped_early = True
             self.model.stop_training = True
 
 
+class Deadline(keras.callbacks.Callback):
+    """Ends training on time: stops at ``deadline`` (``time.time()``) less the time the trial still
+    needs to validate, test and store its model, and stops a first epoch that cannot end by then.
+
+    Step times are measured from the second step on (the first one traces or compiles the model).
+    ``stopped_by`` says why training stopped: ``"deadline"``, or ``"too_slow"`` when the first
+    epoch's projected end is past the deadline, so not even one rung can be scored.
+    """
+
+    def __init__(self, deadline: float, *, steps_per_epoch: int, eval_steps: int) -> None:
+        super().__init__()
+        self.deadline = deadline
+        self.steps_per_epoch = steps_per_epoch
+        self.eval_steps = eval_steps  # validation and test batches still to run at the end
+        self.stopped_by: str | None = None
+        self.step_seconds: float | None = None
+        self._steps = 0
+        self._first_epoch = True
+        self._timed_from: float | None = None
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        now = time.time()
+        self._steps += 1
+        if self._timed_from is None:
+            self._timed_from = now
+        elif self._steps > 1:
+            self.step_seconds = (now - self._timed_from) / (self._steps - 1)
+        if now + self.reserve() >= self.deadline:
+            self.stop("deadline")
+        elif (self._first_epoch and self.step_seconds is not None and self._steps == PROBE_STEPS
+              and now + (self.steps_per_epoch - self._steps) * self.step_seconds + self.reserve()
+              > self.deadline):
+            self.stop("too_slow")
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self._first_epoch = False
+
+    def reserve(self) -> float:
+        """Seconds to keep for the end of a trial: inference over the held-out splits (a third of a
+        training step per batch) and writing the model."""
+        if self.step_seconds is None:
+            return 0.0
+        return self.eval_steps * self.step_seconds / 3 + SAVE_SECONDS
+
+    def stop(self, reason: str) -> None:
+        self.stopped_by = reason
+        self.model.stop_training = True
+
+
 @dataclass
 class TrialResult:
-    """What one training run measured; ``value`` is the objective at the best epoch."""
+    """What one training run measured; ``value`` is the objective at the best epoch.
+
+    ``stopped_by`` is None for a run that trained its epochs (or stopped early or was pruned),
+    ``"deadline"`` or ``"interrupt"`` for one cut short whose best epoch was kept, and ``"too_slow"``
+    for one stopped in its first epoch because that epoch could not end before the deadline.
+    """
 
     value: float
     best_epoch: int
@@ -122,11 +189,13 @@ class TrialResult:
     test_loss: float
     test_accuracy: float
     history: dict[str, list[float]] = field(default_factory=dict)
+    stopped_by: str | None = None
+    step_seconds: float | None = None
 
-    def attrs(self) -> dict[str, float | int]:
+    def attrs(self) -> dict[str, float | int | str]:
         """The per-trial attributes stored in the study (losses and accuracies at the best epoch)."""
         logs = self.best_logs
-        return {
+        attrs: dict[str, float | int | str] = {
             "epochs": self.epochs,
             "best_epoch": self.best_epoch,
             "train_seconds": round(self.train_seconds, 3),
@@ -139,6 +208,11 @@ class TrialResult:
             "test_loss": self.test_loss,
             "test_accuracy": self.test_accuracy,
         }
+        if self.step_seconds is not None:
+            attrs["step_seconds"] = round(self.step_seconds, 5)
+        if self.stopped_by is not None:
+            attrs["stopped_by"] = self.stopped_by
+        return attrs
 
 
 def train_and_evaluate(
@@ -151,30 +225,43 @@ def train_and_evaluate(
     patience: int | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     initial_epoch: int = 0,
+    deadline: float | None = None,
 ) -> TrialResult:
     """Fit ``model`` on the train split, validate each epoch, restore the best epoch, test it.
 
     Training stops early after ``patience`` epochs without a better ``objective``. Raises
     ``TrialDiverged`` if the loss stops being finite. ``initial_epoch`` continues a model trained
     for that many epochs already (Keras Tuner's Hyperband); epochs are counted from 1 overall.
+    ``deadline`` (a ``time.time()``) stops training in time to test and store the model by then
+    (``Deadline``). Ctrl-C after at least one epoch stops training the same way; the caller records
+    the trial, then raises ``KeyboardInterrupt`` again (``stopped_by == "interrupt"``).
     """
     best = BestEpoch(objective, DIRECTIONS[objective])
     if patience:
         mode = "max" if DIRECTIONS[objective] == "maximize" else "min"
         callbacks = [keras.callbacks.EarlyStopping(objective, patience=patience, mode=mode), *callbacks]
+    steps = math.ceil(len(data.y_train) / batch_size)
+    clock = Deadline(deadline or math.inf, steps_per_epoch=steps,
+                     eval_steps=math.ceil((len(data.y_val) + len(data.y_test)) / batch_size))
     start = time.perf_counter()
-    history = model.fit(
-        data.x_train,
-        data.y_train,
-        validation_data=(data.x_val, data.y_val),
-        epochs=epochs,
-        initial_epoch=initial_epoch,
-        batch_size=batch_size,
-        callbacks=[keras.callbacks.TerminateOnNaN(), best, *callbacks],
-        verbose=0,
-    )
+    stopped_by = None
+    try:
+        model.fit(
+            data.x_train,
+            data.y_train,
+            validation_data=(data.x_val, data.y_val),
+            epochs=epochs,
+            initial_epoch=initial_epoch,
+            batch_size=batch_size,
+            callbacks=[keras.callbacks.TerminateOnNaN(), clock, best, *callbacks],
+            verbose=0,
+        )
+    except KeyboardInterrupt:
+        if best.best_weights is None:
+            raise
+        stopped_by = "interrupt"
     seconds = time.perf_counter() - start
-    losses = history.history.get("loss", [])
+    losses = best.history.get("loss", [])
     if not losses or not all(math.isfinite(v) for v in losses):
         raise TrialDiverged(f"loss became {losses[-1] if losses else 'undefined'} "
                             f"at epoch {initial_epoch + len(losses)}; try a lower learning_rate")
@@ -192,5 +279,7 @@ def train_and_evaluate(
         best_logs=best.best_logs,
         test_loss=float(test_loss),
         test_accuracy=float(test_accuracy),
-        history={k: [float(v) for v in vs] for k, vs in history.history.items()},
+        history=best.history,
+        stopped_by=stopped_by or clock.stopped_by,
+        step_seconds=clock.step_seconds,
     )

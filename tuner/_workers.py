@@ -28,6 +28,7 @@ def _worker(env: dict[str, str], request: dict[str, Any], verbosity: int) -> Non
     from tuner.cli import stop_on_sigterm
 
     stop_on_sigterm()
+    _interrupt_once()
 
     optuna.logging.set_verbosity(verbosity)  # as quiet as the parent
     try:
@@ -39,6 +40,17 @@ def _worker(env: dict[str, str], request: dict[str, Any], verbosity: int) -> Non
             raise
         print(f"tuner: error: {err}", file=sys.stderr)  # one line, as the CLI prints it
         sys.exit(2)
+
+
+def _interrupt_once() -> None:
+    """The first SIGINT stops the worker's trial (which keeps its best epoch); later ones, such as
+    the parent forwarding the terminal's Ctrl-C, are ignored so they cannot cut that wrap-up short."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
 
 
 def run_workers(
@@ -53,16 +65,15 @@ def run_workers(
     study's budget or timeout is spent; with ``recycle_after`` each process exits after that many
     trials and a fresh one takes its place.
     """
-    deadline = None if request["timeout"] is None else time.monotonic() + request["timeout"]
+    deadline = request["deadline"]  # one moment for every worker: a time.time()
     request = {**request, "recycle_after": None, "process_trials": recycle_after}
     for round_number in itertools.count():
         before = job.finished_trials()
-        timeout = None if deadline is None else deadline - time.monotonic()
-        if before >= request["trials"] or (timeout is not None and timeout <= 0):
+        if before >= request["trials"] or (deadline is not None and time.time() >= deadline):
             return
         # A new seed each round, or a seeded sampler would propose the last round's parameters again.
         seed = request["seed"] + 7919 * round_number
-        _run_round({**request, "timeout": timeout, "seed": seed}, workers, gpus)
+        _run_round({**request, "seed": seed}, workers, gpus)
         if not recycle_after or job.finished_trials() == before:
             return  # one round does it all, or a round that finishes nothing would loop forever
 

@@ -65,7 +65,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         )
     except KeyboardInterrupt:
         interrupted = True
-        print("interrupted: the trial in flight is recorded as failed", file=sys.stderr)
+        print("interrupted: the trial in flight keeps its best epoch (failed if it had none)",
+              file=sys.stderr)
     try:
         best = best_trial(study, args.storage)
     except Exception as err:
@@ -267,7 +268,9 @@ def build_parser() -> ArgumentParser:
     s.add_argument("--dataset", default="digits",
                    help="digits, cifar10, cifar100, mnist, fashion_mnist, a .npz file or an image folder")
     s.add_argument("--trials", type=int, default=10, help="finished trials the study should hold (default 10)")
-    s.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    s.add_argument("--timeout", type=float,
+                   help="end the search after this many seconds: the trial in flight stops in time and "
+                        "keeps its best epoch")
     s.add_argument("--epochs", type=int, default=10, help="epochs per trial (default 10)")
     s.add_argument("--batch-size", type=int,
                    help="training batch size (default: the largest of 16..128 that leaves 64 steps an epoch)")

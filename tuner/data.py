@@ -24,6 +24,17 @@ TEST_FRACTION = 0.1
 NO_FLIP_DATASETS = {"digits", "mnist"}
 # digits is small (1,797 images): larger held-out splits keep its accuracy estimates stable.
 DIGITS_FRACTION = 0.2
+# Where Debian's dataset packages put the original files (``apt-get install dataset-fashion-mnist``);
+# a dataset found there is read offline, otherwise Keras downloads it.
+SYSTEM_DATASETS = {"fashion_mnist": Path("/usr/share/datasets/fashion-mnist")}
+CLASS_NAMES = {
+    "fashion_mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                      "Sneaker", "Bag", "Ankle boot"],
+    "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                "truck"],
+}
+IDX_FILES = {"x_train": "train-images-idx3-ubyte.gz", "y_train": "train-labels-idx1-ubyte.gz",
+             "x_test": "t10k-images-idx3-ubyte.gz", "y_test": "t10k-labels-idx1-ubyte.gz"}
 
 
 @dataclass
@@ -102,6 +113,10 @@ def _digits(split_seed: int) -> Dataset:
 def _keras_dataset(name: str, split_seed: int) -> Dataset:
     import keras
 
+    folder = SYSTEM_DATASETS.get(name)
+    if folder is not None and all((folder / file).is_file() for file in IDX_FILES.values()):
+        arrays = {key: read_idx(folder / file) for key, file in IDX_FILES.items()}
+        return from_arrays(name, **arrays, class_names=CLASS_NAMES.get(name), split_seed=split_seed)
     try:
         (x_train, y_train), (x_test, y_test) = getattr(keras.datasets, name).load_data()
     except Exception as err:  # noqa: BLE001 - any failure to download or read is the same to a user
@@ -109,7 +124,29 @@ def _keras_dataset(name: str, split_seed: int) -> Dataset:
             f"cannot load {name}: Keras downloads it on first use and that failed "
             f"({type(err).__name__}); connect to the internet once, or pass a .npz file"
         ) from None
-    return from_arrays(name, x_train, y_train, x_test=x_test, y_test=y_test, split_seed=split_seed)
+    return from_arrays(name, x_train, y_train, x_test=x_test, y_test=y_test,
+                       class_names=CLASS_NAMES.get(name), split_seed=split_seed)
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An array from a gzipped IDX file, the format of the original MNIST and Fashion-MNIST files:
+    two zero bytes, a type byte (8: uint8), the number of dimensions, each size as a big-endian
+    uint32, then the values."""
+    import gzip
+
+    try:
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+    except OSError as err:
+        raise DataError(f"cannot read {path}: {err}") from None
+    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] != 8:
+        raise DataError(f"{path} is not an IDX file of unsigned bytes")
+    dims = raw[3]
+    shape = tuple(int(v) for v in np.frombuffer(raw, ">u4", count=dims, offset=4))
+    values = np.frombuffer(raw, np.uint8, offset=4 + 4 * dims)
+    if values.size != int(np.prod(shape)):
+        raise DataError(f"{path} holds {values.size} values, its header says {shape}")
+    return values.reshape(shape)
 
 
 def _npz(path: Path, split_seed: int) -> Dataset:

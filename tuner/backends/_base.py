@@ -1,7 +1,8 @@
 """The contract of a search backend.
 
 A backend runs trials of ``job.hypermodel`` until the study holds ``job.trials`` finished (COMPLETE
-or PRUNED) trials or ``job.timeout`` passes. Whatever engine chooses the parameters, every trial it
+or PRUNED) trials or ``job.deadline`` passes; it passes the deadline to ``train_and_evaluate``, so the
+trial in flight ends in time and keeps its best epoch. Whatever engine chooses the parameters, every trial it
 runs must end up in ``job.study`` (Optuna's storage is the only record) with its parameters, its
 per-epoch objective as intermediate values, its state, and the attributes of ``TrialResult.attrs``.
 A backend must never leave a trial RUNNING when it returns or raises.
@@ -96,7 +97,7 @@ class SearchJob:
     trials: int
     epochs: int
     batch_size: int
-    timeout: float | None
+    deadline: float | None  # a time.time() by which the search ends, trial in flight included
     seed: int
     max_failures: int
     patience: int | None
@@ -114,7 +115,17 @@ class SearchJob:
     def finished_trials(self) -> int:
         """Trials that count towards the budget: COMPLETE and PRUNED, from every worker."""
         states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-        return len(self.study.get_trials(deepcopy=False, states=states))
+        return len(counted(self.study.get_trials(deepcopy=False, states=states)))
+
+
+# A configuration not trained because its first epoch could not end before the deadline is stored
+# PRUNED with this attribute (so samplers learn it is too costly); it does not count as a trial.
+SKIPPED_ATTR = "skipped"
+
+
+def counted(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """The trials that count towards ``--trials``: all but the skipped ones."""
+    return [t for t in trials if SKIPPED_ATTR not in t.user_attrs]
 
 
 class SearchBackend(ABC):

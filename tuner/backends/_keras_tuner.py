@@ -138,7 +138,7 @@ class MirroredTuner(keras_tuner.Tuner):
         super().__init__(oracle=oracle, hypermodel=job.hypermodel, directory=str(folder.parent),
                          project_name=folder.name, overwrite=False)
         self.job = job
-        self.deadline = None if job.timeout is None else time.monotonic() + job.timeout
+        self.interrupted = False
         self.started = 0
         self.results: dict[str, TrialResult] = {}
         self.models: dict[str, Any] = {}
@@ -153,7 +153,9 @@ class MirroredTuner(keras_tuner.Tuner):
         job = self.job
         if job.finished_trials() >= job.trials:
             raise _StopSearch("budget")
-        if self.deadline is not None and time.monotonic() >= self.deadline:
+        if self.interrupted:
+            raise KeyboardInterrupt  # the trial Ctrl-C cut short is stored: now stop
+        if job.deadline is not None and time.time() >= job.deadline:
             raise _StopSearch("timeout")
         if job.process_trials and self.started >= job.process_trials:
             raise _StopSearch("process")
@@ -187,7 +189,11 @@ class MirroredTuner(keras_tuner.Tuner):
 
             result = train_and_evaluate(model, job.data, epochs=epochs, initial_epoch=initial_epoch,
                                         batch_size=job.batch_size, objective=job.objective,
-                                        patience=job.patience, callbacks=[EpochReport(report)])
+                                        patience=job.patience, callbacks=[EpochReport(report)],
+                                        deadline=job.deadline)
+            self.interrupted = result.stopped_by == "interrupt"
+            if result.stopped_by == "too_slow":
+                raise TunerError("stopped in its first epoch, which could not end before the deadline")
         except Exception as err:
             self.errors[trial.trial_id] = trial_error(err)
             raise

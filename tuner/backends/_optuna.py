@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from collections.abc import Iterator
 from collections.abc import Mapping
 from typing import Any
@@ -19,14 +20,19 @@ from optuna.distributions import IntDistribution
 from optuna.trial import TrialState
 
 from search_spaces import ParamSpec
+from tuner._cost import epoch_seconds
+from tuner._cost import model_flops
+from tuner._cost import seconds_per_flop
 from tuner._training import EpochReport
 from tuner._training import start_trial
 from tuner._training import train_and_evaluate
 from tuner._training import trial_error
+from tuner.backends._base import SKIPPED_ATTR
 from tuner.backends._base import ConsecutiveFailures
 from tuner.backends._base import SearchAborted  # noqa: F401 - re-exported for callers
 from tuner.backends._base import SearchBackend
 from tuner.backends._base import SearchJob
+from tuner.backends._base import counted
 from tuner.backends._base import to_distribution
 
 
@@ -101,64 +107,122 @@ class OptunaBackend(SearchBackend):
         if job.finished_trials() >= job.trials:
             return
         failures = ConsecutiveFailures(job.max_failures)
-        budget = StudyBudget(job.trials)  # what ends the search: failed trials do not count
+        budget = StudyBudget(job.trials, job.deadline)  # what ends the search: failed trials do not count
         job.study.optimize(
             lambda trial: run_trial(job, trial),
             n_trials=job.process_trials,
-            timeout=job.timeout,
+            timeout=None if job.deadline is None else max(job.deadline - time.time(), 0.0),
             catch=(Exception,),
             callbacks=[budget, failures, job.progress.trial_finished],
             gc_after_trial=True,
         )
+        if budget.interrupted:
+            raise KeyboardInterrupt
         if failures.tripped:
             raise failures.aborted()
 
 
 def run_trial(job: SearchJob, trial: optuna.Trial) -> float:
-    """Build, train and test one configuration; record its metrics on the trial."""
+    """Build, train and test one configuration; record its metrics on the trial.
+
+    With a deadline, a configuration whose first epoch is predicted (from its FLOPs and the study's
+    timed trials) or measured (from its first steps) to end after it is not trained: it is stored
+    PRUNED and ``skipped``. A trial cut by the deadline or by Ctrl-C after an epoch completes with
+    its best epoch, then the search stops.
+    """
     start_trial(job.seed + trial.number, job.precision)
     for key, value in job.recipe.items():
         trial.set_user_attr(key, value)
     try:
         hp = OptunaHyperParameters(trial, job.overrides)
         model = job.hypermodel.build(hp)
-        job.progress.trial_started(trial.number, hp.values)
+        predicted = record_cost(job, trial, model)
+        if job.deadline is not None and predicted is not None and time.time() + predicted > job.deadline:
+            skip = f"its first epoch needs ~{predicted:.0f} s, {job.deadline - time.time():.0f} s are left"
+        else:
+            skip = None
+            job.progress.trial_started(trial.number, hp.values)
 
-        def report(epoch: int, logs: dict[str, float]) -> bool:
-            value = logs.get(job.objective, math.nan)
-            if math.isfinite(value):
-                trial.report(value, epoch)
-            job.progress.epoch_ended(trial.number, epoch, logs)
-            # After the last epoch there is nothing left to save: the trial completes.
-            return epoch < job.epochs and trial.should_prune()
+            def report(epoch: int, logs: dict[str, float]) -> bool:
+                value = logs.get(job.objective, math.nan)
+                if math.isfinite(value):
+                    trial.report(value, epoch)
+                job.progress.epoch_ended(trial.number, epoch, logs)
+                # After the last epoch there is nothing left to save: the trial completes.
+                return epoch < job.epochs and trial.should_prune()
 
-        pruning = EpochReport(report)
-        result = train_and_evaluate(model, job.data, epochs=job.epochs, batch_size=job.batch_size,
-                                    objective=job.objective, patience=job.patience,
-                                    callbacks=[pruning])
+            pruning = EpochReport(report)
+            result = train_and_evaluate(model, job.data, epochs=job.epochs, batch_size=job.batch_size,
+                                        objective=job.objective, patience=job.patience,
+                                        callbacks=[pruning], deadline=job.deadline)
     except Exception as err:
         trial.set_user_attr("error", trial_error(err))
         raise
+    if skip is not None:
+        trial.set_user_attr(SKIPPED_ATTR, skip)
+        raise optuna.TrialPruned(skip)
     for key, value in result.attrs().items():
         trial.set_user_attr(key, value)
+    if result.stopped_by == "too_slow":
+        skip = (f"its first epoch would end after the deadline ({result.step_seconds:.3f} s a step, "
+                f"{math.ceil(len(job.data.y_train) / job.batch_size)} steps)")
+        trial.set_user_attr(SKIPPED_ATTR, skip)
+        raise optuna.TrialPruned(skip)
     if pruning.stopped_early:
         raise optuna.TrialPruned(f"pruned after epoch {result.epochs}")
     if job.keeper is not None:
         job.keeper.offer(trial, model, result.value)
+    if result.stopped_by is not None:  # the deadline or Ctrl-C: this was the last trial
+        trial.study.stop()
     return result.value
+
+
+def record_cost(job: SearchJob, trial: optuna.Trial, model: Any) -> float | None:
+    """Record the model's FLOPs per image and, once the study has timed a trial at this batch size,
+    its predicted seconds per epoch; returns that prediction (None before any timing)."""
+    flops = model_flops(model)
+    trial.set_user_attr("flops", flops)
+    rate = seconds_per_flop(job.study.get_trials(deepcopy=False), job.batch_size)
+    if rate is None:
+        return None
+    data = job.data
+    predicted = epoch_seconds(flops, rate, train_images=len(data.y_train), eval_images=len(data.y_val))
+    trial.set_user_attr("predicted_seconds_per_epoch", round(predicted, 2))
+    return predicted
+
+
+# Configurations in a row skipped as too slow for the time left before the search gives up.
+MAX_SKIPPED = 5
 
 
 class StudyBudget:
     """Study callback that stops this worker once finished trials plus those still running elsewhere
-    reach ``trials``, so N workers on one study end with ``trials`` in total, not N times as many.
+    reach ``trials``, so N workers on one study end with ``trials`` in total, not N times as many;
+    or once ``deadline`` leaves less time than the quickest epoch the study has measured, or after
+    ``MAX_SKIPPED`` configurations in a row that could not finish an epoch in the time left; or after
+    a trial that Ctrl-C cut short (then ``interrupted`` is set).
 
     (Optuna's ``MaxTrialsCallback`` ignores the trials other workers have in flight.)
     """
 
-    def __init__(self, trials: int) -> None:
+    def __init__(self, trials: int, deadline: float | None = None) -> None:
         self.trials = trials
+        self.deadline = deadline
+        self.interrupted = False
+        self.skipped = 0
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-        if len(study.get_trials(deepcopy=False, states=states)) >= self.trials:
+        if trial.user_attrs.get("stopped_by") == "interrupt":
+            self.interrupted = True
             study.stop()
+        self.skipped = self.skipped + 1 if SKIPPED_ATTR in trial.user_attrs else 0
+        if self.skipped >= MAX_SKIPPED:
+            study.stop()  # nothing the sampler proposes fits in the time left
+        states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        if len(counted(study.get_trials(deepcopy=False, states=states))) >= self.trials:
+            study.stop()
+        if self.deadline is not None:
+            epochs = [t.user_attrs["seconds_per_epoch"] for t in study.get_trials(deepcopy=False)
+                      if t.user_attrs.get("seconds_per_epoch")]
+            if epochs and time.time() + min(epochs) > self.deadline:
+                study.stop()

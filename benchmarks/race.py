@@ -1,0 +1,307 @@
+"""The race: tuner's default search against what a user would otherwise run, at equal wall-clock time.
+
+Every competitor gets the same data splits (``tuner.load_dataset``: Fashion-MNIST's 60,000 training
+images split 54,000/6,000 into train/validation, and its 10,000 test images), the same budget of
+wall-clock seconds counted from its process start (imports and data loading included), and runs
+alone, one after another, in a fresh process on this machine:
+
+  (a) ``tuner search --space resnet --dataset fashion_mnist --timeout BUDGET`` with every other flag
+      at its default, as a user runs it; its best trial's test accuracy as ``tuner best`` reports it;
+  (b) the plain "2 Conv + pooling" Keras CNN (conv 32 -> pool -> conv 64 -> pool -> dense 128, Adam
+      1e-3, batch 128), trained until the budget ends and scored at its best validation epoch;
+  (b3) the same with three conv layers (32, 64, 128), each with batch normalisation;
+  (c) Keras Tuner's ``RandomSearch`` over ``keras_tuner.applications.HyperResNet`` (images zero-padded
+      to 32x32 and repeated to 3 channels: Keras' ResNets take no smaller input), batch 128;
+  (d) AutoKeras' ``ImageClassifier`` with its defaults (``pip install autokeras``), where it installs.
+
+For each: trials, epochs trained, best validation accuracy, the test accuracy of the model the tool
+hands over, and the seconds until a validation accuracy of 0.90 and 0.92 was first reached.
+
+    python benchmarks/race.py --budget 600 --seeds 0 1 2 --competitors a b
+    python benchmarks/race.py --budget 600 --seeds 0 --competitors c d
+    python benchmarks/race.py --budget 1800 --seeds 0 --competitors a b b3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+THRESHOLDS = (0.90, 0.92)
+NAMES = {
+    "a": "tuner default search",
+    "b": "2-conv CNN, whole budget",
+    "b3": "3-conv CNN with BN, whole budget",
+    "c": "Keras Tuner RandomSearch + HyperResNet",
+    "d": "AutoKeras ImageClassifier",
+}
+# Seconds a competitor may run past its budget (its last epoch, testing, saving) before it is killed.
+GRACE = 300
+
+
+def first_reached(marks: list[tuple[float, float]], threshold: float) -> float | None:
+    """Seconds at which a validation accuracy first reached ``threshold``; ``marks`` are (s, val)."""
+    return next((t for t, v in marks if v >= threshold), None)
+
+
+# --- the competitors, each run in its own process by ``--one``. ---------------------------------
+
+def run_tuner(args: argparse.Namespace, start: float, workdir: Path) -> dict:
+    """(a): the real CLI with its defaults; epoch lines are timed as they arrive on stderr."""
+    import optuna
+
+    db = f"sqlite:///{workdir / 'race.db'}"
+    command = [sys.executable, "-m", "tuner", "search", "--space", "resnet", "--dataset", args.dataset,
+               "--timeout", str(args.budget - (time.time() - start)), "--trials", "1000",
+               "--seed", str(args.seed), "--study", "race", "--storage", db]
+    marks = []
+    with subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                          cwd=workdir) as process:
+        for line in process.stderr:
+            found = re.search(r"epoch \d+/\d+ .*val_accuracy (\d\.\d+)", line)
+            if found:
+                marks.append((time.time() - start, float(found.group(1))))
+    study = optuna.load_study(study_name="race", storage=db)
+    finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")
+                and "skipped" not in t.user_attrs]
+    best = study.best_trial
+    return {"trials": len(finished), "epochs": sum(t.user_attrs.get("epochs", 0) for t in finished),
+            "best_val": best.value, "test": best.user_attrs["test_accuracy"], "marks": marks,
+            "exit_code": process.returncode, "best_params": best.params}
+
+
+def cnn(convs: int):
+    """The benchmark's plain CNN: 2 convs (32, 64) with pooling, or 3 (32, 64, 128) with BN."""
+    import keras
+    from keras import layers
+
+    model = keras.Sequential([keras.Input((28, 28, 1)), layers.Rescaling(1 / 255)])
+    for i, filters in enumerate((32, 64, 128)[:convs]):
+        model.add(layers.Conv2D(filters, 3, activation=None if convs == 3 else "relu"))
+        if convs == 3:
+            model.add(layers.BatchNormalization())
+            model.add(layers.Activation("relu"))
+        if i < 2:
+            model.add(layers.MaxPooling2D())
+    model.add(layers.Flatten())
+    model.add(layers.Dense(128, activation="relu"))
+    model.add(layers.Dense(10, activation="softmax"))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    return model
+
+
+def timed_callbacks(start: float, deadline: float, marks: list):
+    """Record (seconds, val_accuracy) after each epoch; stop training at the deadline."""
+    import keras
+
+    class Timed(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if time.time() >= deadline:
+                self.model.stop_training = True
+
+        def on_epoch_end(self, epoch, logs=None):
+            marks.append((time.time() - start, float(logs["val_accuracy"])))
+
+    return Timed()
+
+
+def run_cnn(args: argparse.Namespace, start: float, workdir: Path) -> dict:
+    """(b) and (b3): train until the deadline, restore the best validation epoch, test it."""
+    import keras
+
+    from tuner.data import load_dataset
+
+    keras.utils.set_random_seed(args.seed)
+    data = load_dataset(args.dataset)
+    model = cnn(3 if args.one == "b3" else 2)
+    marks: list = []
+    best = keras.callbacks.ModelCheckpoint(str(workdir / "best.weights.h5"), monitor="val_accuracy",
+                                           save_best_only=True, save_weights_only=True)
+    model.fit(data.x_train, data.y_train, validation_data=(data.x_val, data.y_val), epochs=10_000,
+              batch_size=128, verbose=0, callbacks=[timed_callbacks(start, start + args.budget, marks), best])
+    model.load_weights(workdir / "best.weights.h5")
+    test = model.evaluate(data.x_test, data.y_test, batch_size=512, verbose=0)[1]
+    return {"trials": 1, "epochs": len(marks), "best_val": max(v for _, v in marks), "test": float(test),
+            "marks": marks}
+
+
+def to_resnet_input(x):
+    """Keras' ResNets take at least 32x32x3: pad 28x28 to 32x32 and repeat the gray channel."""
+    import numpy as np
+
+    pad = [(0, 0), (2, 2), (2, 2), (0, 0)] if x.shape[1] == 28 else [(0, 0)] * 4
+    x = np.pad(x, pad).astype("float32") / 255.0
+    return np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
+
+
+def run_keras_tuner(args: argparse.Namespace, start: float, workdir: Path) -> dict:
+    """(c): Keras Tuner's RandomSearch over HyperResNet; no trial starts after the deadline."""
+    import keras
+    import keras_tuner as kt
+
+    from tuner.data import load_dataset
+
+    data = load_dataset(args.dataset)
+    x = {s: to_resnet_input(getattr(data, f"x_{s}")) for s in ("train", "val", "test")}
+    deadline = start + args.budget
+
+    class DeadlineOracle(kt.oracles.RandomSearchOracle):
+        def populate_space(self, trial_id):
+            if time.time() >= deadline:
+                return {"status": kt.engine.trial.TrialStatus.STOPPED, "values": None}
+            return super().populate_space(trial_id)
+
+    keras.utils.set_random_seed(args.seed)
+    marks: list = []
+    search = kt.Tuner(hypermodel=kt.applications.HyperResNet(input_shape=x["train"].shape[1:],
+                                                             classes=data.classes),
+                      oracle=DeadlineOracle(objective="val_accuracy", max_trials=10_000, seed=args.seed),
+                      directory=str(workdir), project_name="kt")
+    search.search(x["train"], keras.utils.to_categorical(data.y_train, data.classes),
+                  validation_data=(x["val"], keras.utils.to_categorical(data.y_val, data.classes)),
+                  epochs=10, batch_size=128, callbacks=[timed_callbacks(start, deadline, marks)], verbose=0)
+    done = [t for t in search.oracle.trials.values() if t.score is not None]
+    test = math.nan
+    if done:
+        model = search.get_best_models(1)[0]
+        test = float(model.evaluate(x["test"], keras.utils.to_categorical(data.y_test, data.classes),
+                                    verbose=0)[1])
+    return {"trials": len(done), "epochs": len(marks), "best_val": max((v for _, v in marks), default=math.nan),
+            "test": test, "marks": marks}
+
+
+def run_autokeras(args: argparse.Namespace, start: float, workdir: Path) -> dict:
+    """(d): AutoKeras' ImageClassifier with its defaults; after the deadline the trial in flight
+    stops and no new one starts."""
+    import autokeras as ak
+    import keras
+    import keras_tuner as kt
+
+    from tuner.data import load_dataset
+
+    data = load_dataset(args.dataset)
+    deadline = start + args.budget
+    marks: list = []
+    timed = timed_callbacks(start, deadline, marks)
+
+    class NoTrialAfterDeadline(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            if time.time() >= deadline:
+                raise kt.errors.FatalError("budget spent")
+
+    keras.utils.set_random_seed(args.seed)
+    classifier = ak.ImageClassifier(directory=str(workdir), project_name="ak", seed=args.seed,
+                                    overwrite=True)
+    try:
+        classifier.fit(data.x_train, data.y_train, validation_data=(data.x_val, data.y_val),
+                       callbacks=[timed, NoTrialAfterDeadline()], verbose=0)
+    except kt.errors.FatalError:
+        pass
+    trials = [t for t in classifier.tuner.oracle.trials.values() if t.score is not None]
+    model = classifier.tuner.get_best_models(1)[0]
+    predictions = model.predict(data.x_test, verbose=0)
+    test = float((predictions.argmax(axis=-1) == data.y_test).mean())
+    return {"trials": len(trials), "epochs": len(marks), "best_val": max(v for _, v in marks),
+            "test": test, "marks": marks, "autokeras": ak.__version__}
+
+
+RUNNERS = {"a": run_tuner, "b": run_cnn, "b3": run_cnn, "c": run_keras_tuner, "d": run_autokeras}
+
+
+def run_one(args: argparse.Namespace) -> None:
+    start = float(os.environ["RACE_START"])
+    with tempfile.TemporaryDirectory() as tmp:
+        result = RUNNERS[args.one](args, start, Path(tmp))
+    result["wall"] = time.time() - start
+    Path(args.out).write_text(json.dumps(result))
+
+
+# --- the race: each competitor in a fresh process, then the tables. ------------------------------
+
+def race(args: argparse.Namespace) -> dict[str, list[dict]]:
+    results: dict[str, list[dict]] = {c: [] for c in args.competitors}
+    for seed in args.seeds:
+        for competitor in args.competitors:
+            with tempfile.NamedTemporaryFile(suffix=".json") as out:
+                env = {**os.environ, "RACE_START": repr(time.time()), "TF_CPP_MIN_LOG_LEVEL": "3"}
+                command = [sys.executable, __file__, "--one", competitor, "--seed", str(seed),
+                           "--budget", str(args.budget), "--dataset", args.dataset, "--out", out.name]
+                try:
+                    done = subprocess.run(command, env=env, timeout=args.budget + GRACE,
+                                          capture_output=True, text=True)
+                    text = Path(out.name).read_text()
+                    row = json.loads(text) if text else {"error": done.stderr[-1500:]}
+                except subprocess.TimeoutExpired:
+                    row = {"error": f"still running {GRACE} s after its budget: killed"}
+            row["seed"] = seed
+            results[competitor].append(row)
+            shown = {k: v for k, v in row.items() if k != "marks"}
+            print(f"seed {seed} ({competitor}): {json.dumps(shown)}", flush=True)
+    return results
+
+
+def median(values: list[float | None]) -> str:
+    numbers = [math.inf if v is None else v for v in values]
+    if not numbers:
+        return "-"
+    m = statistics.median(numbers)
+    if math.isinf(m):
+        return "never"
+    return f"{m:.4f}" if m < 1.5 else f"{m:.0f}"
+
+
+def table(results: dict[str, list[dict]], args: argparse.Namespace) -> str:
+    import keras
+
+    lines = [f"{args.dataset}, {args.budget:.0f} s per competitor, seeds {args.seeds} (median shown); "
+             f"{platform.machine()}, {os.cpu_count()} CPUs, Keras {keras.__version__} "
+             f"({keras.backend.backend()}), Python {platform.python_version()}", "",
+             "| competitor | runs | trials | epochs | best val acc | test acc | s to 0.90 val | "
+             "s to 0.92 val | wall s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for competitor, rows in results.items():
+        ok = [r for r in rows if "error" not in r]
+        cells = [median([r[k] for r in ok]) for k in ("trials", "epochs", "best_val", "test")]
+        cells += [median([first_reached(r["marks"], t) for r in ok]) for t in THRESHOLDS]
+        cells.append(median([r["wall"] for r in ok]))
+        lines.append(f"| ({competitor}) {NAMES[competitor]} | {len(ok)}/{len(rows)} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("test accuracy per seed: " + "; ".join(
+        f"({c}) " + ", ".join(f"{r['test']:.4f}" if "error" not in r else "error" for r in rows)
+        for c, rows in results.items()))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="fashion_mnist")
+    parser.add_argument("--budget", type=float, default=600.0, help="wall-clock seconds per competitor")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--competitors", nargs="+", default=["a", "b"], choices=sorted(RUNNERS))
+    parser.add_argument("--json", help="also write every run's results to this file")
+    parser.add_argument("--one", choices=sorted(RUNNERS), help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        run_one(args)
+        return
+    results = race(args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    print("\n" + table(results, args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""A search's wall-clock budget: the deadline, Ctrl-C after an epoch, and what a configuration costs."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import optuna
+import pytest
+from conftest import TINY
+
+import tuner
+from tuner._cost import epoch_seconds
+from tuner._cost import model_flops
+from tuner._cost import seconds_per_flop
+from tuner._training import PROBE_STEPS
+from tuner.backends._optuna import MAX_SKIPPED
+from tuner._training import Deadline
+from tuner.data import SYSTEM_DATASETS
+
+
+class FakeModel:
+    stop_training = False
+
+
+def run_steps(callback: Deadline, clock: list[float], steps: int, step_seconds: float) -> None:
+    for step in range(steps):
+        clock[0] += step_seconds
+        callback.on_train_batch_end(step)
+        if callback.model.stop_training:
+            return
+
+
+@pytest.fixture
+def clock(monkeypatch) -> list[float]:
+    now = [1000.0]
+    monkeypatch.setattr("tuner._training.time.time", lambda: now[0])
+    return now
+
+
+def test_the_deadline_stops_training_with_time_left_to_test_and_store(clock):
+    callback = Deadline(1000.0 + 60, steps_per_epoch=10, eval_steps=30)
+    callback.set_model(FakeModel())
+    run_steps(callback, clock, 10, 1.0)  # the first epoch ends at 1010
+    callback.on_epoch_end(0)
+    run_steps(callback, clock, 100, 1.0)
+    assert callback.stopped_by == "deadline" and callback.step_seconds == pytest.approx(1.0)
+    # It stopped once the time left fell to what testing 30 batches (a third of a step each) and
+    # writing the model take: 10 + 2 seconds.
+    assert clock[0] == pytest.approx(1060 - 12, abs=1.0)
+
+
+def test_a_first_epoch_that_cannot_end_before_the_deadline_is_stopped_after_a_few_steps(clock):
+    callback = Deadline(1000.0 + 100, steps_per_epoch=1000, eval_steps=0)
+    callback.set_model(FakeModel())
+    run_steps(callback, clock, 1000, 1.0)
+    assert callback.stopped_by == "too_slow" and callback._steps == PROBE_STEPS
+
+    fits = Deadline(1000.0 + 2000, steps_per_epoch=1000, eval_steps=0)
+    fits.set_model(FakeModel())
+    run_steps(fits, clock, 1000, 1.0)
+    assert fits.stopped_by is None and not fits.model.stop_training
+
+
+def test_flops_count_the_multiply_adds_of_convolutions_and_dense_layers():
+    inputs = keras.Input((8, 8, 2))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="conv")(inputs)
+    x = keras.layers.Flatten()(x)
+    outputs = keras.layers.Dense(10, name="dense")(x)
+    model = keras.Model(inputs, outputs)
+    conv = 2 * (8 * 8 * 4) * (3 * 3 * 2)
+    dense = 2 * 10 * (8 * 8 * 4)
+    flatten = 8 * 8 * 4  # one operation per value for the rest
+    assert model_flops(model) == conv + dense + flatten
+
+
+def test_seconds_per_flop_comes_from_trials_timed_at_the_same_batch_size():
+    def timed(batch_size: int, step_seconds: float, flops: int):
+        return optuna.trial.create_trial(value=0.5, user_attrs={
+            "batch_size": batch_size, "step_seconds": step_seconds, "flops": flops})
+
+    trials = [timed(32, 0.1, 1000), timed(32, 0.3, 1000), timed(32, 0.2, 1000), timed(64, 9.0, 1)]
+    rate = seconds_per_flop(trials, 32)
+    assert rate == pytest.approx(0.2 / (1000 * 32))
+    assert epoch_seconds(1000, rate, train_images=320, eval_images=96) == pytest.approx(0.2 * 11)
+    assert seconds_per_flop([optuna.trial.create_trial(value=0.5)], 32) is None
+
+
+def test_a_configuration_whose_first_epoch_cannot_end_in_time_is_skipped_untrained(sqlite_url):
+    """A study that timed a trial at one second per FLOP (absurdly slow) predicts that no
+    configuration can finish an epoch: each is stored PRUNED and skipped, none counts as a trial."""
+    study = tuner.search("resnet", "digits", trials=1, epochs=1, study="slow", storage=sqlite_url,
+                         overrides=TINY["resnet"], keep=0)
+    (timed,) = study.trials
+    assert timed.user_attrs["flops"] > 0 and timed.user_attrs["step_seconds"] > 0
+    for _ in range(2):
+        study.add_trial(optuna.trial.create_trial(
+            value=0.1, params=timed.params, distributions=timed.distributions,
+            user_attrs={**timed.user_attrs, "step_seconds": 1.0 * timed.user_attrs["batch_size"],
+                        "flops": 1}))
+    study = tuner.search("resnet", "digits", trials=10, epochs=1, study="slow", storage=sqlite_url,
+                         overrides=TINY["resnet"], keep=0, timeout=120)
+    skipped = study.trials[3:]
+    assert len(skipped) == MAX_SKIPPED  # then the search gives up: nothing fits in the time left
+    assert all(t.state.name == "PRUNED" and "epochs" not in t.user_attrs for t in skipped)
+    assert "first epoch needs" in skipped[0].user_attrs["skipped"]
+    assert skipped[0].user_attrs["predicted_seconds_per_epoch"] > 120
+    assert tuner.search("resnet", "digits", trials=4, epochs=1, study="slow", storage=sqlite_url,
+                        overrides=TINY["resnet"], keep=0).trials[-1].state.name == "COMPLETE"
+
+
+def fashion_subset(tmp_path: Path) -> str:
+    """2,000 Fashion-MNIST training and 500 test images as a .npz file (the Debian package's)."""
+    from tuner.data import load_dataset
+
+    if not (SYSTEM_DATASETS["fashion_mnist"] / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip("apt-get install dataset-fashion-mnist")
+    data = load_dataset("fashion_mnist")
+    path = tmp_path / "fashion.npz"
+    np.savez(path, x_train=data.x_train[:2000], y_train=data.y_train[:2000],
+             x_test=data.x_test[:500], y_test=data.y_test[:500])
+    return str(path)
+
+
+@pytest.mark.slow
+def test_a_search_ends_by_its_timeout_with_the_trial_in_flight_kept(sqlite_url, tmp_path):
+    dataset = fashion_subset(tmp_path)
+    start = time.monotonic()
+    study = tuner.search("resnet", dataset, trials=100, epochs=100, timeout=25, study="t",
+                         storage=sqlite_url, overrides=TINY["resnet"], patience=None, pruner="none")
+    elapsed = time.monotonic() - start
+    assert elapsed < 25 + 10, elapsed  # the trial in flight is tested and stored within the budget
+    (cut,) = [t for t in study.trials if t.user_attrs.get("stopped_by") == "deadline"]
+    assert cut.state.name == "COMPLETE" and 1 <= cut.user_attrs["epochs"] < 100
+    assert cut.value == max(cut.intermediate_values.values())
+    assert cut.user_attrs["seconds_per_epoch"] > 0 and cut.user_attrs["flops"] > 0
+    exported = tuner.export("t", str(tmp_path / "best.keras"), storage=sqlite_url)
+    assert exported["trial"] == study.best_trial.number and (tmp_path / "best.keras").is_file()
+
+
+def test_ctrl_c_after_an_epoch_keeps_the_trial_in_flight_complete(sqlite_url, monkeypatch):
+    from tuner._progress import SearchProgress
+
+    def interrupt_in_epoch_2(self, number, epoch, logs):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(SearchProgress, "epoch_ended", interrupt_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        tuner.search("resnet", "digits", trials=3, epochs=5, study="i", storage=sqlite_url,
+                     overrides=TINY["resnet"], pruner="none")
+    (trial,) = optuna.load_study(study_name="i", storage=sqlite_url).trials
+    assert trial.state.name == "COMPLETE" and trial.user_attrs["stopped_by"] == "interrupt"
+    assert trial.user_attrs["epochs"] == 2 and "model_artifact" in trial.user_attrs

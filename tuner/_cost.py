@@ -1,0 +1,69 @@
+"""What a configuration costs: the FLOPs of a built model, and its epoch time predicted from the
+trials a study has already timed.
+
+A search with a deadline uses them to start no trial whose first epoch cannot end in the time left.
+FLOPs are counted, not timed, so the check costs a model build and no training; the rate that turns
+them into seconds is measured on this machine, by the study's own trials.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable
+from typing import Any
+
+# Layers whose multiply-adds dominate a CNN's cost; everything else (normalisation, activations,
+# pooling) is counted as one operation per output value.
+_CONV_LAYERS = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D")
+
+
+def _size(shape: Iterable[Any]) -> int:
+    return math.prod(int(v) for v in shape if v is not None)
+
+
+def layer_flops(layer: Any) -> int:
+    """Floating-point operations of one forward pass of ``layer`` for one image (2 per multiply-add)."""
+    kind = type(layer).__name__
+    try:
+        out = _size(layer.output.shape[1:])
+    except (AttributeError, ValueError):
+        return 0
+    if kind == "Conv2D":
+        kh, kw = layer.kernel_size
+        channels_in = int(layer.input.shape[-1])
+        return 2 * out * kh * kw * channels_in // max(int(getattr(layer, "groups", 1)), 1)
+    if kind == "DepthwiseConv2D":
+        kh, kw = layer.kernel_size
+        return 2 * out * kh * kw
+    if kind == "SeparableConv2D":
+        kh, kw = layer.kernel_size
+        channels_in = int(layer.input.shape[-1])
+        return 2 * _size(layer.output.shape[1:3]) * channels_in * (kh * kw + int(layer.filters))
+    if kind == "Dense":
+        return 2 * out * int(layer.input.shape[-1])
+    if kind in ("InputLayer",):
+        return 0
+    return out
+
+
+def model_flops(model: Any) -> int:
+    """Forward-pass FLOPs of ``model`` for one image: multiply-adds of its convolutions and dense
+    layers, plus one operation per output value of every other layer."""
+    return int(sum(layer_flops(layer) for layer in model.layers))
+
+
+def seconds_per_flop(trials: Iterable[Any], batch_size: int) -> float | None:
+    """This machine's training seconds per FLOP (per image), from timed trials at ``batch_size``:
+    the median of ``step_seconds / (flops * batch_size)``. None until a trial has been timed."""
+    rates = [t.user_attrs["step_seconds"] / (t.user_attrs["flops"] * batch_size)
+             for t in trials
+             if t.user_attrs.get("batch_size") == batch_size
+             and t.user_attrs.get("step_seconds") and t.user_attrs.get("flops")]
+    return statistics.median(rates) if rates else None
+
+
+def epoch_seconds(flops: int, rate: float, *, train_images: int, eval_images: int) -> float:
+    """Predicted seconds of one epoch: training, then inference on ``eval_images`` (a third of the
+    cost of training an image)."""
+    return rate * flops * (train_images + eval_images / 3)
