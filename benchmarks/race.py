@@ -187,6 +187,8 @@ def run_autokeras(args: argparse.Namespace, start: float, workdir: Path) -> dict
     import autokeras as ak
     import keras
     import keras_tuner as kt
+    import numpy as np
+    import tree
 
     from tuner.data import load_dataset
 
@@ -203,6 +205,12 @@ def run_autokeras(args: argparse.Namespace, start: float, workdir: Path) -> dict
     keras.utils.set_random_seed(args.seed)
     classifier = ak.ImageClassifier(directory=str(workdir), project_name="ak", seed=args.seed,
                                     overwrite=True)
+    # Workaround: AutoKeras 3.0 records the data's shapes as NumPy arrays and sizes its layers with
+    # their NumPy integers, which Keras 3.15's Dense refuses ("expected a positive integer.
+    # Received: units=10"); the shapes are handed over holding Python ints.
+    set_io_shapes = ak.graph.Graph.set_io_shapes
+    ak.graph.Graph.set_io_shapes = lambda self, shapes: set_io_shapes(self, tree.map_structure(
+        lambda shape: np.array([int(d) for d in shape], dtype=object), shapes))
     try:
         classifier.fit(data.x_train, data.y_train, validation_data=(data.x_val, data.y_val),
                        callbacks=[timed, NoTrialAfterDeadline()], verbose=0)
@@ -258,6 +266,8 @@ def median(values: list[float | None]) -> str:
     m = statistics.median(numbers)
     if math.isinf(m):
         return "never"
+    if all(isinstance(v, int) for v in values):
+        return f"{m:g}"
     return f"{m:.4f}" if m < 1.5 else f"{m:.0f}"
 
 

@@ -15,6 +15,8 @@ from keras import layers
 MIN_FEATURE_SIZE = 4
 # Inputs larger than this get an ImageNet-style strided stem, so stage 1 works at <= 64 px.
 MAX_STAGE_INPUT = 64
+# The smallest input a stride-2 stem halves (8x8 digits keep their pixels).
+MIN_STRIDED_INPUT = 16
 
 
 # Trials are short: Keras' default 0.99 leaves the moving statistics that validation uses far from
@@ -47,14 +49,14 @@ def normalize_inputs(
 
 
 # "shift": random translations of up to 1/8 of the side (4 px at 32x32, the CIFAR recipe's pad-and-crop);
-# "flip_shift" adds random horizontal flips, for images where a mirror shows the same class.
-AUGMENTATIONS = ("none", "shift", "flip_shift")
+# "flip": random horizontal flips, for images where a mirror shows the same class; "flip_shift": both.
+AUGMENTATIONS = ("none", "flip", "shift", "flip_shift")
 SHIFT_FRACTION = 0.125
 
 
 def augment_images(x: keras.KerasTensor, augment: str) -> keras.KerasTensor:
     """Random training-time flips and shifts (identity at inference); zero fill is the mean pixel."""
-    if augment == "flip_shift":
+    if augment in ("flip", "flip_shift"):
         x = layers.RandomFlip("horizontal", name="augment_flip")(x)
     if augment in ("shift", "flip_shift"):
         shift = layers.RandomTranslation(SHIFT_FRACTION, SHIFT_FRACTION, fill_mode="constant",
@@ -68,12 +70,16 @@ def augment_images(x: keras.KerasTensor, augment: str) -> keras.KerasTensor:
     return x
 
 
-def stem_downsamples(size: int) -> int:
-    """How many times a large input is halved before the first stage (0 for CIFAR-sized input)."""
+def stem_downsamples(size: int, stem_stride: int = 1) -> int:
+    """How many times the input is halved before the first stage: a large input until it is at most
+    ``MAX_STAGE_INPUT``; a small one (``MIN_STRIDED_INPUT`` to 64 px) once more with ``stem_stride=2``,
+    which runs every stage on a quarter of the pixels (28x28 Fashion-MNIST: 14, 7, 7)."""
     count = 0
     while size > MAX_STAGE_INPUT:
         size //= 2
         count += 1
+    if stem_stride == 2 and count == 0 and size >= MIN_STRIDED_INPUT:
+        count = 1
     return count
 
 

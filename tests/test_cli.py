@@ -63,7 +63,7 @@ def test_search_then_best_trials_and_studies(capsys, sqlite_url):
          "-f", "json"], capture_output=True, text=True, check=True)
     trials = json.loads(listed.stdout)
     assert len(trials) == 2
-    assert set(trials[0]["params"]) == {"depth", "filters", "kernel_size", "version", "dropout", "l2",
+    assert set(trials[0]["params"]) == {"depth", "filters", "kernel_size", "stem_stride", "version", "dropout", "l2",
                                         "learning_rate", "optimizer", "lr_schedule"}
 
 

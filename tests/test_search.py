@@ -78,7 +78,7 @@ def test_search_stores_every_trial_and_continues(sqlite_url):
         assert set(trial.intermediate_values) == {1, 2}
         assert trial.value == max(trial.intermediate_values.values())
         assert 0.0 <= trial.user_attrs["test_accuracy"] <= 1.0
-        assert set(trial.params) == {"depth", "filters", "kernel_size", "version", "dropout", "l2",
+        assert set(trial.params) == {"depth", "filters", "kernel_size", "stem_stride", "version", "dropout", "l2",
                                      "learning_rate", "optimizer", "lr_schedule"}
     attrs = optuna.load_study(study_name="s", storage=sqlite_url).user_attrs
     assert attrs["space"] == "resnet" and attrs["dataset"] == "digits"

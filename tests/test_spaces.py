@@ -19,7 +19,7 @@ from search_spaces.resnet import blocks_per_stage
 
 COMMON = {"depth", "filters", "kernel_size", "dropout", "l2", "weight_decay", "learning_rate", "optimizer",
           "lr_schedule"}
-SPECIFIC = {"resnet": {"version"}, "densenet": {"growth_rate", "compression", "bottleneck"}}
+SPECIFIC = {"resnet": {"version", "stem_stride"}, "densenet": {"growth_rate", "compression", "bottleneck"}}
 
 
 def test_registry_lists_both_spaces():
@@ -57,9 +57,21 @@ def test_space_builds_at_defaults_and_trains_one_batch(name, shape):
 @pytest.mark.parametrize("shape,final_size", [((8, 8, 1), 4), ((32, 32, 3), 8), ((224, 160, 5), 10)])
 def test_downsampling_follows_the_input_size(name, shape, final_size):
     """Small inputs are not shrunk below 4x4; large ones get a strided stem (224 -> 56 -> 14)."""
-    model = get_space(name)(shape, 3).build(keras_tuner.HyperParameters())
+    hp = keras_tuner.HyperParameters()
+    if name == "resnet":
+        hp.Fixed("stem_stride", 1)
+    model = get_space(name)(shape, 3).build(hp)
     features = model.get_layer("avg_pool").input.shape
     assert min(features[1:3]) == final_size
+
+
+@pytest.mark.parametrize("shape,stage_sizes", [((8, 8, 1), [8, 4, 4]), ((28, 28, 1), [14, 7, 7]),
+                                               ((32, 32, 3), [16, 8, 4]), ((96, 96, 3), [48, 24, 12])])
+def test_a_stride_2_stem_halves_small_inputs_once(shape, stage_sizes):
+    """8x8 digits keep their pixels; 16-64 px inputs are halved once; large ones as without it."""
+    model = build_resnet(shape, 10, depth=8, stem_stride=2)
+    sizes = [model.get_layer(f"stage{i}_block1_add").output.shape[1] for i in (1, 2, 3)]
+    assert sizes == stage_sizes
 
 
 def test_inputs_smaller_than_8_are_refused():

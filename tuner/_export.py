@@ -14,11 +14,13 @@ def build_trial_model(attrs: dict[str, Any], params: dict[str, Any], *, train_st
 
     from search_spaces import get_space
 
+    space_cls = get_space(attrs["space"])
     hp = keras_tuner.HyperParameters()
-    for name, value in params.items():
+    # A trial stored before a hyperparameter was added was built with its value from before.
+    for name, value in {**space_cls.added, **params}.items():
         hp.Fixed(name, value)
     settings = attrs.get("settings", {})
-    space = get_space(attrs["space"])(
+    space = space_cls(
         attrs["input_shape"], attrs["classes"], mean=attrs.get("pixel_mean"),
         variance=attrs.get("pixel_variance"), augment=settings.get("augment", "none"),
         train_steps=train_steps, label_smoothing=settings.get("label_smoothing", 0.0),
@@ -28,6 +30,9 @@ def build_trial_model(attrs: dict[str, Any], params: dict[str, Any], *, train_st
 
 def rebuild_recipe(attrs: dict[str, Any], params: dict[str, Any], weights: str) -> str:
     """Python that rebuilds the architecture and loads ``weights`` (for .weights.h5 exports)."""
+    from search_spaces import get_space
+
+    params = {**get_space(attrs["space"]).added, **params}
     return (
         "import keras_tuner\nfrom search_spaces import get_space\n"
         f"hp = keras_tuner.HyperParameters()\nfor name, value in {params!r}.items():\n"

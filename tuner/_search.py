@@ -17,7 +17,7 @@ from tuner.errors import TunerError
 
 SAMPLERS = ("tpe", "random", "gp", "cmaes", "qmc")
 PRUNERS = ("hyperband", "sha", "median", "none")
-AUGMENT_CHOICES = ("auto", "none", "shift", "flip_shift")
+AUGMENT_CHOICES = ("auto", "none", "flip", "shift", "flip_shift")
 OBJECTIVES = ("val_accuracy", "val_loss")
 BACKENDS = ("optuna", "keras-tuner")
 ALGORITHMS = ("random", "bayesian", "hyperband", "grid")  # Keras Tuner's tuners
@@ -116,8 +116,9 @@ def search(
     started, and the trial in flight stops in time to be tested and stored, as a COMPLETE trial of
     its best epoch with ``stopped_by="deadline"`` (``deadline`` is that moment as a ``time.time()``,
     for worker processes; by default ``timeout`` seconds from this call). ``pruner`` stops unpromising trials after any epoch; ``patience`` stops a trial whose
-    objective has not improved for that many epochs (None or 0: never). ``augment`` is ``auto`` (shifts
-    for digits and MNIST, flips and shifts otherwise), ``none``, ``shift`` or ``flip_shift``;
+    objective has not improved for that many epochs (None or 0: never). ``augment`` is ``auto`` (flips
+    except for digits and MNIST, shifts for small data or long trials: ``auto_augmentation``),
+    ``none``, ``flip``, ``shift`` or ``flip_shift``;
     ``precision`` is ``auto`` (mixed_float16 on a GPU), ``float32``, ``mixed_float16`` or
     ``mixed_bfloat16``. ``label_smoothing`` (0 to 1, default 0) smooths the training targets.
     The models of the best ``keep`` complete trials are stored in the artifact
@@ -192,7 +193,7 @@ def search(
         keeper = ModelKeeper(open_artifact_store(artifacts_path(storage, artifacts), create=True), keep)
     data = load_dataset(dataset)
     mean, variance = data.pixel_stats()
-    augmentation = auto_augmentation(data.name) if augment == "auto" else augment
+    augmentation = auto_augmentation(data.name, len(data.y_train), epochs) if augment == "auto" else augment
     batch_size = batch_size or auto_batch_size(len(data.y_train))
     steps_per_epoch = math.ceil(len(data.y_train) / batch_size)
     hypermodel = space_cls(data.input_shape, data.classes, mean=mean, variance=variance,

@@ -286,7 +286,8 @@ def build_parser() -> ArgumentParser:
     s.add_argument("--patience", type=int, default=5,
                    help="stop a trial after this many epochs without improvement (default 5; 0: off)")
     s.add_argument("--augment", choices=AUGMENT_CHOICES, default="auto",
-                   help="training augmentation (default auto: shifts for digits/mnist, flips and shifts otherwise)")
+                   help="training augmentation (default auto: flips except for digits/mnist, plus shifts "
+                        "for under 20,000 training images or 30+ epochs)")
     s.add_argument("--label-smoothing", type=float, default=0.0, metavar="EPS",
                    help="label smoothing of the training loss, in [0, 1) (default 0: none; 0.1 is common)")
     s.add_argument("--precision", choices=PRECISIONS, default="auto",

@@ -20,8 +20,11 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 # Fractions carved out of the training data when a source has no validation or test split.
 VAL_FRACTION = 0.1
 TEST_FRACTION = 0.1
-# Mirrored digits are not digits: these get shifts but no flips under --augment auto.
+# Mirrored digits are not digits: these get no flips under --augment auto.
 NO_FLIP_DATASETS = {"digits", "mnist"}
+# --augment auto adds shifts below this many training images, or from this many epochs a trial.
+SHIFT_BELOW_IMAGES = 20_000
+SHIFT_FROM_EPOCHS = 30
 # digits is small (1,797 images): larger held-out splits keep its accuracy estimates stable.
 DIGITS_FRACTION = 0.2
 # Where Debian's dataset packages put the original files (``apt-get install dataset-fashion-mnist``);
@@ -76,9 +79,18 @@ class Dataset:
         }
 
 
-def auto_augmentation(name: str) -> str:
-    """The augmentation ``--augment auto`` picks: shifts for digits, flips and shifts for the rest."""
-    return "shift" if name in NO_FLIP_DATASETS else "flip_shift"
+def auto_augmentation(name: str, train_images: int, epochs: int) -> str:
+    """The augmentation ``--augment auto`` picks: flips where a mirror keeps the class (not digits or
+    MNIST), and shifts where a trial sees its images often enough to over-fit them: a small training
+    split (under ``SHIFT_BELOW_IMAGES``) or a long trial (``SHIFT_FROM_EPOCHS``).
+
+    In a short trial on a large dataset shifts only slow learning down: on Fashion-MNIST (54,000
+    images, 10 epochs) ResNet-8 with them reached 0.912 validation accuracy, and without them more.
+    """
+    shift = train_images < SHIFT_BELOW_IMAGES or epochs >= SHIFT_FROM_EPOCHS
+    flip = name not in NO_FLIP_DATASETS
+    return {(True, True): "flip_shift", (True, False): "shift", (False, True): "flip",
+            (False, False): "none"}[(shift, flip)]
 
 
 def load_dataset(name: str, *, split_seed: int = 0) -> Dataset:

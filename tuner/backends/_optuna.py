@@ -23,6 +23,8 @@ from search_spaces import ParamSpec
 from tuner._cost import epoch_seconds
 from tuner._cost import model_flops
 from tuner._cost import seconds_per_flop
+from tuner._cost import timed_rate
+from tuner._training import SAVE_SECONDS
 from tuner._training import EpochReport
 from tuner._training import start_trial
 from tuner._training import train_and_evaluate
@@ -125,10 +127,11 @@ class OptunaBackend(SearchBackend):
 def run_trial(job: SearchJob, trial: optuna.Trial) -> float:
     """Build, train and test one configuration; record its metrics on the trial.
 
-    With a deadline, a configuration whose first epoch is predicted (from its FLOPs and the study's
-    timed trials) or measured (from its first steps) to end after it is not trained: it is stored
-    PRUNED and ``skipped``. A trial cut by the deadline or by Ctrl-C after an epoch completes with
-    its best epoch, then the search stops.
+    With a deadline, the trial's epochs are planned from its predicted epoch time (``plan_epochs``):
+    a configuration that cannot finish one epoch in the time left is not trained (stored PRUNED and
+    ``skipped``), and one that cannot finish all of them gets as many as fit, its learning-rate
+    schedule compressed to end with them. A trial cut by the deadline or by Ctrl-C after an epoch
+    completes with its best epoch, then the search stops.
     """
     start_trial(job.seed + trial.number, job.precision)
     for key, value in job.recipe.items():
@@ -136,11 +139,12 @@ def run_trial(job: SearchJob, trial: optuna.Trial) -> float:
     try:
         hp = OptunaHyperParameters(trial, job.overrides)
         model = job.hypermodel.build(hp)
-        predicted = record_cost(job, trial, model)
-        if job.deadline is not None and predicted is not None and time.time() + predicted > job.deadline:
-            skip = f"its first epoch needs ~{predicted:.0f} s, {job.deadline - time.time():.0f} s are left"
-        else:
-            skip = None
+        epochs, skip = plan_epochs(job, trial, model)
+        if skip is None:
+            if epochs < job.epochs:
+                steps = math.ceil(len(job.data.y_train) / job.batch_size)
+                job.hypermodel.compile(model, job.hypermodel.declare(hp), train_steps=epochs * steps)
+                trial.set_user_attr("max_epochs", epochs)
             job.progress.trial_started(trial.number, hp.values)
 
             def report(epoch: int, logs: dict[str, float]) -> bool:
@@ -149,10 +153,10 @@ def run_trial(job: SearchJob, trial: optuna.Trial) -> float:
                     trial.report(value, epoch)
                 job.progress.epoch_ended(trial.number, epoch, logs)
                 # After the last epoch there is nothing left to save: the trial completes.
-                return epoch < job.epochs and trial.should_prune()
+                return epoch < epochs and trial.should_prune()
 
             pruning = EpochReport(report)
-            result = train_and_evaluate(model, job.data, epochs=job.epochs, batch_size=job.batch_size,
+            result = train_and_evaluate(model, job.data, epochs=epochs, batch_size=job.batch_size,
                                         objective=job.objective, patience=job.patience,
                                         callbacks=[pruning], deadline=job.deadline)
     except Exception as err:
@@ -177,20 +181,38 @@ def run_trial(job: SearchJob, trial: optuna.Trial) -> float:
     return result.value
 
 
-def record_cost(job: SearchJob, trial: optuna.Trial, model: Any) -> float | None:
-    """Record the model's FLOPs per image and, once the study has timed a trial at this batch size,
-    its predicted seconds per epoch; returns that prediction (None before any timing)."""
+def plan_epochs(job: SearchJob, trial: optuna.Trial, model: Any) -> tuple[int, str | None]:
+    """The epochs this trial can train before the deadline, and why it is skipped (None: it is not).
+
+    Records the model's FLOPs per image and its predicted seconds per epoch: from the rate of the
+    study's trials timed at this batch size, or, with a deadline and no such trial yet, from a few
+    timed inference batches of this model. Without a deadline the trial gets every epoch.
+    """
+    data = job.data
     flops = model_flops(model)
     trial.set_user_attr("flops", flops)
     rate = seconds_per_flop(job.study.get_trials(deepcopy=False), job.batch_size)
     if rate is None:
-        return None
-    data = job.data
-    predicted = epoch_seconds(flops, rate, train_images=len(data.y_train), eval_images=len(data.y_val))
-    trial.set_user_attr("predicted_seconds_per_epoch", round(predicted, 2))
-    return predicted
+        if job.deadline is None:
+            return job.epochs, None
+        rate = timed_rate(model, data.x_train, job.batch_size)
+    epoch = epoch_seconds(flops, rate, train_images=len(data.y_train), eval_images=len(data.y_val))
+    trial.set_user_attr("predicted_seconds_per_epoch", round(epoch, 2))
+    if job.deadline is None:
+        return job.epochs, None
+    # What the end of a trial needs: testing, writing the model, and a margin for the first
+    # epoch's tracing.
+    left = job.deadline - time.time() - SAVE_SECONDS - epoch_seconds(
+        flops, rate, train_images=0, eval_images=len(data.y_test)) - START_FRACTION * epoch
+    fit = int(left // epoch)
+    if fit < 1:
+        return 0, f"its first epoch needs ~{epoch:.0f} s, {job.deadline - time.time():.0f} s are left"
+    return min(job.epochs, fit), None
 
 
+# Of an epoch, what a trial's start (tracing or compiling the model) is allowed to take when its
+# epochs are planned against a deadline.
+START_FRACTION = 0.1
 # Configurations in a row skipped as too slow for the time left before the search gives up.
 MAX_SKIPPED = 5
 
