@@ -27,6 +27,7 @@ class FakeModel:
 
 def run_steps(callback: Deadline, clock: list[float], steps: int, step_seconds: float) -> None:
     for step in range(steps):
+        callback.on_train_batch_begin(step)
         clock[0] += step_seconds
         callback.on_train_batch_end(step)
         if callback.model.stop_training:
@@ -44,6 +45,7 @@ def test_the_deadline_stops_training_with_time_left_to_test_and_store(clock):
     callback = Deadline(1000.0 + 60, steps_per_epoch=10, eval_steps=30)
     callback.set_model(FakeModel())
     run_steps(callback, clock, 10, 1.0)  # the first epoch ends at 1010
+    clock[0] += 5.0  # its validation is not a training step
     callback.on_epoch_end(0)
     run_steps(callback, clock, 100, 1.0)
     assert callback.stopped_by == "deadline" and callback.step_seconds == pytest.approx(1.0)

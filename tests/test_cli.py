@@ -138,3 +138,29 @@ def test_progress_names_a_keras_tuner_trial_by_both_ids():
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("trial kt-00  depth=8") and lines[1].startswith("  trial kt-00 epoch 1/2")
     assert lines[2].startswith("trial 1 (kt-00) COMPLETE  val_accuracy=0.9000")
+
+
+def test_progress_says_what_the_deadline_did():
+    import io
+
+    import optuna
+    from rich.console import Console
+
+    from tuner._progress import SearchProgress
+
+    out = io.StringIO()
+    progress = SearchProgress(enabled=True, objective="val_accuracy", epochs=10,
+                              console=Console(file=out, width=200))
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(optuna.trial.create_trial(value=0.9, user_attrs={"stopped_by": "deadline", "epochs": 3}))
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, user_attrs={
+        "skipped": "its first epoch needs ~90 s, 20 s are left"}))
+    progress.trial_started(0, {"depth": 8}, epochs=4)
+    progress.epoch_ended(0, 1, {"val_accuracy": 0.8})
+    progress.trial_finished(study, study.trials[0])
+    progress.trial_finished(study, study.trials[1])
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "trial 0  depth=8  (4 epochs fit before the deadline)"
+    assert lines[1].startswith("  trial 0 epoch 1/4")
+    assert lines[2].endswith("(stopped by the deadline after 3 epochs)")
+    assert lines[3].startswith("trial 1 SKIPPED") and lines[3].endswith("(its first epoch needs ~90 s, 20 s are left)")

@@ -28,6 +28,7 @@ class SearchProgress:
         self.enabled = enabled
         self.objective = objective
         self.epochs = epochs
+        self.trial_epochs = epochs
         self.console = console or Console(stderr=True, highlight=False, soft_wrap=True)
 
     def print(self, text: str) -> None:
@@ -37,17 +38,24 @@ class SearchProgress:
     # A trial is named by its Optuna number; a Keras Tuner trial by "kt-<its Keras Tuner id>" until it
     # is written to the study at its end, where both are shown.
 
-    def trial_started(self, number: int | str, params: Mapping[str, Any]) -> None:
-        self.print(f"[bold]trial {number}[/bold]  {format_params(params)}")
+    def trial_started(self, number: int | str, params: Mapping[str, Any], epochs: int | None = None) -> None:
+        """``epochs``: what this trial will train, when a deadline gave it fewer than ``--epochs``."""
+        self.trial_epochs = epochs or self.epochs
+        planned = f"  ({epochs} epochs fit before the deadline)" if epochs and epochs < self.epochs else ""
+        self.print(f"[bold]trial {number}[/bold]  {format_params(params)}{planned}")
 
     def epoch_ended(self, number: int | str, epoch: int, logs: Mapping[str, float]) -> None:
         metrics = "  ".join(f"{k} {v:.4f}" for k, v in logs.items() if k != "learning_rate")
-        self.print(f"  trial {number} epoch {epoch}/{self.epochs}  {metrics}")
+        self.print(f"  trial {number} epoch {epoch}/{self.trial_epochs}  {metrics}")
 
     def trial_finished(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        state = trial.state.name
+        attrs = trial.user_attrs
+        state = "SKIPPED" if "skipped" in attrs else trial.state.name
         value = "" if trial.value is None else f"{self.objective}={trial.value:.4f}  "
-        reason = f"  ({trial.user_attrs['error']})" if "error" in trial.user_attrs else ""
+        why = attrs.get("error") or attrs.get("skipped") or (
+            f"stopped by the {attrs['stopped_by']} after {attrs.get('epochs')} epochs"
+            if "stopped_by" in attrs else "")
+        reason = f"  ({why})" if why else ""
         kt_id = trial.user_attrs.get("kt_trial_id")
         name = f"{trial.number} (kt-{kt_id})" if kt_id is not None else str(trial.number)
         self.print(f"trial {name} {state}  {value}{self.best_text(study)}{reason}")

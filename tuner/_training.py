@@ -140,15 +140,18 @@ class Deadline(keras.callbacks.Callback):
         self.step_seconds: float | None = None
         self._steps = 0
         self._first_epoch = True
-        self._timed_from: float | None = None
+        self._step_start = 0.0
+        self._timed = 0.0  # seconds inside training steps 2, 3, ... (validation excluded)
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        self._step_start = time.time()
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         now = time.time()
         self._steps += 1
-        if self._timed_from is None:
-            self._timed_from = now
-        elif self._steps > 1:
-            self.step_seconds = (now - self._timed_from) / (self._steps - 1)
+        if self._steps > 1:
+            self._timed += now - self._step_start
+            self.step_seconds = self._timed / (self._steps - 1)
         if now + self.reserve() >= self.deadline:
             self.stop("deadline")
         elif (self._first_epoch and self.step_seconds is not None and self._steps == PROBE_STEPS

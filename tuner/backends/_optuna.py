@@ -145,7 +145,7 @@ def run_trial(job: SearchJob, trial: optuna.Trial) -> float:
                 steps = math.ceil(len(job.data.y_train) / job.batch_size)
                 job.hypermodel.compile(model, job.hypermodel.declare(hp), train_steps=epochs * steps)
                 trial.set_user_attr("max_epochs", epochs)
-            job.progress.trial_started(trial.number, hp.values)
+            job.progress.trial_started(trial.number, hp.values, epochs)
 
             def report(epoch: int, logs: dict[str, float]) -> bool:
                 value = logs.get(job.objective, math.nan)
