@@ -35,9 +35,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # Named configurations: the space and the --set values that fix every architecture choice.
 CONFIGS = {
-    "resnet8": ("resnet", {"depth": 8, "filters": 16, "version": "v1"}),
-    "resnet20": ("resnet", {"depth": 20, "filters": 16, "version": "v1"}),
-    "resnet56": ("resnet", {"depth": 56, "filters": 16, "version": "v1"}),
+    "resnet8": ("resnet", {"depth": 8, "filters": 16, "stem_stride": 1, "version": "v1"}),
+    "resnet20": ("resnet", {"depth": 20, "filters": 16, "stem_stride": 1, "version": "v1"}),
+    "resnet56": ("resnet", {"depth": 56, "filters": 16, "stem_stride": 1, "version": "v1"}),
     "densenet-bc40": ("densenet", {"depth": 40, "growth_rate": 12, "bottleneck": True, "compression": 0.5}),
     "densenet-bc100": ("densenet", {"depth": 100, "growth_rate": 12, "bottleneck": True, "compression": 0.5}),
 }
@@ -80,9 +80,9 @@ def measure_ours(dataset: str, space: str, values: dict, args: argparse.Namespac
     started = []
     original_start = _progress.SearchProgress.trial_started
 
-    def start(self, number, params):
+    def start(self, number, params, epochs=None):
         started.append(time.perf_counter())  # after the model is built, just before fit
-        original_start(self, number, params)
+        original_start(self, number, params, epochs)
 
     _progress.SearchProgress.trial_started = start
     try:

@@ -2,7 +2,7 @@
 
 >>> from search_spaces import get_space
 >>> space = get_space("resnet")(input_shape=(32, 32, 3), classes=10)
->>> model = space.build(keras_tuner.HyperParameters())   # ResNet-20 at the defaults
+>>> model = space.build(keras_tuner.HyperParameters())   # ResNet-8 at the defaults
 """
 
 from __future__ import annotations

@@ -49,9 +49,9 @@ def test_the_deadline_stops_training_with_time_left_to_test_and_store(clock):
     callback.on_epoch_end(0)
     run_steps(callback, clock, 100, 1.0)
     assert callback.stopped_by == "deadline" and callback.step_seconds == pytest.approx(1.0)
-    # It stopped once the time left fell to what testing 30 batches (a third of a step each) and
-    # writing the model take: 10 + 2 seconds.
-    assert clock[0] == pytest.approx(1060 - 12, abs=1.0)
+    # It stopped once the time left fell to what 30 inference batches (a third of a step each), one
+    # more step and writing the model take: 10 + 1 + 2 seconds.
+    assert clock[0] == pytest.approx(1060 - 13, abs=1.0)
 
 
 def test_a_first_epoch_that_cannot_end_before_the_deadline_is_stopped_after_a_few_steps(clock):
@@ -142,7 +142,7 @@ def test_a_search_ends_by_its_timeout_with_the_trial_in_flight_kept(sqlite_url, 
     (cut,) = study.trials
     assert cut.state.name == "COMPLETE" and cut.user_attrs["stopped_by"] == "deadline"
     assert 1 <= cut.user_attrs["epochs"] < 100 and cut.value == max(cut.intermediate_values.values())
-    assert cut.user_attrs["seconds_per_epoch"] > 0 and cut.user_attrs["step_seconds"] > 0
+    assert cut.user_attrs["seconds_per_epoch"] > 0
     exported = tuner.export("t", str(tmp_path / "best.keras"), storage=sqlite_url)
     assert exported["trial"] == cut.number and (tmp_path / "best.keras").is_file()
 

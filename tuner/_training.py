@@ -164,10 +164,10 @@ class Deadline(keras.callbacks.Callback):
 
     def reserve(self) -> float:
         """Seconds to keep for the end of a trial: inference over the held-out splits (a third of a
-        training step per batch) and writing the model."""
+        training step per batch), one more step, and writing the model."""
         if self.step_seconds is None:
             return 0.0
-        return self.eval_steps * self.step_seconds / 3 + SAVE_SECONDS
+        return (self.eval_steps / 3 + 1) * self.step_seconds + SAVE_SECONDS
 
     def stop(self, reason: str) -> None:
         self.stopped_by = reason
@@ -244,8 +244,10 @@ def train_and_evaluate(
         mode = "max" if DIRECTIONS[objective] == "maximize" else "min"
         callbacks = [keras.callbacks.EarlyStopping(objective, patience=patience, mode=mode), *callbacks]
     steps = math.ceil(len(data.y_train) / batch_size)
-    clock = Deadline(deadline or math.inf, steps_per_epoch=steps,
-                     eval_steps=math.ceil((len(data.y_val) + len(data.y_test)) / batch_size))
+    # At an epoch's last step the check is followed by that epoch's validation and one more step
+    # before the next: the reserve covers two validations, the test and a step.
+    val_steps, test_steps = (math.ceil(len(y) / batch_size) for y in (data.y_val, data.y_test))
+    clock = Deadline(deadline or math.inf, steps_per_epoch=steps, eval_steps=2 * val_steps + test_steps)
     start = time.perf_counter()
     stopped_by = None
     try:
@@ -270,9 +272,11 @@ def train_and_evaluate(
                             f"at epoch {initial_epoch + len(losses)}; try a lower learning_rate")
     if best.best_weights is None:
         raise TrialDiverged(f"{objective} was never finite")
-    model.set_weights(best.best_weights)
-    test_loss, test_accuracy = model.evaluate(data.x_test, data.y_test, batch_size=batch_size,
-                                              verbose=0)[:2]
+    test_loss = test_accuracy = math.nan
+    if clock.stopped_by != "too_slow":  # a discarded configuration is not tested
+        model.set_weights(best.best_weights)
+        test_loss, test_accuracy = model.evaluate(data.x_test, data.y_test, batch_size=batch_size,
+                                                  verbose=0)[:2]
     return TrialResult(
         value=best.sign * best.best_value,
         best_epoch=best.best_epoch,

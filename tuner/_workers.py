@@ -96,7 +96,7 @@ def _run_round(request: dict[str, Any], workers: int, gpus: Sequence[str] | None
         for process in processes:
             process.join()
     except KeyboardInterrupt:
-        for process in processes:  # each records its trial in flight as failed, then exits
+        for process in processes:  # each stores its trial in flight (its best epoch), then exits
             if process.is_alive() and process.pid:
                 os.kill(process.pid, signal.SIGINT)
         for process in processes:

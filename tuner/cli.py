@@ -347,7 +347,8 @@ def build_parser() -> ArgumentParser:
 
 def stop_on_sigterm() -> None:
     """Make SIGTERM (``kill``, a job scheduler's stop) stop a search as Ctrl-C does: the trial in
-    flight is recorded as failed, never left RUNNING, and the process exits with 130."""
+    flight keeps its best epoch (or is recorded as failed before its first), is never left RUNNING,
+    and the process exits with 130."""
 
     import threading
 

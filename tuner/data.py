@@ -151,11 +151,11 @@ def read_idx(path: Path) -> np.ndarray:
             raw = f.read()
     except OSError as err:
         raise DataError(f"cannot read {path}: {err}") from None
-    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] != 8:
+    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] != 8 or len(raw) < 4 + 4 * raw[3]:
         raise DataError(f"{path} is not an IDX file of unsigned bytes")
     dims = raw[3]
     shape = tuple(int(v) for v in np.frombuffer(raw, ">u4", count=dims, offset=4))
-    values = np.frombuffer(raw, np.uint8, offset=4 + 4 * dims)
+    values = np.frombuffer(bytearray(raw), np.uint8, offset=4 + 4 * dims)  # writable, as loaders give
     if values.size != int(np.prod(shape)):
         raise DataError(f"{path} holds {values.size} values, its header says {shape}")
     return values.reshape(shape)

@@ -139,6 +139,7 @@ class MirroredTuner(keras_tuner.Tuner):
                          project_name=folder.name, overwrite=False)
         self.job = job
         self.interrupted = False
+        self.cut = False
         self.started = 0
         self.results: dict[str, TrialResult] = {}
         self.models: dict[str, Any] = {}
@@ -151,12 +152,12 @@ class MirroredTuner(keras_tuner.Tuner):
 
     def pre_create_trial(self) -> None:
         job = self.job
-        if job.finished_trials() >= job.trials:
-            raise _StopSearch("budget")
         if self.interrupted:
             raise KeyboardInterrupt  # the trial Ctrl-C cut short is stored: now stop
-        if job.deadline is not None and time.time() >= job.deadline:
-            raise _StopSearch("timeout")
+        if self.cut or (job.deadline is not None and time.time() >= job.deadline):
+            raise _StopSearch("timeout")  # a trial the deadline cut leaves no time for another
+        if job.finished_trials() >= job.trials:
+            raise _StopSearch("budget")
         if job.process_trials and self.started >= job.process_trials:
             raise _StopSearch("process")
 
@@ -192,6 +193,7 @@ class MirroredTuner(keras_tuner.Tuner):
                                         patience=job.patience, callbacks=[EpochReport(report)],
                                         deadline=job.deadline)
             self.interrupted = result.stopped_by == "interrupt"
+            self.cut = result.stopped_by == "deadline"
             if result.stopped_by == "too_slow":
                 raise TunerError("stopped in its first epoch, which could not end before the deadline")
         except Exception as err:

@@ -165,13 +165,13 @@ def run_trial(job: SearchJob, trial: optuna.Trial) -> float:
     if skip is not None:
         trial.set_user_attr(SKIPPED_ATTR, skip)
         raise optuna.TrialPruned(skip)
-    for key, value in result.attrs().items():
-        trial.set_user_attr(key, value)
-    if result.stopped_by == "too_slow":
+    if result.stopped_by == "too_slow":  # a few steps of a partial epoch: nothing to record but why
         skip = (f"its first epoch would end after the deadline ({result.step_seconds:.3f} s a step, "
                 f"{math.ceil(len(job.data.y_train) / job.batch_size)} steps)")
         trial.set_user_attr(SKIPPED_ATTR, skip)
         raise optuna.TrialPruned(skip)
+    for key, value in result.attrs().items():
+        trial.set_user_attr(key, value)
     if pruning.stopped_early:
         raise optuna.TrialPruned(f"pruned after epoch {result.epochs}")
     if job.keeper is not None:
@@ -245,6 +245,7 @@ class StudyBudget:
             study.stop()
         if self.deadline is not None:
             epochs = [t.user_attrs["seconds_per_epoch"] for t in study.get_trials(deepcopy=False)
-                      if t.user_attrs.get("seconds_per_epoch")]
+                      if t.user_attrs.get("seconds_per_epoch")  # whole epochs only:
+                      and "stopped_by" not in t.user_attrs and SKIPPED_ATTR not in t.user_attrs]
             if epochs and time.time() + min(epochs) > self.deadline:
                 study.stop()
