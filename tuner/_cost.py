@@ -20,10 +20,6 @@ TRAIN_TO_FORWARD = 3.0
 # Inference batches timed by ``timed_rate``, after one that traces the model.
 TIMED_BATCHES = 3
 
-# Layers whose multiply-adds dominate a CNN's cost; everything else (normalisation, activations,
-# pooling) is counted as one operation per output value.
-_CONV_LAYERS = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D")
-
 
 def _size(shape: Iterable[Any]) -> int:
     return math.prod(int(v) for v in shape if v is not None)
@@ -49,7 +45,7 @@ def layer_flops(layer: Any) -> int:
         return 2 * _size(layer.output.shape[1:3]) * channels_in * (kh * kw + int(layer.filters))
     if kind == "Dense":
         return 2 * out * int(layer.input.shape[-1])
-    if kind in ("InputLayer",):
+    if kind == "InputLayer":
         return 0
     return out
 
@@ -70,7 +66,7 @@ def seconds_per_flop(trials: Iterable[Any], batch_size: int) -> float | None:
     return statistics.median(rates) if rates else None
 
 
-def timed_rate(model: Any, images: Any, batch_size: int) -> float:
+def timed_rate(model: Any, flops: int, images: Any, batch_size: int) -> float:
     """Training seconds per FLOP (per image) of ``model`` on this machine, estimated from a few
     timed inference batches, for a study that has timed no trial yet. Inference changes no weight."""
     batch = images[:batch_size]
@@ -79,7 +75,7 @@ def timed_rate(model: Any, images: Any, batch_size: int) -> float:
     for _ in range(TIMED_BATCHES):
         model.predict_on_batch(batch)
     seconds = (time.perf_counter() - start) / TIMED_BATCHES
-    return TRAIN_TO_FORWARD * seconds / (max(model_flops(model), 1) * len(batch))
+    return TRAIN_TO_FORWARD * seconds / (max(flops, 1) * len(batch))
 
 
 def epoch_seconds(flops: int, rate: float, *, train_images: int, eval_images: int) -> float:

@@ -10,6 +10,7 @@ A backend must never leave a trial RUNNING when it returns or raises.
 
 from __future__ import annotations
 
+import math
 from abc import ABC
 from abc import abstractmethod
 from dataclasses import dataclass
@@ -111,6 +112,10 @@ class SearchJob:
 
     # ``recipe`` holds the training flags (batch size, augmentation, precision...) that every
     # trial records as attributes next to its hyperparameters.
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.data.y_train) / self.batch_size)
 
     def finished_trials(self) -> int:
         """Trials that count towards the budget: COMPLETE and PRUNED, from every worker."""

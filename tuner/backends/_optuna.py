@@ -142,8 +142,8 @@ def run_trial(job: SearchJob, trial: optuna.Trial) -> float:
         epochs, skip = plan_epochs(job, trial, model)
         if skip is None:
             if epochs < job.epochs:
-                steps = math.ceil(len(job.data.y_train) / job.batch_size)
-                job.hypermodel.compile(model, job.hypermodel.declare(hp), train_steps=epochs * steps)
+                job.hypermodel.compile(model, job.hypermodel.declare(hp),
+                                       train_steps=epochs * job.steps_per_epoch)
                 trial.set_user_attr("max_epochs", epochs)
             job.progress.trial_started(trial.number, hp.values, epochs)
 
@@ -167,7 +167,7 @@ def run_trial(job: SearchJob, trial: optuna.Trial) -> float:
         raise optuna.TrialPruned(skip)
     if result.stopped_by == "too_slow":  # a few steps of a partial epoch: nothing to record but why
         skip = (f"its first epoch would end after the deadline ({result.step_seconds:.3f} s a step, "
-                f"{math.ceil(len(job.data.y_train) / job.batch_size)} steps)")
+                f"{job.steps_per_epoch} steps)")
         trial.set_user_attr(SKIPPED_ATTR, skip)
         raise optuna.TrialPruned(skip)
     for key, value in result.attrs().items():
@@ -195,7 +195,7 @@ def plan_epochs(job: SearchJob, trial: optuna.Trial, model: Any) -> tuple[int, s
     if rate is None:
         if job.deadline is None:
             return job.epochs, None
-        rate = timed_rate(model, data.x_train, job.batch_size)
+        rate = timed_rate(model, flops, data.x_train, job.batch_size)
     epoch = epoch_seconds(flops, rate, train_images=len(data.y_train), eval_images=len(data.y_val))
     trial.set_user_attr("predicted_seconds_per_epoch", round(epoch, 2))
     if job.deadline is None:
