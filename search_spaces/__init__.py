@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from search_spaces._base import TunableSpace
+from search_spaces._layers import is_flip_averaged
 from search_spaces._params import ParamSpec
 from search_spaces._params import parse_assignments
 from search_spaces._params import resolve_overrides
@@ -28,6 +29,7 @@ __all__ = [
     "TunableSpace",
     "build_densenet",
     "build_resnet",
+    "is_flip_averaged",
     "get_space",
     "list_spaces",
     "parse_assignments",

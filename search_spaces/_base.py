@@ -10,7 +10,9 @@ import keras
 import keras_tuner
 
 from search_spaces._layers import AUGMENTATIONS
+from search_spaces._layers import FLIP_AUGMENTATIONS
 from search_spaces._layers import augment_images
+from search_spaces._layers import flip_averaged
 from search_spaces._layers import normalize_inputs
 from search_spaces._params import ParamSpec
 from search_spaces._registry import SpaceError
@@ -107,6 +109,15 @@ class TunableSpace(keras_tuner.HyperModel):
     def preprocess(self, inputs: keras.KerasTensor) -> keras.KerasTensor:
         """Layers between the raw image and the network: normalisation, then augmentation."""
         return augment_images(normalize_inputs(inputs, self.mean, self.variance), self.augment)
+
+    def inference_model(self, model: keras.Model) -> keras.Model:
+        """The model to test, keep and export: flip-averaged (``flip_averaged``) when the space trains
+        with random flips, else ``model`` itself; compiled with ``model``'s loss for ``evaluate``."""
+        if self.augment not in FLIP_AUGMENTATIONS:
+            return model
+        averaged = flip_averaged(model)
+        averaged.compile(loss=model.loss, metrics=["accuracy"])
+        return averaged
 
     def build(self, hp: Any) -> keras.Model:
         values = self.declare(hp)

@@ -77,11 +77,12 @@ def dense_block(x, layers_count: int, growth_rate: int, *, bottleneck: bool, ker
 
 
 def transition(x, compression: float, *, downsample: bool, dropout: float, l2: float, name: str):
-    """1x1 conv to ``compression`` times the channels, then 2x2 average pooling if the size allows."""
+    """1x1 conv to ``compression`` times the channels, then 2x2 average pooling if the size allows
+    (padded, so an odd side rounds up as ``stage_strides`` counts it: 7 px become 4)."""
     filters = max(1, int(x.shape[-1] * compression))
     x = bn_relu_conv(x, filters, 1, dropout=dropout, l2=l2, name=name)
     if downsample:
-        x = layers.AveragePooling2D(2, strides=2, name=f"{name}_pool")(x)
+        x = layers.AveragePooling2D(2, strides=2, padding="same", name=f"{name}_pool")(x)
     return x
 
 

@@ -25,7 +25,8 @@ def _fake_training(values):
     def fake(model, data, **_):
         value = next(values)
         return TrialResult(value=value, best_epoch=1, epochs=1, train_seconds=0.0,
-                           params=model.count_params(), best_logs={}, test_loss=1.0, test_accuracy=value)
+                           params=model.count_params(), best_logs={}, test_loss=1.0, test_accuracy=value,
+                           model=model)
 
     return fake
 

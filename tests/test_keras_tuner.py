@@ -81,7 +81,8 @@ def fake_training(model, data, *, epochs, initial_epoch=0, callbacks=(), **_):
         for callback in callbacks:
             callback.on_epoch_end(epoch, logs)
     return TrialResult(value=logs["val_accuracy"], best_epoch=epochs, epochs=epochs - initial_epoch,
-                       train_seconds=0.1, params=1, best_logs=logs, test_loss=1.0, test_accuracy=0.5)
+                       train_seconds=0.1, params=1, best_logs=logs, test_loss=1.0, test_accuracy=0.5,
+                       model=model)
 
 
 def kt_search(url, **kwargs):

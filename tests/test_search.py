@@ -343,11 +343,13 @@ def test_the_default_batch_size_leaves_enough_steps_per_epoch():
     from tuner._search import auto_batch_size
 
     assert auto_batch_size(1149) == 16  # digits: 72 steps an epoch, not 36 at 32
-    assert auto_batch_size(45_000) == 128  # CIFAR-10: large batches keep an accelerator busy
+    assert auto_batch_size(45_000, "gpu") == 128  # CIFAR-10: large batches keep an accelerator busy
+    assert auto_batch_size(45_000) == 64  # a CPU gets twice the updates for the same time
     assert auto_batch_size(100) == 16  # never below 16
-    for n in (1149, 3000, 5000, 45_000):
-        size = auto_batch_size(n)
-        assert n / size >= 64 and (size == 128 or n / (2 * size) < 64)
+    for device, largest in (("cpu", 64), ("gpu", 128)):
+        for n in (1149, 3000, 5000, 45_000):
+            size = auto_batch_size(n, device)
+            assert n / size >= 64 and (size == largest or n / (2 * size) < 64)
 
 
 def test_a_new_trial_frees_the_graphs_tensorflow_registers_for_the_last_one():

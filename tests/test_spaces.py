@@ -54,9 +54,11 @@ def test_space_builds_at_defaults_and_trains_one_batch(name, shape):
 
 
 @pytest.mark.parametrize("name", list_spaces())
-@pytest.mark.parametrize("shape,final_size", [((8, 8, 1), 4), ((32, 32, 3), 8), ((224, 160, 5), 10)])
+@pytest.mark.parametrize("shape,final_size", [((8, 8, 1), 4), ((14, 14, 1), 4), ((32, 32, 3), 8),
+                                              ((224, 160, 5), 10)])
 def test_downsampling_follows_the_input_size(name, shape, final_size):
-    """Small inputs are not shrunk below 4x4; large ones get a strided stem (224 -> 56 -> 14)."""
+    """Small inputs are not shrunk below 4x4, odd sides round up (14 -> 7 -> 4); large ones get a
+    strided stem (224 -> 56 -> 14)."""
     hp = keras_tuner.HyperParameters()
     if name == "resnet":
         hp.Fixed("stem_stride", 1)
@@ -65,7 +67,7 @@ def test_downsampling_follows_the_input_size(name, shape, final_size):
     assert min(features[1:3]) == final_size
 
 
-@pytest.mark.parametrize("shape,stage_sizes", [((8, 8, 1), [8, 4, 4]), ((28, 28, 1), [14, 7, 7]),
+@pytest.mark.parametrize("shape,stage_sizes", [((8, 8, 1), [8, 4, 4]), ((28, 28, 1), [14, 7, 4]),
                                                ((32, 32, 3), [16, 8, 4]), ((96, 96, 3), [48, 24, 12])])
 def test_a_stride_2_stem_halves_small_inputs_once(shape, stage_sizes):
     """8x8 digits keep their pixels; 16-64 px inputs are halved once; large ones as without it."""
@@ -217,3 +219,23 @@ def test_augmented_models_still_compile_their_train_step_on_jax():
     images = np.random.default_rng(0).uniform(0, 16, (32, 8, 8, 1)).astype("float32")
     model.fit(images, np.arange(32) % 10, batch_size=16, epochs=1, verbose=0)
     assert not np.array_equal(state, np.array(shift.generator.state.value))  # a new shift every step
+
+
+def test_a_space_trained_with_flips_predicts_by_flip_averaging(tmp_path):
+    """The inference model averages the probabilities of each image and its mirror image, shares the
+    trained weights, and saves as a file plain Keras loads; without flips the model is unchanged."""
+    shape = (12, 10, 2)
+    space = get_space("resnet")(shape, 3, augment="flip")
+    model = space.build(keras_tuner.HyperParameters())
+    x = np.random.randint(0, 256, size=(5, *shape)).astype("float32")
+    model.train_on_batch(x, np.arange(5) % 3)
+    averaged = space.inference_model(model)
+    both = (model.predict(x, verbose=0) + model.predict(x[:, :, ::-1], verbose=0)) / 2
+    np.testing.assert_allclose(averaged.predict(x, verbose=0), both, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(both, model.predict(x, verbose=0), atol=1e-4)  # the mirror changes something
+    path = tmp_path / "averaged.keras"
+    averaged.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), both, rtol=1e-5, atol=1e-6)
+    plain = get_space("resnet")(shape, 3, augment="shift")
+    assert plain.inference_model(model) is model

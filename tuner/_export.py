@@ -9,7 +9,8 @@ from tuner.errors import TunerError
 
 
 def build_trial_model(attrs: dict[str, Any], params: dict[str, Any], *, train_steps: int | None = None):
-    """Rebuild (untrained) the model of a trial from its study's attributes and its parameters."""
+    """Rebuild (untrained) the model of a trial from its study's attributes and its parameters;
+    returns the space (for ``inference_model``) and the model."""
     import keras_tuner
 
     from search_spaces import get_space
@@ -25,21 +26,23 @@ def build_trial_model(attrs: dict[str, Any], params: dict[str, Any], *, train_st
         variance=attrs.get("pixel_variance"), augment=settings.get("augment", "none"),
         train_steps=train_steps, label_smoothing=settings.get("label_smoothing", 0.0),
     )
-    return space.build(hp)
+    return space, space.build(hp)
 
 
-def rebuild_recipe(attrs: dict[str, Any], params: dict[str, Any], weights: str) -> str:
-    """Python that rebuilds the architecture and loads ``weights`` (for .weights.h5 exports)."""
+def rebuild_recipe(attrs: dict[str, Any], params: dict[str, Any], weights: str, *, averaged: bool) -> str:
+    """Python that rebuilds the architecture and loads ``weights`` (for .weights.h5 exports);
+    ``averaged``: the weights are of a flip-averaged model (``TunableSpace.inference_model``)."""
     from search_spaces import get_space
 
     params = {**get_space(attrs["space"]).added, **params}
+    augment = attrs.get("settings", {}).get("augment", "none") if averaged else "none"
     return (
         "import keras_tuner\nfrom search_spaces import get_space\n"
         f"hp = keras_tuner.HyperParameters()\nfor name, value in {params!r}.items():\n"
         "    hp.Fixed(name, value)\n"
         f"space = get_space({attrs['space']!r})({tuple(attrs['input_shape'])!r}, {attrs['classes']}, "
-        f"mean={attrs.get('pixel_mean')!r}, variance={attrs.get('pixel_variance')!r})\n"
-        f"model = space.build(hp)\nmodel.load_weights({weights!r})\n"
+        f"mean={attrs.get('pixel_mean')!r}, variance={attrs.get('pixel_variance')!r}, augment={augment!r})\n"
+        f"model = space.inference_model(space.build(hp))\nmodel.load_weights({weights!r})\n"
     )
 
 
@@ -61,6 +64,7 @@ def export(
     Returns a description: trial, space, hyperparameters, test accuracy, output, format, and for
     weights the Python that rebuilds the model.
     """
+    from search_spaces import is_flip_averaged
     from storage import artifacts_path
     from storage import open_artifact_store
     from tuner._models import check_output
@@ -95,7 +99,8 @@ def export(
         "format": kind,
     }
     if kind == "weights.h5":
-        description["rebuild"] = rebuild_recipe(attrs, chosen.params, str(out))
+        description["rebuild"] = rebuild_recipe(attrs, chosen.params, str(out),
+                                                averaged=is_flip_averaged(model))
     return description
 
 
@@ -128,7 +133,8 @@ def _retrain(attrs: dict[str, Any], params: dict[str, Any], epochs: int | None):
     x = np.concatenate([data.x_train, data.x_val])
     y = np.concatenate([data.y_train, data.y_val])
     keras.utils.set_random_seed(settings.get("seed", 0))
-    model = build_trial_model(attrs, params, train_steps=epochs * math.ceil(len(y) / batch_size))
+    space, model = build_trial_model(attrs, params, train_steps=epochs * math.ceil(len(y) / batch_size))
     model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0)
+    model = space.inference_model(model)
     test_accuracy = float(model.evaluate(data.x_test, data.y_test, batch_size=batch_size, verbose=0)[1])
     return model, test_accuracy

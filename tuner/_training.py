@@ -13,6 +13,7 @@ from collections.abc import Callable
 from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
+from typing import Any
 
 import keras
 import numpy as np
@@ -194,6 +195,7 @@ class TrialResult:
     history: dict[str, list[float]] = field(default_factory=dict)
     stopped_by: str | None = None
     step_seconds: float | None = None
+    model: Any = None  # the tested model, to keep: the trained one, or its inference form
 
     def attrs(self) -> dict[str, float | int | str]:
         """The per-trial attributes stored in the study (losses and accuracies at the best epoch)."""
@@ -229,6 +231,7 @@ def train_and_evaluate(
     callbacks: Sequence[keras.callbacks.Callback] = (),
     initial_epoch: int = 0,
     deadline: float | None = None,
+    inference: Callable[[keras.Model], keras.Model] | None = None,
 ) -> TrialResult:
     """Fit ``model`` on the train split, validate each epoch, restore the best epoch, test it.
 
@@ -238,6 +241,8 @@ def train_and_evaluate(
     ``deadline`` (a ``time.time()``) stops training in time to test and store the model by then
     (``Deadline``). Ctrl-C after at least one epoch stops training the same way; the caller records
     the trial, then raises ``KeyboardInterrupt`` again (``stopped_by == "interrupt"``).
+    ``inference`` turns the trained model into the one that is tested and kept (flip averaging:
+    ``TunableSpace.inference_model``); the epochs are validated on the trained model itself.
     """
     best = BestEpoch(objective, DIRECTIONS[objective])
     if patience:
@@ -273,10 +278,12 @@ def train_and_evaluate(
     if best.best_weights is None:
         raise TrialDiverged(f"{objective} was never finite")
     test_loss = test_accuracy = math.nan
+    tested = model
     if clock.stopped_by != "too_slow":  # a discarded configuration is not tested
         model.set_weights(best.best_weights)
-        test_loss, test_accuracy = model.evaluate(data.x_test, data.y_test, batch_size=batch_size,
-                                                  verbose=0)[:2]
+        tested = inference(model) if inference else model
+        test_loss, test_accuracy = tested.evaluate(data.x_test, data.y_test, batch_size=batch_size,
+                                                   verbose=0)[:2]
     return TrialResult(
         value=best.sign * best.best_value,
         best_epoch=best.best_epoch,
@@ -289,4 +296,5 @@ def train_and_evaluate(
         history=best.history,
         stopped_by=stopped_by or clock.stopped_by,
         step_seconds=clock.step_seconds,
+        model=tested,
     )

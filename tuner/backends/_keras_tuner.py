@@ -191,7 +191,7 @@ class MirroredTuner(keras_tuner.Tuner):
             result = train_and_evaluate(model, job.data, epochs=epochs, initial_epoch=initial_epoch,
                                         batch_size=job.batch_size, objective=job.objective,
                                         patience=job.patience, callbacks=[EpochReport(report)],
-                                        deadline=job.deadline)
+                                        deadline=job.deadline, inference=job.hypermodel.inference_model)
             self.interrupted = result.stopped_by == "interrupt"
             self.cut = result.stopped_by == "deadline"
             if result.stopped_by == "too_slow":
@@ -202,7 +202,7 @@ class MirroredTuner(keras_tuner.Tuner):
         if epochs < job.epochs:  # a Hyperband round that may be continued by a later one
             model.save_weights(self._get_checkpoint_fname(trial.trial_id))
         self.results[trial.trial_id] = result
-        self.models[trial.trial_id] = model
+        self.models[trial.trial_id] = result.model  # as tested: the one to keep
         return {job.objective: result.value}
 
     def on_trial_end(self, trial: keras_tuner.engine.trial.Trial) -> None:

@@ -158,7 +158,8 @@ def run_trial(job: SearchJob, trial: optuna.Trial) -> float:
             pruning = EpochReport(report)
             result = train_and_evaluate(model, job.data, epochs=epochs, batch_size=job.batch_size,
                                         objective=job.objective, patience=job.patience,
-                                        callbacks=[pruning], deadline=job.deadline)
+                                        callbacks=[pruning], deadline=job.deadline,
+                                        inference=job.hypermodel.inference_model)
     except Exception as err:
         trial.set_user_attr("error", trial_error(err))
         raise
@@ -175,7 +176,7 @@ def run_trial(job: SearchJob, trial: optuna.Trial) -> float:
     if pruning.stopped_early:
         raise optuna.TrialPruned(f"pruned after epoch {result.epochs}")
     if job.keeper is not None:
-        job.keeper.offer(trial, model, result.value)
+        job.keeper.offer(trial, result.model, result.value)
     if result.stopped_by is not None:  # the deadline or Ctrl-C: this was the last trial
         trial.study.stop()
     return result.value
