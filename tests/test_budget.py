@@ -15,6 +15,7 @@ import tuner
 from tuner._cost import epoch_seconds
 from tuner._cost import model_flops
 from tuner._cost import seconds_per_flop
+from tuner._cost import timed_rate
 from tuner._training import PROBE_STEPS
 from tuner.backends._optuna import MAX_SKIPPED
 from tuner._training import Deadline
@@ -88,6 +89,24 @@ def test_seconds_per_flop_comes_from_trials_timed_at_the_same_batch_size():
     assert rate == pytest.approx(0.2 / (1000 * 32))
     assert epoch_seconds(1000, rate, train_images=320, eval_images=96) == pytest.approx(0.2 * 11)
     assert seconds_per_flop([optuna.trial.create_trial(value=0.5)], 32) is None
+
+
+def test_timing_a_few_training_steps_leaves_the_model_and_its_optimizer_as_they_were():
+    from search_spaces import get_space
+
+    space = get_space("resnet")((8, 8, 1), 3, train_steps=100)
+    model = space.build(__import__("keras_tuner").HyperParameters())
+    x = np.random.randint(0, 17, size=(16, 8, 8, 1)).astype("uint8")
+    y = np.arange(16) % 3
+    before = model.get_weights()
+    rate = timed_rate(model, model_flops(model), x, y, batch_size=8)
+    assert rate > 0
+    for old, new in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(old, new)
+    assert int(model.optimizer.iterations.numpy()) == 0
+    assert all(not np.any(v.numpy()) for v in model.optimizer.variables if v.path.endswith("momentum"))
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)  # and trains on from there
+    assert int(model.optimizer.iterations.numpy()) == 2
 
 
 def test_a_configuration_whose_first_epoch_cannot_end_in_time_is_skipped_untrained(sqlite_url):

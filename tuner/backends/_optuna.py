@@ -187,7 +187,9 @@ def plan_epochs(job: SearchJob, trial: optuna.Trial, model: Any) -> tuple[int, s
 
     Records the model's FLOPs per image and its predicted seconds per epoch: from the rate of the
     study's trials timed at this batch size, or, with a deadline and no such trial yet, from a few
-    timed inference batches of this model. Without a deadline the trial gets every epoch.
+    timed training steps of this model (``timed_rate``). Without a deadline the trial gets every
+    epoch. Epochs are planned to fill ``PLAN_FRACTION`` of the time left: an epoch the machine runs
+    slower than predicted then still fits, and the schedule anneals to its end.
     """
     data = job.data
     flops = model_flops(model)
@@ -196,7 +198,7 @@ def plan_epochs(job: SearchJob, trial: optuna.Trial, model: Any) -> tuple[int, s
     if rate is None:
         if job.deadline is None:
             return job.epochs, None
-        rate = timed_rate(model, flops, data.x_train, job.batch_size)
+        rate = timed_rate(model, flops, data.x_train, data.y_train, job.batch_size)
     epoch = epoch_seconds(flops, rate, train_images=len(data.y_train), eval_images=len(data.y_val))
     trial.set_user_attr("predicted_seconds_per_epoch", round(epoch, 2))
     if job.deadline is None:
@@ -205,12 +207,15 @@ def plan_epochs(job: SearchJob, trial: optuna.Trial, model: Any) -> tuple[int, s
     # epoch's tracing.
     left = job.deadline - time.time() - SAVE_SECONDS - epoch_seconds(
         flops, rate, train_images=0, eval_images=len(data.y_test)) - START_FRACTION * epoch
-    fit = int(left // epoch)
+    fit = int(PLAN_FRACTION * left // epoch)
     if fit < 1:
         return 0, f"its first epoch needs ~{epoch:.0f} s, {job.deadline - time.time():.0f} s are left"
     return min(job.epochs, fit), None
 
 
+# The share of the time left that a trial's epochs are planned to fill: the rest absorbs a machine
+# running slower than predicted (epochs on a shared 2-core machine vary by +-30%).
+PLAN_FRACTION = 0.9
 # Of an epoch, what a trial's start (tracing or compiling the model) is allowed to take when its
 # epochs are planned against a deadline.
 START_FRACTION = 0.1
