@@ -9,6 +9,8 @@ from __future__ import annotations
 from storage._artifacts import artifacts_path
 from storage._artifacts import keras_tuner_path
 from storage._artifacts import open_artifact_store
+from storage._owners import fail_orphaned_trials
+from storage._owners import record_owner
 from storage._store import DEFAULT_STORAGE
 from storage._store import STORAGE_ENV
 from storage._store import StoreError
@@ -22,6 +24,8 @@ __all__ = [
     "artifacts_path",
     "keras_tuner_path",
     "open_artifact_store",
+    "fail_orphaned_trials",
+    "record_owner",
     "DEFAULT_STORAGE",
     "STORAGE_ENV",
     "StoreError",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -65,6 +66,28 @@ def test_search_then_best_trials_and_studies(capsys, sqlite_url):
     assert len(trials) == 2
     assert set(trials[0]["params"]) == {"depth", "filters", "kernel_size", "stem_stride", "version", "dropout", "l2",
                                         "learning_rate", "optimizer", "lr_schedule"}
+
+
+# What TensorFlow, XLA, absl and CUDA print as they start (none of it is tuner's to show).
+STARTUP_CHATTER = ("absl::InitializeLog", "oneDNN", "cuInit", "cuda", "CUDA", "TensorFlow binary",
+                   "AVX", "E0000", "W0000", "I0000")
+
+
+@pytest.mark.slow
+def test_the_real_cli_prints_no_framework_start_up_lines(tmp_path):
+    """``tuner search`` as a user runs it (a fresh process, its trials in a worker process by
+    default, no TF_CPP_MIN_LOG_LEVEL) shows its own lines only; ``--verbose`` shows the rest."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TUNER_VERBOSE")}
+    command = [sys.executable, "-m", "tuner", "search", "--trials", "1", "--epochs", "1",
+               "--storage", f"sqlite:///{tmp_path / 'quiet.db'}", *(f"--set={item}" for item in TINY["resnet"])]
+    quiet = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    assert "trial 0 COMPLETE" in quiet.stderr and "best trial" in quiet.stdout
+    output = quiet.stdout + quiet.stderr
+    assert [word for word in STARTUP_CHATTER if word in output] == []
+    shown = subprocess.run([sys.executable, "-m", "tuner", "spaces", "--verbose"], capture_output=True,
+                           text=True, env=env, cwd=tmp_path)
+    assert shown.returncode == 0 and any(word in shown.stderr for word in STARTUP_CHATTER)
 
 
 def _sha(path) -> str:
@@ -164,3 +187,45 @@ def test_progress_says_what_the_deadline_did():
     assert lines[1].startswith("  trial 0 epoch 1/4")
     assert lines[2].endswith("(stopped by the deadline after 3 epochs)")
     assert lines[3].startswith("trial 1 SKIPPED") and lines[3].endswith("(its first epoch needs ~90 s, 20 s are left)")
+
+
+@pytest.mark.slow
+def test_after_kill_9_the_same_command_fails_the_killed_trial_at_once_and_retries_it(tmp_path):
+    """kill -9 mid-trial, then the same command at once: no waiting for the heartbeat's grace period."""
+    import signal
+    import time
+
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 'killed.db'}"
+    command = [sys.executable, "-m", "tuner", "search", "--trials", "3", "--epochs", "3", "--recycle-after", "0",
+               "--pruner", "none", "--study", "killed", "--storage", url, *(f"--set={item}" for item in TINY["resnet"])]
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and first.poll() is None:
+            time.sleep(0.2)
+            try:
+                trials = optuna.load_study(study_name="killed", storage=url).get_trials()
+            except Exception:  # noqa: BLE001 - the store or the study is being created
+                continue
+            states = [t.state.name for t in trials]
+            if "COMPLETE" in states and any(t.state.name == "RUNNING" and "owner" in t.user_attrs for t in trials):
+                break
+        first.send_signal(signal.SIGKILL)
+    finally:
+        first.wait()
+    before = {t.number: t for t in optuna.load_study(study_name="killed", storage=url).get_trials()}
+    (killed,) = [t for t in before.values() if t.state.name == "RUNNING"]
+    done = [t for t in before.values() if t.state.name == "COMPLETE"]
+
+    again = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"trial {killed.number} FAIL" in again.stderr
+    after = {t.number: t for t in optuna.load_study(study_name="killed", storage=url).get_trials()}
+    assert [t for t in after.values() if t.state.name == "RUNNING"] == []
+    assert after[killed.number].state.name == "FAIL"
+    (retry,) = [t for t in after.values() if t.system_attrs.get("failed_trial") == killed.number]
+    assert retry.params == killed.params and retry.state.name == "COMPLETE"
+    for trial in done:  # finished before the kill: untouched
+        assert after[trial.number].value == trial.value and after[trial.number].user_attrs == trial.user_attrs

@@ -159,3 +159,39 @@ def test_commands_that_create_one_study_at_once_run_each_queued_trial_once(stora
     queued = [1.0, 0.0, 0.1, 0.2, 0.3]
     assert all([t.params["x"] for t in done].count(x) <= 1 for x in queued)
     assert study.user_attrs["space"] == "resnet"
+
+
+def test_a_running_trial_whose_process_is_gone_from_this_host_fails_and_is_retried_once(sqlite_url):
+    """Only trials owned by a dead process on this host are failed; a live owner, another host's
+    trial and a trial with no owner wait for the heartbeat. Each failed trial is retried once."""
+    import socket
+    import subprocess
+    import sys
+
+    from storage import fail_orphaned_trials
+    from storage._owners import OWNER_ATTR
+    from storage._owners import this_process
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    owners = {
+        "dead": {"host": socket.gethostname(), "pid": int(dead.stdout), "started": "1"},
+        "alive": this_process(),
+        "elsewhere": {"host": "another-machine", "pid": int(dead.stdout), "started": "1"},
+        "reused": {**this_process(), "started": "not-this-process-start"},  # a recycled pid
+    }
+    study = optuna.create_study(storage=sqlite_url, study_name="owners")
+    for name, owner in [*owners.items(), ("unowned", None)]:
+        trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+        trial.set_user_attr("name", name)
+        if owner is not None:
+            trial.set_user_attr(OWNER_ATTR, owner)
+    failed = fail_orphaned_trials(study)
+    by_name = {t.user_attrs["name"]: t for t in study.get_trials() if t.state != optuna.trial.TrialState.WAITING}
+    assert sorted(failed) == sorted([by_name["dead"].number, by_name["reused"].number])
+    assert {n for n, t in by_name.items() if t.state == optuna.trial.TrialState.RUNNING} == {
+        "alive", "elsewhere", "unowned"}
+    retries = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert sorted(t.system_attrs["failed_trial"] for t in retries) == sorted(failed)
+    assert all(OWNER_ATTR not in t.user_attrs for t in retries)  # nobody's until a process takes it
+    assert fail_orphaned_trials(study) == []  # once

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import keras
-
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 
 
 def accelerator() -> str:
     """``"gpu"`` when the active Keras backend sees a GPU, else ``"cpu"``."""
+    import keras
+
     backend = keras.backend.backend()
     try:
         if backend == "tensorflow":

@@ -146,6 +146,7 @@ def search(
     from search_spaces import parse_assignments
     from search_spaces import resolve_overrides
     from storage import artifacts_path
+    from storage import fail_orphaned_trials
     from storage import keras_tuner_path
     from storage import open_artifact_store
     from storage import open_storage
@@ -233,12 +234,18 @@ def search(
         workdir=str(keras_tuner_path(storage)) if backend == "keras-tuner" else None,
         progress=SearchProgress(enabled=progress, objective=objective, epochs=epochs),
     )
+    # A trial whose process died on this machine (kill -9, out of memory) is failed now and its
+    # parameters retried once, rather than after the heartbeat's grace period.
+    for number in fail_orphaned_trials(study_obj):
+        job.progress.print(f"trial {number} FAIL  its process on this machine no longer runs (retried once)")
     if workers > 1 or recycle_after:
         from tuner._workers import run_workers
 
         run_workers(request, workers, gpus, recycle_after=recycle_after, job=job)
     else:
         engine.run(job)
+    for number in fail_orphaned_trials(study_obj):  # a worker that crashed
+        job.progress.print(f"trial {number} FAIL  its worker process died")
     return study_obj
 
 

@@ -24,11 +24,13 @@ def _worker(env: dict[str, str], request: dict[str, Any], verbosity: int) -> Non
     os.environ.update(env)
     import optuna
 
+    from tuner._process import load_frameworks
+    from tuner._process import stop_on_sigterm
     from tuner._search import search
-    from tuner.cli import stop_on_sigterm
 
     stop_on_sigterm()
     _interrupt_once()
+    load_frameworks()  # quietly, as the parent did
 
     optuna.logging.set_verbosity(verbosity)  # as quiet as the parent
     try:

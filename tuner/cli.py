@@ -14,6 +14,9 @@ from collections.abc import Sequence
 from typing import Any
 from typing import NoReturn
 
+from tuner._process import VERBOSE_ENV
+from tuner._process import load_frameworks
+from tuner._process import stop_on_sigterm
 from tuner.errors import is_user_error
 
 
@@ -263,6 +266,10 @@ def build_parser() -> ArgumentParser:
     def json_option(sub: ArgumentParser) -> None:
         sub.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    def verbose_option(sub: ArgumentParser) -> None:
+        sub.add_argument("--verbose", action="store_true",
+                         help=f"show TensorFlow's, absl's and CUDA's start-up lines (or set {VERBOSE_ENV}=1)")
+
     s = add("search", "run (or continue) a search and store every trial", cmd_search)
     s.add_argument("--space", default="resnet", help="search space: resnet, densenet (see `tuner spaces`)")
     s.add_argument("--dataset", default="digits",
@@ -273,7 +280,8 @@ def build_parser() -> ArgumentParser:
                         "keeps its best epoch")
     s.add_argument("--epochs", type=int, default=10, help="epochs per trial (default 10)")
     s.add_argument("--batch-size", type=int,
-                   help="training batch size (default: the largest of 16..128 that leaves 64 steps an epoch)")
+                   help="training batch size (default: the largest of 16..64 on a CPU, 16..128 on a GPU, "
+                        "that leaves 64 steps an epoch)")
     s.add_argument("--study", metavar="NAME", help="study name (default SPACE-DATASET); reuse it to continue")
     storage_option(s)
     s.add_argument("--backend", choices=BACKENDS, default="optuna",
@@ -311,9 +319,11 @@ def build_parser() -> ArgumentParser:
                    help="stop after this many failed trials in a row (default 5; 0 never stops)")
     s.add_argument("--quiet", action="store_true", help="no progress output")
     json_option(s)
+    verbose_option(s)
 
     sp = add("spaces", "list the search spaces and their hyperparameters", cmd_spaces)
     json_option(sp)
+    verbose_option(sp)
 
     st = add("studies", "list the studies in the store", cmd_studies)
     storage_option(st)
@@ -336,6 +346,7 @@ def build_parser() -> ArgumentParser:
                    help="train the configuration again on train+validation data, then export")
     e.add_argument("--epochs", type=int, help="epochs for --retrain (default: the study's --epochs)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    verbose_option(e)
 
     d = add("dashboard", "open the store in optuna-dashboard, with the stored models", cmd_dashboard)
     storage_option(d)
@@ -345,23 +356,12 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-def stop_on_sigterm() -> None:
-    """Make SIGTERM (``kill``, a job scheduler's stop) stop a search as Ctrl-C does: the trial in
-    flight keeps its best epoch (or is recorded as failed before its first), is never left RUNNING,
-    and the process exits with 130."""
-
-    import threading
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is threading.main_thread():  # the only thread that may set one
-        signal.signal(signal.SIGTERM, interrupt)
+# Commands that load Keras: they do it first, with the frameworks' start-up lines filtered out.
+NEEDS_FRAMEWORKS = (cmd_search, cmd_spaces, cmd_export)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``tuner`` command with ``argv``; returns the exit code."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     stop_on_sigterm()
     import optuna
 
@@ -370,7 +370,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:
         return int(exit_.code or 0)
+    if getattr(args, "verbose", False):
+        os.environ[VERBOSE_ENV] = "1"  # for the worker processes too
     try:
+        if args.func in NEEDS_FRAMEWORKS:
+            load_frameworks()
         return args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -20,6 +20,7 @@ from optuna.distributions import IntDistribution
 from optuna.trial import TrialState
 
 from search_spaces import ParamSpec
+from storage import record_owner
 from tuner._cost import epoch_seconds
 from tuner._cost import model_flops
 from tuner._cost import seconds_per_flop
@@ -133,6 +134,7 @@ def run_trial(job: SearchJob, trial: optuna.Trial) -> float:
     schedule compressed to end with them. A trial cut by the deadline or by Ctrl-C after an epoch
     completes with its best epoch, then the search stops.
     """
+    record_owner(trial)
     start_trial(job.seed + trial.number, job.precision)
     for key, value in job.recipe.items():
         trial.set_user_attr(key, value)

@@ -1,0 +1,82 @@
+"""Who runs a trial: recovery from a killed search without waiting for the heartbeat's grace period.
+
+Every RUNNING trial records its owner: host name, process id and the process's start time (which
+tells a live process from a later one that reuses its id). A trial whose owner ran on this host and
+no longer exists is failed at once, and its parameters retried once (Optuna's
+``RetryHeartbeatStaleTrialCallback``, as the heartbeat does it). Trials owned by other hosts, or stored
+before owners were recorded, keep the heartbeat rule: FAIL after ``GRACE_PERIOD`` s of silence.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+OWNER_ATTR = "owner"
+
+
+def process_started(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, from ``/proc``), "" where the system
+    does not say (not Linux), or None if no such process exists."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        stat = ""
+    if stat:
+        return stat.rsplit(")", 1)[1].split()[19]  # field 22; the name before ")" may hold spaces
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # exists, someone else's
+        pass
+    return ""
+
+
+def this_process() -> dict[str, Any]:
+    """The owner record of the calling process."""
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "pid": pid, "started": process_started(pid) or ""}
+
+
+def record_owner(trial: optuna.Trial) -> None:
+    """Mark ``trial`` as run by this process."""
+    trial.set_user_attr(OWNER_ATTR, this_process())
+
+
+def owner_is_gone(owner: Any, host: str) -> bool:
+    """Whether ``owner`` ran on ``host`` (this machine) and that process no longer exists."""
+    if not isinstance(owner, dict) or owner.get("host") != host:
+        return False
+    started = process_started(int(owner.get("pid", -1)))
+    return started is None or bool(started and owner.get("started") and started != owner["started"])
+
+
+def fail_orphaned_trials(study: optuna.Study) -> list[int]:
+    """Fail each RUNNING trial of ``study`` whose owner ran on this host and is gone, and enqueue its
+    parameters once more; returns the numbers of the trials failed. Safe to run in several processes
+    at once: only the one whose update lands retries the trial."""
+    host = socket.gethostname()
+    failed = []
+    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not owner_is_gone(trial.user_attrs.get(OWNER_ATTR), host):
+            continue
+        try:
+            ended = study.tell(trial.number, state=TrialState.FAIL)
+        except (ValueError, RuntimeError):  # another process failed (or its owner ended) it first
+            continue
+        failed.append(trial.number)
+        ended = copy.deepcopy(ended)
+        # The retry is nobody's until a process takes it; it must not look orphaned before then.
+        ended.user_attrs = {k: v for k, v in ended.user_attrs.items() if k != OWNER_ATTR}
+        retry(study, ended)
+    return failed
