@@ -217,6 +217,8 @@ def search(
         if start_from_defaults and backend == "optuna" else None,
     )
     check_space_unchanged(study_obj, specs)
+    if study_obj.metric_names is None:  # optuna-dashboard then plots "val_accuracy", not "Objective 0"
+        study_obj.set_metric_names([objective])
     recipe = {"batch_size": batch_size, "augment": augmentation, "precision": policy,
               "patience": patience, "max_epochs": epochs, "label_smoothing": label_smoothing}
     study_obj.set_user_attr("settings", {
