@@ -229,3 +229,35 @@ def test_after_kill_9_the_same_command_fails_the_killed_trial_at_once_and_retrie
     assert retry.params == killed.params and retry.state.name == "COMPLETE"
     for trial in done:  # finished before the kill: untouched
         assert after[trial.number].value == trial.value and after[trial.number].user_attrs == trial.user_attrs
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_a_search_with_tuners_own_lines_only(tmp_path):
+    """Ctrl-C in a terminal (SIGINT to the whole process group: the CLI and its worker process):
+    exit 130, no traceback, no Optuna warning about the interrupted trial."""
+    import signal
+    import time
+
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 'ctrl-c.db'}"
+    command = [sys.executable, "-m", "tuner", "search", "--trials", "3", "--epochs", "50", "--study", "c",
+               "--storage", url, *(f"--set={item}" for item in TINY["resnet"])]
+    search = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              cwd=tmp_path, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and search.poll() is None:
+        time.sleep(0.2)
+        try:
+            trials = optuna.load_study(study_name="c", storage=url).get_trials()
+        except Exception:  # noqa: BLE001 - not created yet
+            continue
+        if any(t.intermediate_values for t in trials):  # a trial is past its first epoch
+            break
+    os.killpg(search.pid, signal.SIGINT)
+    out, err = search.communicate(timeout=120)
+    assert search.returncode == 130, err[-2000:]
+    assert "interrupted" in err
+    assert "Traceback" not in out + err and "[W " not in err and "KeyboardInterrupt" not in err
+    (trial,) = optuna.load_study(study_name="c", storage=url).get_trials()
+    assert trial.state.name == "COMPLETE" and trial.user_attrs["stopped_by"] == "interrupt"

@@ -10,6 +10,7 @@ caller's own logging is theirs. ``--verbose`` or ``TUNER_VERBOSE=1`` shows every
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -20,6 +21,7 @@ from contextlib import contextmanager
 from typing import Any
 
 VERBOSE_ENV = "TUNER_VERBOSE"
+FAILED_WITH_NONE = re.compile(r"Trial \d+ failed with value None\.")
 # Start-up lines of the frameworks: absl/glog-formatted log lines ("E0000 00:00:17... file.cc:52] ..."),
 # absl's notice before its logging starts, and TensorFlow's build and plug-in notices.
 CHATTER = re.compile(
@@ -83,6 +85,29 @@ def load_frameworks() -> str:
         return load()
     with native_stderr_filtered():
         return load()
+
+
+class _NoInterruptedTrials(logging.Filter):
+    """Drops Optuna's "Trial N failed ... KeyboardInterrupt()" warning and its traceback (after
+    Ctrl-C or SIGTERM the CLI's own line says what happened to the trial in flight), and the
+    "Trial N failed with value None." that follows every failure (the progress line says it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        message = record.getMessage()
+        return not (isinstance(error, KeyboardInterrupt) or "KeyboardInterrupt()" in message
+                    or FAILED_WITH_NONE.fullmatch(message))
+
+
+def quiet_interrupts() -> None:
+    """Ctrl-C and SIGTERM end with tuner's own lines only (see ``_NoInterruptedTrials``); on the
+    handler Optuna gives its loggers, since a logger's own filter misses its children's records."""
+    import optuna
+
+    optuna.logging.get_verbosity()  # sets up Optuna's handler
+    for handler in logging.getLogger("optuna").handlers:
+        if not any(isinstance(f, _NoInterruptedTrials) for f in handler.filters):
+            handler.addFilter(_NoInterruptedTrials())
 
 
 def stop_on_sigterm() -> None:

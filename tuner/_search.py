@@ -107,7 +107,7 @@ def search(
     workers: int = 1,
     gpus: Sequence[str] | None = None,
     recycle_after: int | None = None,
-    progress: bool = False,
+    progress: bool | str = False,
     deadline: float | None = None,
 ) -> optuna.Study:
     """Search ``space`` on ``dataset`` and store every trial in the Optuna study ``study``.
@@ -125,8 +125,9 @@ def search(
     ``mixed_bfloat16``. ``label_smoothing`` (0 to 1, default 0) smooths the training targets.
     The models of the best ``keep`` complete trials are stored in the artifact
     folder ``artifacts`` (default: ``<db name>-artifacts`` beside a SQLite store).
-    ``batch_size`` defaults to ``auto_batch_size`` of the training split (16 for digits, 128
-    for CIFAR-10). ``overrides`` fix or narrow hyperparameters, as ``{"depth": "20"}`` or ``["depth=20"]``.
+    ``batch_size`` defaults to ``auto_batch_size`` of the training split (16 for digits; 64 for
+    CIFAR-10 on a CPU, 128 on a GPU). ``progress`` prints the search's progress to stderr: True
+    adds a live view on a terminal (``SearchProgress``), ``"lines"`` never does. ``overrides`` fix or narrow hyperparameters, as ``{"depth": "20"}`` or ``["depth=20"]``.
     Everything the user can get wrong is checked before the first trial and raised as a
     ``TunerError``, ``SpaceError`` or ``StoreError``. ``workers`` > 1 runs that many processes on
     the study (``gpus``: one per listed GPU, each seeing only its own). ``recycle_after`` runs the
@@ -234,7 +235,10 @@ def search(
         max_failures=max_failures, patience=patience, precision=policy, recipe=recipe, keeper=keeper,
         process_trials=process_trials, algorithm=algorithm,
         workdir=str(keras_tuner_path(storage)) if backend == "keras-tuner" else None,
-        progress=SearchProgress(enabled=progress, objective=objective, epochs=epochs),
+        progress=SearchProgress(enabled=bool(progress), objective=objective, epochs=epochs,
+                                live=False if progress == "lines" else None,
+                                started=None if deadline is None or timeout is None else deadline - timeout,
+                                deadline=deadline),
     )
     # A trial whose process died on this machine (kill -9, out of memory) is failed now and its
     # parameters retried once, rather than after the heartbeat's grace period.
@@ -245,7 +249,8 @@ def search(
 
         run_workers(request, workers, gpus, recycle_after=recycle_after, job=job)
     else:
-        engine.run(job)
+        with job.progress:
+            engine.run(job)
     for number in fail_orphaned_trials(study_obj):  # a worker that crashed
         job.progress.print(f"trial {number} FAIL  its worker process died")
     return study_obj

@@ -123,6 +123,18 @@ class EpochReport(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class StepReport(keras.callbacks.Callback):
+    """Calls ``report(step, steps, logs)`` after every training step (1-based within the epoch)."""
+
+    def __init__(self, report: Callable[[int, int, dict[str, float]], None], steps: int) -> None:
+        super().__init__()
+        self.report = report
+        self.steps = steps
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self.report(batch + 1, self.steps, {k: float(v) for k, v in (logs or {}).items()})
+
+
 class Deadline(keras.callbacks.Callback):
     """Ends training on time: stops at ``deadline`` (``time.time()``) less the time the trial still
     needs to validate, test and store its model, and stops a first epoch that cannot end by then.
@@ -250,9 +262,10 @@ def train_and_evaluate(
         callbacks = [keras.callbacks.EarlyStopping(objective, patience=patience, mode=mode), *callbacks]
     steps = math.ceil(len(data.y_train) / batch_size)
     # At an epoch's last step the check is followed by that epoch's validation and one more step
-    # before the next: the reserve covers two validations, the test and a step.
+    # before the next: the reserve covers two validations, the test (twice over for a flip-averaged
+    # inference model) and a step.
     val_steps, test_steps = (math.ceil(len(y) / batch_size) for y in (data.y_val, data.y_test))
-    clock = Deadline(deadline or math.inf, steps_per_epoch=steps, eval_steps=2 * val_steps + test_steps)
+    clock = Deadline(deadline or math.inf, steps_per_epoch=steps, eval_steps=2 * val_steps + (2 if inference else 1) * test_steps)
     start = time.perf_counter()
     stopped_by = None
     try:

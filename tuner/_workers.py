@@ -25,11 +25,13 @@ def _worker(env: dict[str, str], request: dict[str, Any], verbosity: int) -> Non
     import optuna
 
     from tuner._process import load_frameworks
+    from tuner._process import quiet_interrupts
     from tuner._process import stop_on_sigterm
     from tuner._search import search
 
     stop_on_sigterm()
     _interrupt_once()
+    quiet_interrupts()
     load_frameworks()  # quietly, as the parent did
 
     optuna.logging.set_verbosity(verbosity)  # as quiet as the parent
@@ -89,7 +91,9 @@ def _run_round(request: dict[str, Any], workers: int, gpus: Sequence[str] | None
     for i in range(workers):
         env = {"CUDA_VISIBLE_DEVICES": str(gpus[i])} if gpus else {}
         # Different seeds, or every worker would propose the same parameters.
-        job = {**request, "seed": request["seed"] + 1000 * i, "workers": 1, "gpus": None}
+        job = {**request, "seed": request["seed"] + 1000 * i, "workers": 1, "gpus": None,
+               # One live view per terminal: several workers print plain lines.
+               "progress": "lines" if workers > 1 and request["progress"] else request["progress"]}
         process = context.Process(target=_worker, args=(env, job, optuna.logging.get_verbosity()),
                                   name=f"tuner-worker-{i}")
         process.start()

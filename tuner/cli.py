@@ -10,12 +10,14 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 from typing import NoReturn
 
 from tuner._process import VERBOSE_ENV
 from tuner._process import load_frameworks
+from tuner._process import quiet_interrupts
 from tuner._process import stop_on_sigterm
 from tuner.errors import is_user_error
 
@@ -57,6 +59,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     try:
         search(
             args.space, args.dataset, trials=args.trials, epochs=args.epochs, timeout=args.timeout,
+            # --timeout counts from the command's start: loading the frameworks and the data included.
+            deadline=None if args.timeout is None else STARTED[0] + args.timeout,
             study=study, storage=args.storage, backend=args.backend, algorithm=args.algorithm,
             sampler=args.sampler, pruner=args.pruner, seed=args.seed,
             overrides=args.set, objective=args.objective, batch_size=args.batch_size,
@@ -356,13 +360,16 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+STARTED = [0.0]  # when main() began: a search's --timeout counts from there
 # Commands that load Keras: they do it first, with the frameworks' start-up lines filtered out.
 NEEDS_FRAMEWORKS = (cmd_search, cmd_spaces, cmd_export)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``tuner`` command with ``argv``; returns the exit code."""
+    STARTED[0] = time.time()
     stop_on_sigterm()
+    quiet_interrupts()
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress lines replace Optuna's

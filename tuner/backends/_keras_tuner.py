@@ -33,6 +33,7 @@ from optuna.trial import TrialState
 from search_spaces import ParamSpec
 from tuner._search import ALGORITHMS
 from tuner._training import EpochReport
+from tuner._training import StepReport
 from tuner._training import TrialResult
 from tuner._training import start_trial
 from tuner._training import train_and_evaluate
@@ -190,7 +191,9 @@ class MirroredTuner(keras_tuner.Tuner):
 
             result = train_and_evaluate(model, job.data, epochs=epochs, initial_epoch=initial_epoch,
                                         batch_size=job.batch_size, objective=job.objective,
-                                        patience=job.patience, callbacks=[EpochReport(report)],
+                                        patience=job.patience,
+                                        callbacks=[EpochReport(report),
+                                                   StepReport(job.progress.batch_ended, job.steps_per_epoch)],
                                         deadline=job.deadline, inference=job.hypermodel.inference_model)
             self.interrupted = result.stopped_by == "interrupt"
             self.cut = result.stopped_by == "deadline"

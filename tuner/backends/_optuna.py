@@ -27,6 +27,7 @@ from tuner._cost import seconds_per_flop
 from tuner._cost import timed_rate
 from tuner._training import SAVE_SECONDS
 from tuner._training import EpochReport
+from tuner._training import StepReport
 from tuner._training import start_trial
 from tuner._training import train_and_evaluate
 from tuner._training import trial_error
@@ -158,9 +159,10 @@ def run_trial(job: SearchJob, trial: optuna.Trial) -> float:
                 return epoch < epochs and trial.should_prune()
 
             pruning = EpochReport(report)
+            steps = StepReport(job.progress.batch_ended, job.steps_per_epoch)
             result = train_and_evaluate(model, job.data, epochs=epochs, batch_size=job.batch_size,
                                         objective=job.objective, patience=job.patience,
-                                        callbacks=[pruning], deadline=job.deadline,
+                                        callbacks=[pruning, steps], deadline=job.deadline,
                                         inference=job.hypermodel.inference_model)
     except Exception as err:
         trial.set_user_attr("error", trial_error(err))
