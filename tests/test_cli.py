@@ -107,11 +107,12 @@ def _sha(path) -> str:
     (["best"], "the following arguments are required: --study"),
     (["best", "--study", "x"], "no store at tuner.db"),
 ])
-def test_input_mistakes_exit_2_with_one_line(capsys, argv, message):
+def test_input_mistakes_exit_2_with_one_line(capsys, argv, message, tmp_path):
     code, out, err = run(capsys, *argv)
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("tuner: error: ") and message in err
     assert "Traceback" not in out + err
+    assert list(tmp_path.iterdir()) == []  # nothing created on disk: no store, no artifact folder
 
 
 def test_store_errors_exit_2_and_leave_the_file_untouched(capsys, tmp_path, sqlite_url):
@@ -261,3 +262,17 @@ def test_ctrl_c_ends_a_search_with_tuners_own_lines_only(tmp_path):
     assert "Traceback" not in out + err and "[W " not in err and "KeyboardInterrupt" not in err
     (trial,) = optuna.load_study(study_name="c", storage=url).get_trials()
     assert trial.state.name == "COMPLETE" and trial.user_attrs["stopped_by"] == "interrupt"
+
+
+def test_commands_that_read_the_store_do_not_load_keras(tmp_path):
+    """`tuner studies`, `trials` and `best` answer without importing Keras or TensorFlow (seconds saved,
+    and none of their start-up lines)."""
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    optuna.create_study(storage=url, study_name="s")
+    code = ("import sys\nfrom tuner.cli import main\n"
+            f"assert main(['studies', '--storage', {url!r}]) == 0\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'keras', 'tensorflow', 'jax', 'torch'}))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout + result.stderr[-2000:]

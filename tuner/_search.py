@@ -192,11 +192,11 @@ def search(
     chosen_sampler = make_sampler(sampler, seed)
     if keep < 0:
         raise TunerError(f"--keep must be 0 or more, got {keep}")
+    data = load_dataset(dataset)  # before the store: a missing dataset must leave no new file behind
     store = open_storage(storage, heartbeat=True)
     keeper = None
     if keep:
         keeper = ModelKeeper(open_artifact_store(artifacts_path(storage, artifacts), create=True), keep)
-    data = load_dataset(dataset)
     mean, variance = data.pixel_stats()
     augmentation = auto_augmentation(data.name, len(data.y_train), epochs) if augment == "auto" else augment
     batch_size = batch_size or auto_batch_size(len(data.y_train), accelerator())

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tuner.errors import TunerError
+from tuner.errors import WorkerFailed
 from tuner.errors import is_user_error
 
 
@@ -108,7 +109,10 @@ def _run_round(request: dict[str, Any], workers: int, gpus: Sequence[str] | None
         for process in processes:
             process.join()
         raise
-    failed = [p.name for p in processes if p.exitcode]
+    failed = [p for p in processes if p.exitcode]
     if failed:
-        raise TunerError(f"{len(failed)} of {workers} workers failed ({', '.join(failed)}); their "
-                         "errors are printed above, and their finished trials are in the study")
+        names = ", ".join(p.name for p in failed)
+        message = (f"{len(failed)} of {workers} workers failed ({names}); their errors are printed "
+                   "above, and their finished trials are in the study")
+        # A worker exits 2 after an input mistake (its one line printed); anything else is a crash.
+        raise (TunerError if all(p.exitcode == 2 for p in failed) else WorkerFailed)(message)

@@ -1,6 +1,7 @@
 """The ``tuner`` command: a thin shell over the library functions in ``tuner``.
 
-Input mistakes print one line (``tuner: error: ...``) and exit with code 2; Ctrl-C exits with 130.
+Input mistakes print one line (``tuner: error: ...``) and exit with code 2; a crashed worker process
+exits with 1; Ctrl-C exits with 130.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from tuner._process import VERBOSE_ENV
 from tuner._process import load_frameworks
 from tuner._process import quiet_interrupts
 from tuner._process import stop_on_sigterm
+from tuner.errors import WorkerFailed
 from tuner.errors import is_user_error
 
 
@@ -386,6 +388,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except WorkerFailed as err:  # its traceback is printed above, by the worker
+        print(f"tuner: {err}", file=sys.stderr)
+        return 1
     except Exception as err:
         if not is_user_error(err):
             raise

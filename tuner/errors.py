@@ -13,6 +13,10 @@ class DataError(TunerError):
     """A dataset cannot be loaded or is not a usable image classification dataset."""
 
 
+class WorkerFailed(Exception):
+    """A worker process crashed (a bug or the system, not the input); the CLI exits with code 1."""
+
+
 # The user-error types of the sibling packages, by module, so checking for them imports nothing heavy.
 _FOREIGN_USER_ERRORS = (("search_spaces._registry", "SpaceError"), ("storage._store", "StoreError"))
 
