@@ -157,6 +157,7 @@ def search(
     from tuner._device import resolve_precision
     from tuner._models import ModelKeeper
     from tuner._training import DIRECTIONS
+    from tuner._training import keep_callers_gradients
     from tuner.backends import SearchJob
     from tuner.backends import get_backend
     from tuner.data import auto_augmentation
@@ -240,6 +241,7 @@ def search(
                                 started=None if deadline is None or timeout is None else deadline - timeout,
                                 deadline=deadline),
     )
+    keep_callers_gradients()  # a library caller's own TensorFlow graphs outlive our trials
     # A trial whose process died on this machine (kill -9, out of memory) is failed now and its
     # parameters retried once, rather than after the heartbeat's grace period.
     for number in fail_orphaned_trials(study_obj):

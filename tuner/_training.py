@@ -39,6 +39,29 @@ def start_trial(seed: int, precision: str) -> None:
     keras.config.set_dtype_policy(precision)
 
 
+# The CustomGradient registrations a library caller made before the search began (see below).
+_CALLERS_GRADIENTS: dict[str, set[str]] = {}
+
+
+def _gradient_registry() -> dict | None:
+    """TensorFlow's gradient registry (private API), or None on other backends or where it moved."""
+    if keras.backend.backend() != "tensorflow":
+        return None
+    try:
+        from tensorflow.python.framework import ops
+
+        return ops._gradient_registry._registry  # noqa: SLF001 - see forget_custom_gradients
+    except (ImportError, AttributeError):
+        return None
+
+
+def keep_callers_gradients() -> None:
+    """Mark the ``CustomGradient-N`` registrations that exist now as the caller's: a search calls
+    this before its first trial, and ``forget_custom_gradients`` then leaves them alone."""
+    registry = _gradient_registry() or {}
+    _CALLERS_GRADIENTS["names"] = {name for name in registry if name.startswith("CustomGradient-")}
+
+
 def forget_custom_gradients() -> None:
     """Drop TensorFlow's ``CustomGradient-N`` registrations, which keep every past trial's graph alive.
 
@@ -46,18 +69,16 @@ def forget_custom_gradients() -> None:
     ``tf.custom_gradient``; each trace of a train step registers a gradient function in a
     process-wide registry that is never unregistered and holds the whole traced graph: 9-40 MB a
     trial that ``clear_session`` cannot free. Between trials no earlier graph is differentiated
-    again, so the entries can go. The registry is private TensorFlow API: where it is missing,
-    nothing happens (and a process recycled by ``--recycle-after`` still bounds memory).
+    again, so the entries can go; those that existed before the search began
+    (``keep_callers_gradients``) are a library caller's own and stay. The registry is private
+    TensorFlow API: where it is missing, nothing happens (and a process recycled by
+    ``--recycle-after`` still bounds memory).
     """
-    if keras.backend.backend() != "tensorflow":
+    registry = _gradient_registry()
+    if registry is None:
         return
-    try:
-        from tensorflow.python.framework import ops
-
-        registry = ops._gradient_registry._registry  # noqa: SLF001 - see above
-    except (ImportError, AttributeError):
-        return
-    for name in [name for name in registry if name.startswith("CustomGradient-")]:
+    callers = _CALLERS_GRADIENTS.get("names", set())
+    for name in [name for name in registry if name.startswith("CustomGradient-") and name not in callers]:
         del registry[name]
 
 
