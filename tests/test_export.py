@@ -171,3 +171,37 @@ def test_best_shows_the_model_file_and_dashboard_serves(capsys, sqlite_url, tmp_
     assert main(["dashboard", "--storage", sqlite_url, "--port", "8123"]) == 0
     assert served["host"] == "127.0.0.1" and served["port"] == 8123 and served["artifact_store"] is not None
     assert "http://127.0.0.1:8123/" in capsys.readouterr().out
+
+
+def test_keeping_tolerates_a_file_another_worker_already_evicted(tmp_path):
+    """Two workers that finish together can each keep a model: the search's end trims the excess,
+    and a file the other worker deleted first is no error (no false ``model_error``)."""
+    from optuna.artifacts import FileSystemArtifactStore
+    from optuna.artifacts import upload_artifact
+
+    from tuner._models import MODEL_ATTR
+    from tuner._models import ModelKeeper
+
+    (tmp_path / "store").mkdir()
+    store = FileSystemArtifactStore(str(tmp_path / "store"))
+    study = optuna.create_study(direction="maximize")
+    source = tmp_path / "model.keras"
+    source.write_bytes(b"a model")
+    for value in (0.9, 0.8, 0.7):
+        trial = study.ask()
+        trial.set_user_attr(MODEL_ATTR, upload_artifact(artifact_store=store, file_path=str(source),
+                                                        study_or_trial=trial))
+        study.tell(trial, value)
+    worst = study.trials[2].user_attrs[MODEL_ATTR]
+    keeper = ModelKeeper(store, keep=2)
+    real_remove = store.remove
+
+    def removed_first_by_another_worker(artifact_id):
+        real_remove(artifact_id)
+        real_remove(artifact_id)  # the second removal is the slower worker's: the file is gone
+
+    store.remove = removed_first_by_another_worker
+    keeper.trim(study)
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == sorted(
+        t.user_attrs[MODEL_ATTR] for t in study.trials[:2])
+    assert worst not in [p.name for p in (tmp_path / "store").iterdir()]

@@ -79,8 +79,17 @@ class ModelKeeper:
             artifact_id = upload_artifact(artifact_store=self.store, file_path=str(path),
                                           study_or_trial=trial)
         trial.set_user_attr(MODEL_ATTR, artifact_id)
-        for old in kept[self.keep - 1:]:  # this trial took one of the places
-            self.store.remove(old.user_attrs[MODEL_ATTR])
+        # Read the kept models again: another worker may have stored or evicted one meanwhile.
+        self.trim(study, keep=self.keep - 1)  # this trial took one of the places
+
+    def trim(self, study: optuna.Study, keep: int | None = None) -> None:
+        """Delete the model files of the finished trials ranked below the best ``keep`` (default:
+        the keeper's). A file another worker deleted first is no error."""
+        for old in kept_trials(study, self.store)[self.keep if keep is None else keep:]:
+            try:
+                self.store.remove(old.user_attrs[MODEL_ATTR])
+            except (ArtifactNotFound, FileNotFoundError):
+                pass
 
 
 def choose_trial(study: optuna.Study, store: FileSystemArtifactStore, number: int | None):

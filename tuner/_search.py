@@ -255,6 +255,8 @@ def search(
             engine.run(job)
     for number in fail_orphaned_trials(study_obj):  # a worker that crashed
         job.progress.print(f"trial {number} FAIL  its worker process died")
+    if keeper is not None:  # workers that finished together may each have kept one model too many
+        keeper.trim(study_obj)
     return study_obj
 
 
