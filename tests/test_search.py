@@ -404,3 +404,17 @@ def test_a_study_from_an_older_space_is_refused_before_any_trial(sqlite_url):
     with pytest.raises(tuner.TunerError, match=r"drew optimizer from \{adam, sgd\}.*\{adam, adamw, sgd\}"):
         tuner.search("resnet", "digits", trials=2, epochs=1, storage=sqlite_url, study="old")
     assert len(optuna.load_study(study_name="old", storage=sqlite_url).trials) == 1
+
+
+def test_a_declaration_with_its_own_condition_is_honoured_as_keras_tuner_honours_it():
+    """``parent_name``/``parent_values`` on a single declaration, not only ``conditional_scope``; an
+    unknown keyword is an error, not silently ignored."""
+    study = optuna.create_study()
+    trial = study.ask()
+    hp = OptunaHyperParameters(trial)
+    hp.Fixed("optimizer", "sgd")
+    assert hp.Float("momentum", 0.0, 0.99, parent_name="optimizer", parent_values=["sgd"]) is not None
+    assert hp.Float("beta_2", 0.9, 0.999, parent_name="optimizer", parent_values="adam") is None
+    assert "momentum" in trial.params and "beta_2" not in trial.params
+    with pytest.raises(TypeError):
+        hp.Int("depth", 1, 3, parent="optimizer")

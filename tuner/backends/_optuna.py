@@ -73,7 +73,12 @@ class OptunaHyperParameters:
         finally:
             self._active.pop()
 
-    def _declare(self, spec: ParamSpec) -> Any:
+    def _declare(self, spec: ParamSpec, parent_name: str | None = None, parent_values: Any = None) -> Any:
+        """Sample ``spec`` unless a scope's condition (or this declaration's own ``parent_name`` and
+        ``parent_values``, as Keras Tuner allows) does not hold."""
+        if parent_name is not None:
+            with self.conditional_scope(parent_name, parent_values):
+                return self._declare(spec)
         if not all(self._active):
             return None
         if spec.name not in self.values:
@@ -81,22 +86,28 @@ class OptunaHyperParameters:
             self.values[spec.name] = suggest(self.trial, spec.name, to_distribution(spec))
         return self.values[spec.name]
 
-    def Int(self, name, min_value, max_value, step=None, sampling="linear", default=None, **_):  # noqa: N802
+    # Keras Tuner's signatures; ``default`` does not matter to a sampler (the first trial is enqueued).
+
+    def Int(self, name, min_value, max_value, step=None, sampling="linear", default=None,  # noqa: N802
+            parent_name=None, parent_values=None):
         return self._declare(ParamSpec("Int", name, {"min_value": min_value, "max_value": max_value,
-                                                     "step": step, "sampling": sampling}))
+                                                     "step": step, "sampling": sampling}),
+                             parent_name, parent_values)
 
-    def Float(self, name, min_value, max_value, step=None, sampling="linear", default=None, **_):  # noqa: N802
+    def Float(self, name, min_value, max_value, step=None, sampling="linear", default=None,  # noqa: N802
+              parent_name=None, parent_values=None):
         return self._declare(ParamSpec("Float", name, {"min_value": min_value, "max_value": max_value,
-                                                       "step": step, "sampling": sampling}))
+                                                       "step": step, "sampling": sampling}),
+                             parent_name, parent_values)
 
-    def Choice(self, name, values, ordered=None, default=None, **_):  # noqa: N802
-        return self._declare(ParamSpec("Choice", name, {"values": list(values)}))
+    def Choice(self, name, values, ordered=None, default=None, parent_name=None, parent_values=None):  # noqa: N802
+        return self._declare(ParamSpec("Choice", name, {"values": list(values)}), parent_name, parent_values)
 
-    def Boolean(self, name, default=False, **_):  # noqa: N802
-        return self._declare(ParamSpec("Boolean", name))
+    def Boolean(self, name, default=False, parent_name=None, parent_values=None):  # noqa: N802
+        return self._declare(ParamSpec("Boolean", name), parent_name, parent_values)
 
-    def Fixed(self, name, value, **_):  # noqa: N802
-        return self._declare(ParamSpec("Fixed", name, {"value": value}))
+    def Fixed(self, name, value, parent_name=None, parent_values=None):  # noqa: N802
+        return self._declare(ParamSpec("Fixed", name, {"value": value}), parent_name, parent_values)
 
     def get(self, name: str) -> Any:
         return self.values[name]
