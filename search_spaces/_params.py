@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
 
-from search_spaces._registry import SpaceError
+from search_spaces._errors import SpaceError
 
 KINDS = ("Int", "Float", "Choice", "Boolean", "Fixed")
 TRUE_WORDS = {"true", "1", "yes", "on"}

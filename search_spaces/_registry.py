@@ -6,16 +6,14 @@ from typing import TYPE_CHECKING
 from typing import Callable
 from typing import TypeVar
 
+from search_spaces._errors import SpaceError
+
 if TYPE_CHECKING:
     from search_spaces._base import TunableSpace
 
 SpaceT = TypeVar("SpaceT", bound="type[TunableSpace]")
 
 SPACES: dict[str, type[TunableSpace]] = {}
-
-
-class SpaceError(ValueError):
-    """A user asked for something a space cannot give: an unknown space or hyperparameter, a bad value."""
 
 
 def register_space(name: str) -> Callable[[SpaceT], SpaceT]:

@@ -37,6 +37,8 @@ IDENTITY_ATTRS = ("space", "dataset", "objective", "backend", "algorithm", "over
 class StoreError(Exception):
     """The store cannot be opened or used: not a database, corrupt, unreachable, incompatible."""
 
+    user_error = True  # a CLI reports it in one line (tuner.errors.is_user_error)
+
 
 class StudyMismatchError(StoreError):
     """A study name is reused for a different search (space, dataset, objective, backend...)."""

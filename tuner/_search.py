@@ -13,14 +13,13 @@ from typing import Any
 
 import optuna
 
+from tuner._names import ALGORITHMS
+from tuner._names import AUGMENT_CHOICES
+from tuner._names import OBJECTIVES
+from tuner._names import PRUNERS
+from tuner._names import SAMPLERS
 from tuner.errors import TunerError
 
-SAMPLERS = ("tpe", "random", "gp", "cmaes", "qmc")
-PRUNERS = ("hyperband", "sha", "median", "none")
-AUGMENT_CHOICES = ("auto", "none", "flip", "shift", "flip_shift")
-OBJECTIVES = ("val_accuracy", "val_loss")
-BACKENDS = ("optuna", "keras-tuner")
-ALGORITHMS = ("random", "bayesian", "hyperband", "grid")  # Keras Tuner's tuners
 # The automatic batch size (auto_batch_size): a power of two from MIN_AUTO_BATCH to the device's
 # maximum, and the steps an epoch must at least have.
 MIN_AUTO_BATCH, MIN_STEPS_PER_EPOCH = 16, 64
@@ -249,7 +248,7 @@ def search(
     if workers > 1 or recycle_after:
         from tuner._workers import run_workers
 
-        run_workers(request, workers, gpus, recycle_after=recycle_after, job=job)
+        run_workers(search, request, workers, gpus, recycle_after=recycle_after, job=job)
     else:
         with job.progress:
             engine.run(job)

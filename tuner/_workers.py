@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,14 +22,15 @@ from tuner.errors import WorkerFailed
 from tuner.errors import is_user_error
 
 
-def _worker(env: dict[str, str], request: dict[str, Any], verbosity: int) -> None:
+def _worker(env: dict[str, str], search: Callable[..., Any], request: dict[str, Any], verbosity: int) -> None:
+    """A worker process: ``search(**request)`` (``tuner.search``, passed in by reference so that this
+    module does not import the one that imports it)."""
     os.environ.update(env)
     import optuna
 
     from tuner._process import load_frameworks
     from tuner._process import quiet_interrupts
     from tuner._process import stop_on_sigterm
-    from tuner._search import search
 
     stop_on_sigterm()
     _interrupt_once()
@@ -59,6 +61,7 @@ def _interrupt_once() -> None:
 
 
 def run_workers(
+    search: Callable[..., Any],
     request: dict[str, Any],
     workers: int,
     gpus: Sequence[str] | None,
@@ -78,12 +81,13 @@ def run_workers(
             return
         # A new seed each round, or a seeded sampler would propose the last round's parameters again.
         seed = request["seed"] + 7919 * round_number
-        _run_round({**request, "seed": seed}, workers, gpus)
+        _run_round(search, {**request, "seed": seed}, workers, gpus)
         if not recycle_after or job.finished_trials() == before:
             return  # one round does it all, or a round that finishes nothing would loop forever
 
 
-def _run_round(request: dict[str, Any], workers: int, gpus: Sequence[str] | None) -> None:
+def _run_round(search: Callable[..., Any], request: dict[str, Any], workers: int,
+               gpus: Sequence[str] | None) -> None:
     """One process per worker, each running ``request``; waits for all of them."""
     import optuna
 
@@ -95,7 +99,7 @@ def _run_round(request: dict[str, Any], workers: int, gpus: Sequence[str] | None
         job = {**request, "seed": request["seed"] + 1000 * i, "workers": 1, "gpus": None,
                # One live view per terminal: several workers print plain lines.
                "progress": "lines" if workers > 1 and request["progress"] else request["progress"]}
-        process = context.Process(target=_worker, args=(env, job, optuna.logging.get_verbosity()),
+        process = context.Process(target=_worker, args=(env, search, job, optuna.logging.get_verbosity()),
                                   name=f"tuner-worker-{i}")
         process.start()
         processes.append(process)

@@ -245,12 +245,12 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 def build_parser() -> ArgumentParser:
     from tuner._device import PRECISIONS
-    from tuner._search import AUGMENT_CHOICES
-    from tuner._search import OBJECTIVES
-    from tuner._search import PRUNERS
-    from tuner._search import ALGORITHMS
-    from tuner._search import BACKENDS
-    from tuner._search import SAMPLERS
+    from tuner._names import ALGORITHMS
+    from tuner._names import AUGMENT_CHOICES
+    from tuner._names import BACKENDS
+    from tuner._names import OBJECTIVES
+    from tuner._names import PRUNERS
+    from tuner._names import SAMPLERS
 
     parser = ArgumentParser(prog="tuner", description="Hyperparameter search for Keras CNN classifiers.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",

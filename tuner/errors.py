@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-
 
 class TunerError(Exception):
     """Base of the errors caused by input: a bad argument, dataset or setting."""
+
+    user_error = True
 
 
 class DataError(TunerError):
@@ -17,18 +17,8 @@ class WorkerFailed(Exception):
     """A worker process crashed (a bug or the system, not the input); the CLI exits with code 1."""
 
 
-# The user-error types of the sibling packages, by module, so checking for them imports nothing heavy.
-_FOREIGN_USER_ERRORS = (("search_spaces._registry", "SpaceError"), ("storage._store", "StoreError"))
-
-
 def is_user_error(err: BaseException) -> bool:
-    """Whether ``err`` means "the input was wrong" (as opposed to a bug) in any of our packages.
-
-    A type whose module was never imported cannot have been raised, so it is not imported here
-    (importing ``search_spaces`` would pull in Keras and TensorFlow for nothing).
-    """
-    types: list[type[BaseException]] = [TunerError]
-    for module, name in _FOREIGN_USER_ERRORS:
-        if module in sys.modules:
-            types.append(getattr(sys.modules[module], name))
-    return isinstance(err, tuple(types))
+    """Whether ``err`` means "the input was wrong" (as opposed to a bug) in any of our packages:
+    a ``TunerError``, or an error whose class says ``user_error = True`` (``SpaceError``,
+    ``StoreError``), so no package has to import another to be recognised."""
+    return isinstance(err, TunerError) or getattr(type(err), "user_error", False) is True

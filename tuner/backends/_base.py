@@ -26,7 +26,6 @@ from search_spaces import ParamSpec
 from search_spaces import TunableSpace
 from tuner._models import ModelKeeper
 from tuner._progress import SearchProgress
-from tuner._search import BACKENDS
 from tuner.data import Dataset
 from tuner.errors import TunerError
 
@@ -141,16 +140,3 @@ class SearchBackend(ABC):
     @abstractmethod
     def run(self, job: SearchJob) -> None:
         """Run trials of ``job`` until its budget is spent; see the module docstring for the contract."""
-
-
-def get_backend(name: str) -> SearchBackend:
-    """The backend called ``name``; an unknown name lists the valid ones."""
-    if name == "optuna":
-        from tuner.backends._optuna import OptunaBackend
-
-        return OptunaBackend()
-    if name == "keras-tuner":
-        from tuner.backends._keras_tuner import KerasTunerBackend
-
-        return KerasTunerBackend()
-    raise TunerError(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}")

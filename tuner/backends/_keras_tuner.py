@@ -31,7 +31,7 @@ import optuna
 from optuna.trial import TrialState
 
 from search_spaces import ParamSpec
-from tuner._search import ALGORITHMS
+from tuner._names import ALGORITHMS
 from tuner._training import EpochReport
 from tuner._training import StepReport
 from tuner._training import TrialResult

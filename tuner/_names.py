@@ -1,0 +1,11 @@
+"""The names a user picks from (backends, Keras Tuner's algorithms, samplers, pruners, ...): the
+bottom of the package, beside ``errors``, so every layer can check a name without importing another."""
+
+from __future__ import annotations
+
+SAMPLERS = ("tpe", "random", "gp", "cmaes", "qmc")
+PRUNERS = ("hyperband", "sha", "median", "none")
+AUGMENT_CHOICES = ("auto", "none", "flip", "shift", "flip_shift")
+OBJECTIVES = ("val_accuracy", "val_loss")
+BACKENDS = ("optuna", "keras-tuner")
+ALGORITHMS = ("random", "bayesian", "hyperband", "grid")  # Keras Tuner's tuners
