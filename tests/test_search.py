@@ -418,3 +418,13 @@ def test_a_declaration_with_its_own_condition_is_honoured_as_keras_tuner_honours
     assert "momentum" in trial.params and "beta_2" not in trial.params
     with pytest.raises(TypeError):
         hp.Int("depth", 1, 3, parent="optimizer")
+
+
+@pytest.mark.slow
+def test_worker_processes_leave_the_settings_the_user_gave(sqlite_url):
+    """Each recycled worker round runs with a derived seed; the study keeps the seed that was given
+    (``tuner export --retrain`` seeds from it)."""
+    study = tuner.search("resnet", "digits", trials=2, epochs=1, seed=5, recycle_after=1, storage=sqlite_url,
+                         overrides=TINY["resnet"], keep=0, pruner="none")
+    assert len([t for t in study.get_trials() if t.state.name == "COMPLETE"]) == 2
+    assert study.user_attrs["settings"]["seed"] == 5

@@ -108,6 +108,7 @@ def search(
     recycle_after: int | None = None,
     progress: bool | str = False,
     deadline: float | None = None,
+    record_settings: bool = True,
 ) -> optuna.Study:
     """Search ``space`` on ``dataset`` and store every trial in the Optuna study ``study``.
 
@@ -137,7 +138,8 @@ def search(
     False. ``backend="keras-tuner"`` lets Keras Tuner's ``algorithm`` (``random``, ``bayesian``,
     ``hyperband``, ``grid``) choose the values instead of Optuna's sampler and pruner; its trials are
     written to the same study, and its own state lives in ``<db name>-keras-tuner/<study>/``.
-    Returns the study.
+    ``record_settings`` writes the run's settings and package versions on the study (False in the
+    worker processes a search starts: the settings stay those the user gave). Returns the study.
     """
     if timeout is not None and deadline is None:
         deadline = time.time() + timeout
@@ -222,13 +224,14 @@ def search(
         study_obj.set_metric_names([objective])
     recipe = {"batch_size": batch_size, "augment": augmentation, "precision": policy,
               "patience": patience, "max_epochs": epochs, "label_smoothing": label_smoothing}
-    study_obj.set_user_attr("settings", {
-        **recipe, "trials": trials, "timeout": timeout, "sampler": sampler, "pruner": pruner,
-        "seed": seed, "max_failures": max_failures, "backend": backend, "algorithm": algorithm,
-    })
-    study_obj.set_user_attr("versions", versions())
-    study_obj.set_user_attr("pixel_mean", mean)  # to rebuild a model from its parameters
-    study_obj.set_user_attr("pixel_variance", variance)
+    if record_settings:  # a worker's parent has recorded them, with the seed and timeout the user gave
+        study_obj.set_user_attr("settings", {
+            **recipe, "trials": trials, "timeout": timeout, "sampler": sampler, "pruner": pruner,
+            "seed": seed, "max_failures": max_failures, "backend": backend, "algorithm": algorithm,
+        })
+        study_obj.set_user_attr("versions", versions())
+        study_obj.set_user_attr("pixel_mean", mean)  # to rebuild a model from its parameters
+        study_obj.set_user_attr("pixel_variance", variance)
     job = SearchJob(
         study=study_obj, storage=store, hypermodel=hypermodel, data=data, overrides=narrowed, objective=objective,
         trials=trials, epochs=epochs, batch_size=batch_size, deadline=deadline, seed=seed,

@@ -74,7 +74,7 @@ def run_workers(
     trials and a fresh one takes its place.
     """
     deadline = request["deadline"]  # one moment for every worker: a time.time()
-    request = {**request, "recycle_after": None, "process_trials": recycle_after}
+    request = {**request, "recycle_after": None, "process_trials": recycle_after, "record_settings": False}
     for round_number in itertools.count():
         before = job.finished_trials()
         if before >= request["trials"] or (deadline is not None and time.time() >= deadline):
