@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import os
 import socket
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,9 @@ def fail_orphaned_trials(study: optuna.Study) -> list[int]:
     at once: only the one whose update lands retries the trial."""
     host = socket.gethostname()
     failed = []
-    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
+    with warnings.catch_warnings():  # "experimental" since Optuna 2.8
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if not owner_is_gone(trial.user_attrs.get(OWNER_ATTR), host):
             continue

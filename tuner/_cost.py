@@ -14,6 +14,9 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+# Tracing the train step, then the test step (validation and testing): about one and a half of the
+# first training step's time.
+TRACE_TO_TRAIN_AND_TEST = 1.5
 # Training steps timed by ``timed_rate``, after one that traces or compiles the train step.
 TIMED_STEPS = 3
 
@@ -61,6 +64,14 @@ def seconds_per_flop(trials: Iterable[Any], batch_size: int) -> float | None:
              if t.user_attrs.get("batch_size") == batch_size
              and t.user_attrs.get("step_seconds") and t.user_attrs.get("flops")]
     return statistics.median(rates) if rates else None
+
+
+def trace_seconds(trials: Iterable[Any], layers: int) -> float | None:
+    """Seconds a model of ``layers`` layers will spend tracing (or compiling) its train and test
+    steps, from the study's timed first steps: the median per layer, times ``layers``, times
+    ``TRACE_TO_TRAIN_AND_TEST``. None until a trial has been timed."""
+    rates = [t.user_attrs["trace_seconds_per_layer"] for t in trials if t.user_attrs.get("trace_seconds_per_layer")]
+    return statistics.median(rates) * layers * TRACE_TO_TRAIN_AND_TEST if rates else None
 
 
 def timed_rate(model: Any, flops: int, images: Any, labels: Any, batch_size: int) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import platform
 import time
+import warnings
 from collections.abc import Mapping
 from collections.abc import Sequence
 from importlib import metadata
@@ -221,7 +222,9 @@ def search(
     )
     check_space_unchanged(study_obj, specs)
     if study_obj.metric_names is None:  # optuna-dashboard then plots "val_accuracy", not "Objective 0"
-        study_obj.set_metric_names([objective])
+        with warnings.catch_warnings():  # "experimental" since Optuna 3.2
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study_obj.set_metric_names([objective])
     recipe = {"batch_size": batch_size, "augment": augmentation, "precision": policy,
               "patience": patience, "max_epochs": epochs, "label_smoothing": label_smoothing}
     if record_settings:  # a worker's parent has recorded them, with the seed and timeout the user gave

@@ -176,6 +176,7 @@ class Deadline(keras.callbacks.Callback):
         self._first_epoch = True
         self._step_start = 0.0
         self._timed = 0.0  # seconds inside training steps 2, 3, ... (validation excluded)
+        self.first_step_seconds: float | None = None  # tracing (or compiling) the train step, and the step
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
         self._step_start = time.time()
@@ -186,6 +187,8 @@ class Deadline(keras.callbacks.Callback):
         if self._steps > 1:
             self._timed += now - self._step_start
             self.step_seconds = self._timed / (self._steps - 1)
+        else:
+            self.first_step_seconds = now - self._step_start
         if now + self.reserve() >= self.deadline:
             self.stop("deadline")
         elif (self._first_epoch and self.step_seconds is not None and self._steps == PROBE_STEPS
@@ -228,6 +231,7 @@ class TrialResult:
     history: dict[str, list[float]] = field(default_factory=dict)
     stopped_by: str | None = None
     step_seconds: float | None = None
+    trace_seconds_per_layer: float | None = None  # the first step's time (tracing), per model layer
     model: Any = None  # the tested model, to keep: the trained one, or its inference form
 
     def attrs(self) -> dict[str, float | int | str]:
@@ -248,6 +252,8 @@ class TrialResult:
         }
         if self.step_seconds is not None:
             attrs["step_seconds"] = round(self.step_seconds, 5)
+        if self.trace_seconds_per_layer is not None:
+            attrs["trace_seconds_per_layer"] = round(self.trace_seconds_per_layer, 5)
         if self.stopped_by is not None:
             attrs["stopped_by"] = self.stopped_by
         return attrs
@@ -330,5 +336,7 @@ def train_and_evaluate(
         history=best.history,
         stopped_by=stopped_by or clock.stopped_by,
         step_seconds=clock.step_seconds,
+        trace_seconds_per_layer=None if clock.first_step_seconds is None
+        else clock.first_step_seconds / max(len(model.layers), 1),
         model=tested,
     )

@@ -25,6 +25,7 @@ from tuner._cost import epoch_seconds
 from tuner._cost import model_flops
 from tuner._cost import seconds_per_flop
 from tuner._cost import timed_rate
+from tuner._cost import trace_seconds
 from tuner._training import SAVE_SECONDS
 from tuner._training import EpochReport
 from tuner._training import StepReport
@@ -218,10 +219,12 @@ def plan_epochs(job: SearchJob, trial: optuna.Trial, model: Any) -> tuple[int, s
     trial.set_user_attr("predicted_seconds_per_epoch", round(epoch, 2))
     if job.deadline is None:
         return job.epochs, None
-    # What the end of a trial needs: testing, writing the model, and a margin for the first
-    # epoch's tracing.
+    # What the end of a trial needs: testing, writing the model, and a margin for tracing the
+    # model's steps (measured per layer on the study's trials: a deep model traces for seconds).
+    tracing = max(START_FRACTION * epoch,
+                  trace_seconds(job.study.get_trials(deepcopy=False), len(model.layers)) or 0.0)
     left = job.deadline - time.time() - SAVE_SECONDS - epoch_seconds(
-        flops, rate, train_images=0, eval_images=len(data.y_test)) - START_FRACTION * epoch
+        flops, rate, train_images=0, eval_images=len(data.y_test)) - tracing
     fit = int(PLAN_FRACTION * left // epoch)
     if fit < 1:
         return 0, f"its first epoch needs ~{epoch:.0f} s, {job.deadline - time.time():.0f} s are left"
@@ -231,7 +234,7 @@ def plan_epochs(job: SearchJob, trial: optuna.Trial, model: Any) -> tuple[int, s
 # The share of the time left that a trial's epochs are planned to fill: the rest absorbs a machine
 # running slower than predicted (epochs on a shared 2-core machine vary by +-30%).
 PLAN_FRACTION = 0.9
-# Of an epoch, what a trial's start (tracing or compiling the model) is allowed to take when its
+# Of an epoch, what a trial's start (tracing or compiling the model) is allowed at least when its
 # epochs are planned against a deadline.
 START_FRACTION = 0.1
 # Configurations in a row skipped as too slow for the time left before the search gives up.
