@@ -227,7 +227,8 @@ def plan_epochs(job: SearchJob, trial: optuna.Trial, model: Any) -> tuple[int, s
         flops, rate, train_images=0, eval_images=len(data.y_test)) - tracing
     fit = int(PLAN_FRACTION * left // epoch)
     if fit < 1:
-        return 0, f"its first epoch needs ~{epoch:.0f} s, {job.deadline - time.time():.0f} s are left"
+        return 0, (f"its first epoch needs ~{epoch:.0f} s and ~{tracing:.0f} s of tracing, "
+                   f"{job.deadline - time.time():.0f} s are left")
     return min(job.epochs, fit), None
 
 
