@@ -211,7 +211,7 @@ def test_after_kill_9_the_same_command_fails_the_killed_trial_at_once_and_retrie
             except Exception:  # noqa: BLE001 - the store or the study is being created
                 continue
             states = [t.state.name for t in trials]
-            if "COMPLETE" in states and any(t.state.name == "RUNNING" and "owner" in t.user_attrs for t in trials):
+            if "COMPLETE" in states and any(t.state.name == "RUNNING" and t.intermediate_values for t in trials):
                 break
         first.send_signal(signal.SIGKILL)
     finally:
