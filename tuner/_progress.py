@@ -84,11 +84,13 @@ class SearchProgress:
 
     def batch_ended(self, step: int, steps: int, logs: Mapping[str, float]) -> None:
         """A training step of the trial in flight ended (1-based ``step`` of ``steps`` an epoch)."""
-        if self.live is None or not self.flight:
-            return
-        if step < self.flight["step"]:  # a new epoch
-            self.flight["epoch_started"] = time.time()
-        self.flight.update(step=step, steps=steps, logs=dict(logs))
+        if self.flight:
+            self.flight.update(step=step, steps=steps, logs=dict(logs))
+
+    @property
+    def on_step(self):
+        """``batch_ended`` where a live view shows it, else None: no per-step work without one."""
+        return self.batch_ended if self.live is not None else None
 
     def epoch_ended(self, number: int | str, epoch: int, logs: Mapping[str, float]) -> None:
         metrics = "  ".join(f"{k} {v:.4f}" for k, v in logs.items() if k != "learning_rate")

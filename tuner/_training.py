@@ -271,6 +271,7 @@ def train_and_evaluate(
     initial_epoch: int = 0,
     deadline: float | None = None,
     inference: Callable[[keras.Model], keras.Model] | None = None,
+    on_step: Callable[[int, int, dict[str, float]], None] | None = None,
 ) -> TrialResult:
     """Fit ``model`` on the train split, validate each epoch, restore the best epoch, test it.
 
@@ -282,6 +283,7 @@ def train_and_evaluate(
     the trial, then raises ``KeyboardInterrupt`` again (``stopped_by == "interrupt"``).
     ``inference`` turns the trained model into the one that is tested and kept (flip averaging:
     ``TunableSpace.inference_model``); the epochs are validated on the trained model itself.
+    ``on_step(step, steps, logs)`` is called after every training step (``StepReport``).
     """
     best = BestEpoch(objective, DIRECTIONS[objective])
     if patience:
@@ -292,7 +294,10 @@ def train_and_evaluate(
     # before the next: the reserve covers two validations, the test (twice over for a flip-averaged
     # inference model) and a step.
     val_steps, test_steps = (math.ceil(len(y) / batch_size) for y in (data.y_val, data.y_test))
-    clock = Deadline(deadline or math.inf, steps_per_epoch=steps, eval_steps=2 * val_steps + (2 if inference else 1) * test_steps)
+    eval_steps = 2 * val_steps + (2 if inference else 1) * test_steps
+    clock = Deadline(deadline or math.inf, steps_per_epoch=steps, eval_steps=eval_steps)
+    if on_step is not None:
+        callbacks = [*callbacks, StepReport(on_step, steps)]
     start = time.perf_counter()
     stopped_by = None
     try:

@@ -33,7 +33,6 @@ from optuna.trial import TrialState
 from search_spaces import ParamSpec
 from tuner._names import ALGORITHMS
 from tuner._training import EpochReport
-from tuner._training import StepReport
 from tuner._training import TrialResult
 from tuner._training import start_trial
 from tuner._training import train_and_evaluate
@@ -192,9 +191,9 @@ class MirroredTuner(keras_tuner.Tuner):
             result = train_and_evaluate(model, job.data, epochs=epochs, initial_epoch=initial_epoch,
                                         batch_size=job.batch_size, objective=job.objective,
                                         patience=job.patience,
-                                        callbacks=[EpochReport(report),
-                                                   StepReport(job.progress.batch_ended, job.steps_per_epoch)],
-                                        deadline=job.deadline, inference=job.hypermodel.inference_model)
+                                        callbacks=[EpochReport(report)], deadline=job.deadline,
+                                        inference=job.hypermodel.inference_model,
+                                        on_step=job.progress.on_step)
             self.interrupted = result.stopped_by == "interrupt"
             self.cut = result.stopped_by == "deadline"
             if result.stopped_by == "too_slow":

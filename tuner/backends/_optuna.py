@@ -28,7 +28,6 @@ from tuner._cost import timed_rate
 from tuner._cost import trace_seconds
 from tuner._training import SAVE_SECONDS
 from tuner._training import EpochReport
-from tuner._training import StepReport
 from tuner._training import start_trial
 from tuner._training import train_and_evaluate
 from tuner._training import trial_error
@@ -171,11 +170,11 @@ def run_trial(job: SearchJob, trial: optuna.Trial) -> float:
                 return epoch < epochs and trial.should_prune()
 
             pruning = EpochReport(report)
-            steps = StepReport(job.progress.batch_ended, job.steps_per_epoch)
             result = train_and_evaluate(model, job.data, epochs=epochs, batch_size=job.batch_size,
                                         objective=job.objective, patience=job.patience,
-                                        callbacks=[pruning, steps], deadline=job.deadline,
-                                        inference=job.hypermodel.inference_model)
+                                        callbacks=[pruning], deadline=job.deadline,
+                                        inference=job.hypermodel.inference_model,
+                                        on_step=job.progress.on_step)
     except Exception as err:
         trial.set_user_attr("error", trial_error(err))
         raise
@@ -210,7 +209,8 @@ def plan_epochs(job: SearchJob, trial: optuna.Trial, model: Any) -> tuple[int, s
     data = job.data
     flops = model_flops(model)
     trial.set_user_attr("flops", flops)
-    rate = seconds_per_flop(job.study.get_trials(deepcopy=False), job.batch_size)
+    timed = job.study.get_trials(deepcopy=False)
+    rate = seconds_per_flop(timed, job.batch_size)
     if rate is None:
         if job.deadline is None:
             return job.epochs, None
@@ -221,8 +221,7 @@ def plan_epochs(job: SearchJob, trial: optuna.Trial, model: Any) -> tuple[int, s
         return job.epochs, None
     # What the end of a trial needs: testing, writing the model, and a margin for tracing the
     # model's steps (measured per layer on the study's trials: a deep model traces for seconds).
-    tracing = max(START_FRACTION * epoch,
-                  trace_seconds(job.study.get_trials(deepcopy=False), len(model.layers)) or 0.0)
+    tracing = max(START_FRACTION * epoch, trace_seconds(timed, len(model.layers)) or 0.0)
     left = job.deadline - time.time() - SAVE_SECONDS - epoch_seconds(
         flops, rate, train_images=0, eval_images=len(data.y_test)) - tracing
     fit = int(PLAN_FRACTION * left // epoch)
