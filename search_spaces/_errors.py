@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from tuner.errors import TunerError
 
-class SpaceError(ValueError):
+
+class SpaceError(TunerError, ValueError):
     """A user asked for something a space cannot give: an unknown space or hyperparameter, a bad value."""
-
-    user_error = True  # a CLI reports it in one line (tuner.errors.is_user_error)

@@ -16,6 +16,8 @@ import sqlalchemy
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
+from tuner.errors import TunerError
+
 DEFAULT_STORAGE = "sqlite:///tuner.db"
 STORAGE_ENV = "TUNER_STORAGE"
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -34,10 +36,8 @@ IDENTITY_WAIT = 10
 IDENTITY_ATTRS = ("space", "dataset", "objective", "backend", "algorithm", "overrides")
 
 
-class StoreError(Exception):
+class StoreError(TunerError):
     """The store cannot be opened or used: not a database, corrupt, unreachable, incompatible."""
-
-    user_error = True  # a CLI reports it in one line (tuner.errors.is_user_error)
 
 
 class StudyMismatchError(StoreError):

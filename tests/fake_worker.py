@@ -9,7 +9,7 @@ import sys
 import time
 
 import tuner
-import tuner.backends._optuna as backend
+import tuner._trial as trial_runner
 from tuner._training import TrialResult
 
 
@@ -20,7 +20,7 @@ def fake_training(model, data, *, epochs, callbacks=(), **_):
 
 
 if __name__ == "__main__":
-    backend.train_and_evaluate = fake_training
+    trial_runner.train_and_evaluate = fake_training
     url, study, trials = sys.argv[1], sys.argv[2], int(sys.argv[3])
     tuner.search("resnet", "digits", trials=trials, study=study, storage=url, seed=int(time.time_ns() % 1000),
                  overrides=["depth=8"], pruner="none",

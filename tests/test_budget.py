@@ -152,7 +152,7 @@ def test_a_search_ends_by_its_timeout_with_the_trial_in_flight_kept(sqlite_url, 
     import tuner.backends._optuna as backend
 
     dataset = fashion_subset(tmp_path)
-    monkeypatch.setattr(backend, "plan_epochs", lambda job, trial, model: (job.epochs, None))
+    monkeypatch.setattr(backend, "plan_epochs", lambda job, trial, model: (job.request.epochs, None))
     start = time.monotonic()
     study = tuner.search("resnet", dataset, trials=100, epochs=100, timeout=15, study="t",
                          storage=sqlite_url, overrides=TINY["resnet"], patience=None, pruner="none")

@@ -39,7 +39,7 @@ def test_only_the_best_keep_trials_keep_their_files(sqlite_url, tmp_path, monkey
     import tuner.backends._optuna as backend
 
     values = [0.5, 0.9, 0.3, 0.95, 0.7, 0.2, 0.99, 0.1, 0.6, 0.8]
-    monkeypatch.setattr(backend, "train_and_evaluate", _fake_training(values))
+    monkeypatch.setattr("tuner._trial.train_and_evaluate", _fake_training(values))
     study = tuner.search("resnet", "digits", trials=10, storage=sqlite_url, keep=2, overrides=["depth=8"],
                          pruner="none", sampler="random")
     assert len(study.trials) == 10
@@ -56,7 +56,7 @@ def test_a_failed_write_leaves_the_trial_complete(sqlite_url, monkeypatch):
     def full_disk(self, artifact_id, body):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(backend, "train_and_evaluate", _fake_training([0.5]))
+    monkeypatch.setattr("tuner._trial.train_and_evaluate", _fake_training([0.5]))
     monkeypatch.setattr(FileSystemArtifactStore, "write", full_disk)
     (trial,) = tuner.search("resnet", "digits", trials=1, storage=sqlite_url, overrides=["depth=8"]).trials
     assert trial.state.name == "COMPLETE" and "No space left" in trial.user_attrs["model_error"]
@@ -133,7 +133,7 @@ def test_export_round_trip_in_a_python_with_only_keras(capsys, sqlite_url, tmp_p
 def test_missing_corrupt_and_empty_are_clear_errors(capsys, sqlite_url, tmp_path, monkeypatch):
     import tuner.backends._optuna as backend
 
-    monkeypatch.setattr(backend, "train_and_evaluate", _fake_training([0.5, 0.9, 0.7]))
+    monkeypatch.setattr("tuner._trial.train_and_evaluate", _fake_training([0.5, 0.9, 0.7]))
     tuner.search("resnet", "digits", trials=3, study="m", storage=sqlite_url, keep=1, overrides=["depth=8"],
                  pruner="none")
     store = ["--storage", sqlite_url]
@@ -159,7 +159,7 @@ def test_best_shows_the_model_file_and_dashboard_serves(capsys, sqlite_url, tmp_
 
     import tuner.backends._optuna as backend
 
-    monkeypatch.setattr(backend, "train_and_evaluate", _fake_training([0.5]))
+    monkeypatch.setattr("tuner._trial.train_and_evaluate", _fake_training([0.5]))
     tuner.search("resnet", "digits", trials=1, study="b", storage=sqlite_url, overrides=["depth=8"])
     assert main(["best", "--study", "b", "--storage", sqlite_url, "--json"]) == 0
     best = json.loads(capsys.readouterr().out)

@@ -92,7 +92,7 @@ def kt_search(url, **kwargs):
 
 
 def test_random_search_mirrors_every_trial(sqlite_url, monkeypatch):
-    monkeypatch.setattr(kt_backend, "train_and_evaluate", fake_training)
+    monkeypatch.setattr("tuner._trial.train_and_evaluate", fake_training)
     study = kt_search(sqlite_url)
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
@@ -108,7 +108,7 @@ def test_random_search_mirrors_every_trial(sqlite_url, monkeypatch):
 
 
 def test_hyperband_rounds_are_pruned_and_continued(sqlite_url, monkeypatch):
-    monkeypatch.setattr(kt_backend, "train_and_evaluate", fake_training)
+    monkeypatch.setattr("tuner._trial.train_and_evaluate", fake_training)
     study = kt_search(sqlite_url, algorithm="hyperband", trials=8, epochs=3)
     trials = study.get_trials()
     assert len(trials) == 8
@@ -149,7 +149,7 @@ def test_a_failing_trial_is_recorded_and_the_search_goes_on(sqlite_url, monkeypa
             raise RuntimeError("out of memory (simulated)")
         return fake_training(*args, **kwargs)
 
-    monkeypatch.setattr(kt_backend, "train_and_evaluate", sometimes_broken)
+    monkeypatch.setattr("tuner._trial.train_and_evaluate", sometimes_broken)
     study = kt_search(sqlite_url)
     states = [t.state for t in study.get_trials()]
     assert states.count(TrialState.FAIL) == 1 and states.count(TrialState.COMPLETE) == 3
@@ -159,7 +159,7 @@ def test_a_failing_trial_is_recorded_and_the_search_goes_on(sqlite_url, monkeypa
 
 
 def test_consecutive_failures_stop_the_search(sqlite_url, monkeypatch):
-    monkeypatch.setattr(kt_backend, "train_and_evaluate",
+    monkeypatch.setattr("tuner._trial.train_and_evaluate",
                         lambda *a, **k: (_ for _ in ()).throw(ValueError("bad")))
     with pytest.raises(tuner.TunerError, match="2 failed trials in a row; last error: ValueError: bad"):
         kt_search(sqlite_url, max_failures=2)
@@ -175,7 +175,7 @@ def test_resume_after_a_kill_adds_no_duplicate(sqlite_url, monkeypatch):
             raise KeyboardInterrupt  # stands for SIGKILL: nothing after this line runs
         return fake_training(*args, **kwargs)
 
-    monkeypatch.setattr(kt_backend, "train_and_evaluate", killed_in_second_trial)
+    monkeypatch.setattr("tuner._trial.train_and_evaluate", killed_in_second_trial)
     with pytest.raises(KeyboardInterrupt):
         kt_search(sqlite_url)
     study = optuna.load_study(study_name="kt", storage=sqlite_url)
@@ -187,7 +187,7 @@ def test_resume_after_a_kill_adds_no_duplicate(sqlite_url, monkeypatch):
         self.mirror(trial)
         raise KeyboardInterrupt  # Keras Tuner never learns that the trial ended
 
-    monkeypatch.setattr(kt_backend, "train_and_evaluate", fake_training)
+    monkeypatch.setattr("tuner._trial.train_and_evaluate", fake_training)
     monkeypatch.setattr(kt_backend.MirroredTuner, "on_trial_end", killed_after_storing)
     with pytest.raises(KeyboardInterrupt):
         kt_search(sqlite_url)
@@ -202,7 +202,7 @@ def test_resume_after_a_kill_adds_no_duplicate(sqlite_url, monkeypatch):
 
 
 def test_backends_and_algorithms_do_not_mix(sqlite_url, monkeypatch):
-    monkeypatch.setattr(kt_backend, "train_and_evaluate", fake_training)
+    monkeypatch.setattr("tuner._trial.train_and_evaluate", fake_training)
     kt_search(sqlite_url, trials=1)
     with pytest.raises(StudyMismatchError, match="backend"):
         tuner.search("resnet", "digits", trials=1, epochs=1, study="kt", storage=sqlite_url,
@@ -224,7 +224,7 @@ def test_bad_keras_tuner_requests_fail_before_any_trial(sqlite_url, kwargs, mess
 def test_missing_keras_tuner_folder_is_refused(sqlite_url, tmp_path, monkeypatch):
     import shutil
 
-    monkeypatch.setattr(kt_backend, "train_and_evaluate", fake_training)
+    monkeypatch.setattr("tuner._trial.train_and_evaluate", fake_training)
     kt_search(sqlite_url, trials=1)
     shutil.rmtree(tmp_path / "tuner-keras-tuner" / "kt")
     with pytest.raises(TunerError, match="Keras Tuner folder .* is missing"):

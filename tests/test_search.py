@@ -129,7 +129,7 @@ def test_failing_trials_are_recorded_and_stop_the_search(sqlite_url, monkeypatch
     def broken(*args, **kwargs):
         raise RuntimeError("a bug in a layer")
 
-    monkeypatch.setattr(backend, "train_and_evaluate", broken)
+    monkeypatch.setattr("tuner._trial.train_and_evaluate", broken)
     with pytest.raises(SearchAborted, match="2 failed trials in a row; last error: RuntimeError: a bug in a layer"):
         tuner.search("resnet", "digits", trials=5, study="f", storage=sqlite_url, max_failures=2,
                      overrides=TINY["resnet"])
@@ -153,7 +153,7 @@ def test_out_of_memory_fails_that_trial_and_the_study_goes_on(sqlite_url, monkey
         return TrialResult(value=0.5, best_epoch=1, epochs=1, train_seconds=0.1, params=1, best_logs={},
                            test_loss=1.0, test_accuracy=0.5)
 
-    monkeypatch.setattr(backend, "train_and_evaluate", first_runs_out)
+    monkeypatch.setattr("tuner._trial.train_and_evaluate", first_runs_out)
     study = tuner.search("resnet", "digits", trials=2, study="oom", storage=sqlite_url, overrides=TINY["resnet"],
                          keep=0)
     assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE", "COMPLETE"]
@@ -164,7 +164,7 @@ def test_out_of_memory_fails_that_trial_and_the_study_goes_on(sqlite_url, monkey
 def test_same_seed_same_suggestions(sqlite_url, monkeypatch):
     import tuner.backends._optuna as backend
 
-    monkeypatch.setattr(backend, "train_and_evaluate", lambda *a, **k: (_ for _ in ()).throw(ValueError("x")))
+    monkeypatch.setattr("tuner._trial.train_and_evaluate", lambda *a, **k: (_ for _ in ()).throw(ValueError("x")))
     for name in ("a", "b"):
         with pytest.raises(SearchAborted):
             tuner.search("densenet", "digits", trials=3, study=name, storage=sqlite_url, seed=7,
@@ -206,7 +206,7 @@ def test_interrupt_leaves_no_trial_running(sqlite_url, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(backend, "train_and_evaluate", interrupted)
+    monkeypatch.setattr("tuner._trial.train_and_evaluate", interrupted)
     with pytest.raises(KeyboardInterrupt):
         tuner.search("resnet", "digits", trials=3, study="i", storage=sqlite_url, overrides=TINY["resnet"])
     assert [t.state.name for t in optuna.load_study(study_name="i", storage=sqlite_url).trials] == ["FAIL"]
@@ -216,7 +216,7 @@ def test_continuing_a_study_does_not_repeat_its_configurations(sqlite_url, monke
     import tuner.backends._optuna as backend
     from tuner._training import TrialResult
 
-    monkeypatch.setattr(backend, "train_and_evaluate", lambda *a, **k: TrialResult(
+    monkeypatch.setattr("tuner._trial.train_and_evaluate", lambda *a, **k: TrialResult(
         value=0.5, best_epoch=1, epochs=1, train_seconds=0.1, params=1, best_logs={}, test_loss=1.0,
         test_accuracy=0.5))
     settings = dict(study="c", storage=sqlite_url, overrides=TINY["resnet"], keep=0, start_from_defaults=False)
@@ -296,7 +296,7 @@ def test_a_trial_whose_worker_died_is_failed_and_retried(sqlite_url, monkeypatch
 
     # A RUNNING trial whose heartbeat stopped long ago, as kill -9 leaves it.
     store = open_storage(sqlite_url, heartbeat=True)
-    monkeypatch.setattr("tuner.backends._optuna.train_and_evaluate", lambda *a, **k: (_ for _ in ()).throw(
+    monkeypatch.setattr("tuner._trial.train_and_evaluate", lambda *a, **k: (_ for _ in ()).throw(
         RuntimeError("no training in this test")))
     with pytest.raises(SearchAborted):
         tuner.search("resnet", "digits", trials=1, study="k", storage=sqlite_url, max_failures=1,
@@ -307,7 +307,7 @@ def test_a_trial_whose_worker_died_is_failed_and_retried(sqlite_url, monkeypatch
     store.record_heartbeat(dead._trial_id)
     with store.engine.begin() as conn:
         conn.exec_driver_sql("UPDATE trial_heartbeats SET heartbeat = ?", (long_ago,))
-    monkeypatch.setattr("tuner.backends._optuna.train_and_evaluate", lambda *a, **k: (_ for _ in ()).throw(
+    monkeypatch.setattr("tuner._trial.train_and_evaluate", lambda *a, **k: (_ for _ in ()).throw(
         RuntimeError("still no training")))
     with pytest.raises(SearchAborted):
         tuner.search("resnet", "digits", trials=3, study="k", storage=sqlite_url, max_failures=1,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+from tuner._names import PRECISIONS
+from tuner.errors import TunerError
 
 
 def accelerator() -> str:
@@ -30,8 +31,6 @@ def accelerator() -> str:
 
 def resolve_precision(name: str) -> str:
     """The Keras dtype policy for ``--precision``: ``auto`` is mixed_float16 on a GPU, float32 on a CPU."""
-    from tuner.errors import TunerError
-
     if name not in PRECISIONS:
         raise TunerError(f"unknown precision {name!r}; choose one of: {', '.join(PRECISIONS)}")
     if name == "auto":

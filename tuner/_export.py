@@ -8,9 +8,9 @@ from typing import Any
 from tuner.errors import TunerError
 
 
-def build_trial_model(attrs: dict[str, Any], params: dict[str, Any], *, train_steps: int | None = None):
-    """Rebuild (untrained) the model of a trial from its study's attributes and its parameters;
-    returns the space (for ``inference_model``) and the model."""
+def trial_space(attrs: dict[str, Any], params: dict[str, Any], *, train_steps: int | None = None):
+    """The space a study's trial was drawn from, as the search made it (data statistics, recipe),
+    and hyperparameters fixed at the trial's ``params``: ``space.build(hp)`` rebuilds its model."""
     import keras_tuner
 
     from search_spaces import get_space
@@ -26,7 +26,7 @@ def build_trial_model(attrs: dict[str, Any], params: dict[str, Any], *, train_st
         variance=attrs.get("pixel_variance"), augment=settings.get("augment", "none"),
         train_steps=train_steps, label_smoothing=settings.get("label_smoothing", 0.0),
     )
-    return space, space.build(hp)
+    return space, hp
 
 
 def rebuild_recipe(attrs: dict[str, Any], params: dict[str, Any], weights: str, *, averaged: bool) -> str:
@@ -59,8 +59,8 @@ def export(
 ) -> dict[str, Any]:
     """Write a trial's model to ``output`` (``.keras``, ``.weights.h5`` or a SavedModel folder).
 
-    Without ``trial`` the best trial. With ``retrain`` the configuration is trained again on
-    train+validation data for ``epochs`` (default: the study's epoch budget) and then tested.
+    Without ``trial`` the best trial. With ``retrain`` the configuration is trained again from
+    scratch as the search trained it (``retrain``), for ``epochs`` (default: the study's).
     Returns a description: trial, space, hyperparameters, test accuracy, output, format, and for
     weights the Python that rebuilds the model.
     """
@@ -70,6 +70,7 @@ def export(
     from tuner._models import check_output
     from tuner._models import choose_trial
     from tuner._models import load_trial_model
+    from tuner._models import pick_trial
     from tuner._models import write_model
     from tuner._results import load_study
 
@@ -78,8 +79,9 @@ def export(
     out = check_output(output, overwrite)
     store = open_artifact_store(artifacts_path(storage, artifacts), create=False)
     if retrain:
-        chosen = _best_or_numbered(loaded, trial)
-        model, test_accuracy = _retrain(attrs, chosen.params, epochs)
+        chosen = pick_trial(loaded, trial)
+        result = retrain(attrs, chosen, epochs)
+        model, test_accuracy = result.model, result.test_accuracy
     else:
         chosen = choose_trial(loaded, store, trial)
         model, test_accuracy = load_trial_model(store, chosen), chosen.user_attrs.get("test_accuracy")
@@ -104,37 +106,22 @@ def export(
     return description
 
 
-def _best_or_numbered(study, number: int | None):
-    from optuna.trial import TrialState
-
-    if number is not None:
-        for t in study.get_trials(deepcopy=False):
-            if t.number == number and t.params:
-                return t
-        raise TunerError(f"study {study.study_name!r} has no trial {number} with parameters")
-    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        raise TunerError(f"study {study.study_name!r} has no finished trial to export")
-    return study.best_trial
-
-
-def _retrain(attrs: dict[str, Any], params: dict[str, Any], epochs: int | None):
-    """Train the configuration on train+validation for the full budget; returns (model, test accuracy)."""
-    import keras
-    import numpy as np
-
+def retrain(attrs: dict[str, Any], trial: Any, epochs: int | None) -> Any:
+    """Train ``trial``'s configuration again from scratch, as the search trained it: the same splits,
+    recipe, precision, seed and guards (``TrialRunner``), for ``epochs`` (default: the study's
+    ``--epochs``); its best epoch is kept and tested. Returns the ``TrialResult``."""
+    from tuner._trial import TrialRunner
     from tuner.data import load_dataset
 
     settings = attrs.get("settings", {})
     epochs = epochs or settings.get("max_epochs") or 10
     if epochs <= 0:
         raise TunerError(f"--epochs must be a positive number, got {epochs}")
-    batch_size = settings.get("batch_size") or 64
     data = load_dataset(attrs["dataset"])
-    x = np.concatenate([data.x_train, data.x_val])
-    y = np.concatenate([data.y_train, data.y_val])
-    keras.utils.set_random_seed(settings.get("seed", 0))
-    space, model = build_trial_model(attrs, params, train_steps=epochs * math.ceil(len(y) / batch_size))
-    model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0)
-    model = space.inference_model(model)
-    test_accuracy = float(model.evaluate(data.x_test, data.y_test, batch_size=batch_size, verbose=0)[1])
-    return model, test_accuracy
+    batch_size = settings.get("batch_size") or 64
+    space, hp = trial_space(attrs, trial.params, train_steps=epochs * math.ceil(len(data.y_train) / batch_size))
+    runner = TrialRunner(space, data, batch_size, attrs.get("objective", "val_accuracy"),
+                         precision=settings.get("precision", "float32"), patience=settings.get("patience"))
+    seed = trial.user_attrs.get("seed", settings.get("seed", 0) + trial.number)  # older trials: as searched
+    return runner.fit(runner.build(hp, seed), label=f"retrain of trial {trial.number}", params=trial.params,
+                      epochs=epochs)

@@ -92,21 +92,24 @@ class ModelKeeper:
                 pass
 
 
+def pick_trial(study: optuna.Study, number: int | None) -> optuna.trial.FrozenTrial:
+    """Trial ``number`` of ``study``, or its best trial; a clear error where there is none."""
+    if number is None:
+        if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            raise TunerError(f"study {study.study_name!r} has no finished trial to export")
+        return study.best_trial
+    for trial in study.get_trials(deepcopy=False):
+        if trial.number == number and trial.params:
+            return trial
+    raise TunerError(f"study {study.study_name!r} has no trial {number} with parameters")
+
+
 def choose_trial(study: optuna.Study, store: FileSystemArtifactStore, number: int | None):
     """The trial to export (the best by default); a clear error if its model was not kept."""
+    chosen = pick_trial(study, number)
     kept = kept_trials(study, store)
-    exportable = ", ".join(str(t.number) for t in sorted(kept, key=lambda t: t.number)) or "none"
-    if number is None:
-        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if not complete:
-            raise TunerError(f"study {study.study_name!r} has no finished trial to export")
-        chosen = study.best_trial
-    else:
-        matches = [t for t in study.get_trials(deepcopy=False) if t.number == number]
-        if not matches:
-            raise TunerError(f"study {study.study_name!r} has no trial {number}")
-        chosen = matches[0]
     if chosen.number not in {t.number for t in kept}:
+        exportable = ", ".join(str(t.number) for t in sorted(kept, key=lambda t: t.number)) or "none"
         raise TunerError(
             f"trial {chosen.number} has no stored model (only the best --keep trials keep theirs); "
             f"trials that can be exported: {exportable}; or use --retrain"

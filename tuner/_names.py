@@ -9,3 +9,4 @@ AUGMENT_CHOICES = ("auto", "none", "flip", "shift", "flip_shift")
 OBJECTIVES = ("val_accuracy", "val_loss")
 BACKENDS = ("optuna", "keras-tuner")
 ALGORITHMS = ("random", "bayesian", "hyperband", "grid")  # Keras Tuner's tuners
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")

@@ -1,24 +1,41 @@
-"""``tuner.search``: check the request, load the data, open the study, hand it to a backend."""
+"""``tuner.search``: check the request, prepare the job (data, space, study), hand it to a backend."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import platform
-import time
 import warnings
 from collections.abc import Mapping
 from collections.abc import Sequence
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 import optuna
 
-from tuner._names import ALGORITHMS
-from tuner._names import AUGMENT_CHOICES
-from tuner._names import OBJECTIVES
-from tuner._names import PRUNERS
-from tuner._names import SAMPLERS
+from search_spaces import get_space
+from search_spaces import parse_assignments
+from search_spaces import resolve_overrides
+from storage import artifacts_path
+from storage import fail_orphaned_trials
+from storage import keras_tuner_path
+from storage import open_artifact_store
+from storage import open_storage
+from storage import open_study
+from tuner._device import accelerator
+from tuner._device import resolve_precision
+from tuner._models import ModelKeeper
+from tuner._progress import SearchProgress
+from tuner._request import SearchRequest
+from tuner._training import DIRECTIONS
+from tuner._training import keep_callers_gradients
+from tuner._trial import TrialRunner
+from tuner._workers import run_workers
+from tuner.backends import SearchJob
+from tuner.backends import get_backend
+from tuner.backends._base import to_distribution
+from tuner.data import auto_augmentation
+from tuner.data import load_dataset
 from tuner.errors import TunerError
 
 # The automatic batch size (auto_batch_size): a power of two from MIN_AUTO_BATCH to the device's
@@ -36,8 +53,6 @@ def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
         "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed),
         "qmc": lambda: optuna.samplers.QMCSampler(seed=seed),
     }
-    if name not in samplers:
-        raise TunerError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")
     return samplers[name]()
 
 
@@ -50,8 +65,6 @@ def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
         "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
         "none": optuna.pruners.NopPruner,
     }
-    if name not in pruners:
-        raise TunerError(f"unknown pruner {name!r}; choose one of: {', '.join(PRUNERS)}")
     return pruners[name]()
 
 
@@ -66,203 +79,152 @@ def versions() -> dict[str, str]:
     return found
 
 
-def default_study_name(space: str, dataset: str) -> str:
-    """``resnet-digits``; for a file or folder dataset, its name (``resnet-pets.npz``)."""
-    return f"{space}-{Path(dataset).name}"
-
-
-def _positive(name: str, value: float | None, *, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if value is None or value <= 0:
-        raise TunerError(f"--{name} must be a positive number, got {value}")
-
-
-def search(
-    space: str = "resnet",
-    dataset: str = "digits",
-    *,
-    trials: int = 10,
-    epochs: int = 10,
-    timeout: float | None = None,
-    study: str | None = None,
-    storage: str | None = None,
-    sampler: str = "tpe",
-    pruner: str = "hyperband",
-    seed: int = 0,
-    overrides: Mapping[str, str] | Sequence[str] | None = None,
-    objective: str = "val_accuracy",
-    batch_size: int | None = None,
-    patience: int | None = 5,
-    augment: str = "auto",
-    label_smoothing: float = 0.0,
-    precision: str = "auto",
-    backend: str = "optuna",
-    algorithm: str | None = None,
-    max_failures: int = 5,
-    process_trials: int | None = None,
-    keep: int = 3,
-    artifacts: str | None = None,
-    start_from_defaults: bool = True,
-    workers: int = 1,
-    gpus: Sequence[str] | None = None,
-    recycle_after: int | None = None,
-    progress: bool | str = False,
-    deadline: float | None = None,
-    record_settings: bool = True,
-) -> optuna.Study:
+def search(space: str = "resnet", dataset: str = "digits", **options: Any) -> optuna.Study:
     """Search ``space`` on ``dataset`` and store every trial in the Optuna study ``study``.
+
+    Options (keywords, the fields of ``SearchRequest``): ``trials=10``, ``epochs=10``,
+    ``timeout=None``, ``study`` (default ``<space>-<dataset>``), ``storage``, ``sampler="tpe"``,
+    ``pruner="hyperband"``, ``seed=0``, ``overrides``, ``objective="val_accuracy"``,
+    ``batch_size``, ``patience=5``, ``augment="auto"``, ``label_smoothing=0.0``,
+    ``precision="auto"``, ``backend="optuna"``, ``algorithm``, ``max_failures=5``, ``keep=3``,
+    ``artifacts``, ``start_from_defaults=True``, ``workers=1``, ``gpus``, ``recycle_after``,
+    ``progress=False``, ``deadline``.
 
     Runs until the study holds ``trials`` finished (complete or pruned) trials, from every process
     working on it, or ``timeout`` seconds pass; running it again with the same ``study`` continues
     that study. The timeout is a deadline: a trial whose first epoch cannot end before it is not
     started, and the trial in flight stops in time to be tested and stored, as a COMPLETE trial of
-    its best epoch with ``stopped_by="deadline"`` (``deadline`` is that moment as a ``time.time()``,
-    for worker processes; by default ``timeout`` seconds from this call). ``pruner`` stops unpromising trials after any epoch; ``patience`` stops a trial whose
-    objective has not improved for that many epochs (None or 0: never). ``augment`` is ``auto`` (flips
-    except for digits and MNIST, shifts for small data or long trials: ``auto_augmentation``),
-    ``none``, ``flip``, ``shift`` or ``flip_shift``;
+    its best epoch with ``stopped_by="deadline"`` (``deadline`` is that moment as a ``time.time()``;
+    by default ``timeout`` seconds from this call). ``pruner`` stops unpromising trials after any
+    epoch; ``patience`` stops a trial whose objective has not improved for that many epochs (None or
+    0: never). ``augment`` is ``auto`` (flips except for digits and MNIST, shifts for small data or
+    long trials: ``auto_augmentation``), ``none``, ``flip``, ``shift`` or ``flip_shift``;
     ``precision`` is ``auto`` (mixed_float16 on a GPU), ``float32``, ``mixed_float16`` or
-    ``mixed_bfloat16``. ``label_smoothing`` (0 to 1, default 0) smooths the training targets.
-    The models of the best ``keep`` complete trials are stored in the artifact
-    folder ``artifacts`` (default: ``<db name>-artifacts`` beside a SQLite store).
-    ``batch_size`` defaults to ``auto_batch_size`` of the training split (16 for digits; 64 for
-    CIFAR-10 on a CPU, 128 on a GPU). ``progress`` prints the search's progress to stderr: True
-    adds a live view on a terminal (``SearchProgress``), ``"lines"`` never does. ``overrides`` fix or narrow hyperparameters, as ``{"depth": "20"}`` or ``["depth=20"]``.
-    Everything the user can get wrong is checked before the first trial and raised as a
-    ``TunerError``, ``SpaceError`` or ``StoreError``. ``workers`` > 1 runs that many processes on
-    the study (``gpus``: one per listed GPU, each seeing only its own). ``recycle_after`` runs the
-    trials in child processes that each exit after that many trials: TensorFlow keeps memory from
-    every model a process built, and a fresh process is the only sure way to give it back.
-    ``process_trials`` caps the trials this process runs (used by those children). A new study's
-    first trial is the space's defaults (within ``overrides``) unless ``start_from_defaults`` is
-    False. ``backend="keras-tuner"`` lets Keras Tuner's ``algorithm`` (``random``, ``bayesian``,
-    ``hyperband``, ``grid``) choose the values instead of Optuna's sampler and pruner; its trials are
-    written to the same study, and its own state lives in ``<db name>-keras-tuner/<study>/``.
-    ``record_settings`` writes the run's settings and package versions on the study (False in the
-    worker processes a search starts: the settings stay those the user gave). Returns the study.
-    """
-    if timeout is not None and deadline is None:
-        deadline = time.time() + timeout
-    request = dict(locals())  # the arguments, for worker processes
-    from search_spaces import get_space
-    from search_spaces import parse_assignments
-    from search_spaces import resolve_overrides
-    from storage import artifacts_path
-    from storage import fail_orphaned_trials
-    from storage import keras_tuner_path
-    from storage import open_artifact_store
-    from storage import open_storage
-    from storage import open_study
-    from tuner._progress import SearchProgress
-    from tuner._device import accelerator
-    from tuner._device import resolve_precision
-    from tuner._models import ModelKeeper
-    from tuner._training import DIRECTIONS
-    from tuner._training import keep_callers_gradients
-    from tuner.backends import SearchJob
-    from tuner.backends import get_backend
-    from tuner.data import auto_augmentation
-    from tuner.data import load_dataset
+    ``mixed_bfloat16``. ``label_smoothing`` (0 to 1) smooths the training targets. The models of
+    the best ``keep`` complete trials are stored in the artifact folder ``artifacts`` (default:
+    ``<db name>-artifacts`` beside a SQLite store). ``batch_size`` defaults to ``auto_batch_size``
+    of the training split. ``progress`` prints the search's progress to stderr: True adds a live
+    view on a terminal (``SearchProgress``), ``"lines"`` never does. ``overrides`` fix or narrow
+    hyperparameters, as ``{"depth": "20"}`` or ``["depth=20"]``. ``workers`` > 1 runs that many
+    processes on the study (``gpus``: one per listed GPU, each seeing only its own).
+    ``recycle_after`` runs the trials in child processes that each exit after that many trials:
+    TensorFlow keeps memory from every model a process built, and a fresh process is the only sure
+    way to give it back. A new study's first trial is the space's defaults (within ``overrides``)
+    unless ``start_from_defaults`` is False. ``backend="keras-tuner"`` lets Keras Tuner's
+    ``algorithm`` (``random``, ``bayesian``, ``hyperband``, ``grid``) choose the values instead of
+    Optuna's sampler and pruner; its trials are written to the same study, and its own state lives
+    in ``<db name>-keras-tuner/<study>/``.
 
-    if objective not in DIRECTIONS:
-        raise TunerError(f"unknown objective {objective!r}; choose one of: {', '.join(OBJECTIVES)}")
-    for name, value in (("trials", trials), ("epochs", epochs)):
-        _positive(name, value)
-    _positive("batch-size", batch_size, allow_none=True)
-    _positive("timeout", timeout, allow_none=True)
-    if gpus:
-        workers = len(gpus)
-    if workers < 1:
-        raise TunerError(f"--workers must be 1 or more, got {workers}")
-    if patience is not None and patience < 0:
-        raise TunerError(f"--patience must be 0 (off) or a positive number, got {patience}")
-    patience = patience or None
-    if augment not in AUGMENT_CHOICES:
-        raise TunerError(f"unknown augmentation {augment!r}; choose one of: {', '.join(AUGMENT_CHOICES)}")
-    if not 0.0 <= label_smoothing < 1.0:
-        raise TunerError(f"--label-smoothing must be at least 0 and below 1, got {label_smoothing}")
-    policy = resolve_precision(precision)
-    chosen_pruner = make_pruner(pruner, epochs)
-    space_cls = get_space(space)
-    raw = parse_assignments(overrides) if isinstance(overrides, (list, tuple)) else dict(overrides or {})
-    narrowed = resolve_overrides(space_cls.hyperparameters(), raw)
-    engine = get_backend(backend)
-    algorithm = check_algorithm(backend, algorithm)
-    if backend == "keras-tuner" and workers > 1:
-        raise TunerError("Keras Tuner keeps its search state in one process: --workers and --gpus need "
-                         "--backend optuna")
-    chosen_sampler = make_sampler(sampler, seed)
-    if keep < 0:
-        raise TunerError(f"--keep must be 0 or more, got {keep}")
-    data = load_dataset(dataset)  # before the store: a missing dataset must leave no new file behind
-    store = open_storage(storage, heartbeat=True)
-    keeper = None
-    if keep:
-        keeper = ModelKeeper(open_artifact_store(artifacts_path(storage, artifacts), create=True), keep)
-    mean, variance = data.pixel_stats()
-    augmentation = auto_augmentation(data.name, len(data.y_train), epochs) if augment == "auto" else augment
-    batch_size = batch_size or auto_batch_size(len(data.y_train), accelerator())
-    steps_per_epoch = math.ceil(len(data.y_train) / batch_size)
-    hypermodel = space_cls(data.input_shape, data.classes, mean=mean, variance=variance,
-                           augment=augmentation, train_steps=epochs * steps_per_epoch,
-                           label_smoothing=label_smoothing)
-    name = study or default_study_name(space, dataset)
-    specs = [narrowed.get(spec.name, spec) for spec in space_cls.hyperparameters()]  # as this search draws them
-    study_obj = open_study(
-        store,
-        name,
-        direction=DIRECTIONS[objective],
-        attrs=study_attrs(space, backend, objective, raw, data.describe(), algorithm),
-        sampler=chosen_sampler,
-        pruner=chosen_pruner,
-        # A new study first tries the space's defaults (a paper recipe): a known-good baseline.
-        first_trial={spec.name: spec.default for spec in specs}
-        if start_from_defaults and backend == "optuna" else None,
-    )
-    check_space_unchanged(study_obj, specs)
-    if study_obj.metric_names is None:  # optuna-dashboard then plots "val_accuracy", not "Objective 0"
-        with warnings.catch_warnings():  # "experimental" since Optuna 3.2
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study_obj.set_metric_names([objective])
-    recipe = {"batch_size": batch_size, "augment": augmentation, "precision": policy,
-              "patience": patience, "max_epochs": epochs, "label_smoothing": label_smoothing}
-    if record_settings:  # a worker's parent has recorded them, with the seed and timeout the user gave
-        study_obj.set_user_attr("settings", {
-            **recipe, "trials": trials, "timeout": timeout, "sampler": sampler, "pruner": pruner,
-            "seed": seed, "max_failures": max_failures, "backend": backend, "algorithm": algorithm,
-        })
-        study_obj.set_user_attr("versions", versions())
-        study_obj.set_user_attr("pixel_mean", mean)  # to rebuild a model from its parameters
-        study_obj.set_user_attr("pixel_variance", variance)
-    job = SearchJob(
-        study=study_obj, storage=store, hypermodel=hypermodel, data=data, overrides=narrowed, objective=objective,
-        trials=trials, epochs=epochs, batch_size=batch_size, deadline=deadline, seed=seed,
-        max_failures=max_failures, patience=patience, precision=policy, recipe=recipe, keeper=keeper,
-        process_trials=process_trials, algorithm=algorithm,
-        workdir=str(keras_tuner_path(storage)) if backend == "keras-tuner" else None,
-        progress=SearchProgress(enabled=bool(progress), objective=objective, epochs=epochs,
-                                live=False if progress == "lines" else None,
-                                started=None if deadline is None or timeout is None else deadline - timeout,
-                                deadline=deadline),
-    )
+    Everything the user can get wrong is checked before anything is created on disk, and raised as
+    a ``TunerError`` (``SpaceError``, ``StoreError`` and ``DataError`` among them). Returns the study.
+    """
+    try:
+        request = SearchRequest(space, dataset, **options)
+    except TypeError as err:  # an unknown keyword
+        raise TunerError(f"search() {err}") from None
+    return run_search(request.checked())
+
+
+def run_search(request: SearchRequest) -> optuna.Study:
+    """The search's own process: prepare the job, record the study's settings once, then run the
+    trials here or in worker processes (``run_workers``, each running ``run_in_worker``)."""
+    job = prepare(request, seed=request.seed, creating=True)
+    job.study.set_user_attr("settings", {**job.recipe, **request.settings()})
+    job.study.set_user_attr("versions", versions())
     keep_callers_gradients()  # a library caller's own TensorFlow graphs outlive our trials
     # A trial whose process died on this machine (kill -9, out of memory) is failed now and its
     # parameters retried once, rather than after the heartbeat's grace period.
-    for number in fail_orphaned_trials(study_obj):
+    for number in fail_orphaned_trials(job.study):
         job.progress.print(f"trial {number} FAIL  its process on this machine no longer runs (retried once)")
-    if workers > 1 or recycle_after:
-        from tuner._workers import run_workers
-
-        run_workers(search, request, workers, gpus, recycle_after=recycle_after, job=job)
+    if request.workers > 1 or request.recycle_after:
+        run_workers(run_in_worker, request, job.finished_trials)
     else:
         with job.progress:
-            engine.run(job)
-    for number in fail_orphaned_trials(study_obj):  # a worker that crashed
+            get_backend(request.backend).run(job)
+    for number in fail_orphaned_trials(job.study):  # a worker that crashed
         job.progress.print(f"trial {number} FAIL  its worker process died")
-    if keeper is not None:  # workers that finished together may each have kept one model too many
-        keeper.trim(study_obj)
-    return study_obj
+    if job.keeper is not None:  # workers that finished together may each have kept one model too many
+        job.keeper.trim(job.study)
+    return job.study
+
+
+def run_in_worker(request: SearchRequest, seed: int, process_trials: int | None, lines: bool) -> None:
+    """A worker process's part: trials with its own sampler ``seed``, at most ``process_trials`` of
+    them; ``lines``: plain progress lines (one live view per terminal, not one per worker)."""
+    if lines and request.progress:
+        request = dataclasses.replace(request, progress="lines")
+    job = prepare(request, seed=seed, process_trials=process_trials)
+    with job.progress:
+        get_backend(request.backend).run(job)
+
+
+def prepare(request: SearchRequest, *, seed: int, process_trials: int | None = None,
+            creating: bool = False) -> SearchJob:
+    """Turn a checked request into what a backend runs: the space narrowed by the overrides, the
+    data, the recipe, the trial runner, and the study with its sampler (seeded with ``seed``) and pruner.
+
+    What can be refused is checked before the store is opened or created, and the store before the
+    artifact folder. ``creating`` (the search's own process, not a worker) also names the study's
+    objective and records the data's pixel statistics.
+    """
+    policy = resolve_precision(request.precision)
+    space_cls = get_space(request.space)
+    overrides = request.overrides
+    raw = parse_assignments(overrides) if isinstance(overrides, (list, tuple)) else dict(overrides or {})
+    narrowed = resolve_overrides(space_cls.hyperparameters(), raw)
+    data = load_dataset(request.dataset)  # before the store: a missing dataset must leave no new file behind
+    store = open_storage(request.storage, heartbeat=True)
+    mean, variance = data.pixel_stats()
+    augment = request.augment
+    if augment == "auto":
+        augment = auto_augmentation(data.name, len(data.y_train), request.epochs)
+    batch_size = request.batch_size or auto_batch_size(len(data.y_train), accelerator())
+    steps_per_epoch = math.ceil(len(data.y_train) / batch_size)
+    hypermodel = space_cls(data.input_shape, data.classes, mean=mean, variance=variance, augment=augment,
+                           train_steps=request.epochs * steps_per_epoch,
+                           label_smoothing=request.label_smoothing)
+    specs = [narrowed.get(spec.name, spec) for spec in space_cls.hyperparameters()]  # as this search draws them
+    study = open_study(
+        store,
+        request.study,
+        direction=DIRECTIONS[request.objective],
+        attrs=study_attrs(request.space, request.backend, request.objective, raw, data.describe(),
+                          request.algorithm),
+        sampler=make_sampler(request.sampler, seed),
+        pruner=make_pruner(request.pruner, request.epochs),
+        # A new study first tries the space's defaults (a paper recipe): a known-good baseline.
+        first_trial={spec.name: spec.default for spec in specs}
+        if request.start_from_defaults and request.backend == "optuna" else None,
+    )
+    check_space_unchanged(study, specs)
+    keeper = None
+    if request.keep:  # the artifact folder only for a study that may run
+        artifacts = open_artifact_store(artifacts_path(request.storage, request.artifacts), create=True)
+        keeper = ModelKeeper(artifacts, request.keep)
+    if creating:
+        if study.metric_names is None:  # optuna-dashboard then plots "val_accuracy", not "Objective 0"
+            with warnings.catch_warnings():  # "experimental" since Optuna 3.2
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names([request.objective])
+        study.set_user_attr("pixel_mean", mean)  # to rebuild a model from its parameters
+        study.set_user_attr("pixel_variance", variance)
+    deadline = request.deadline
+    progress = SearchProgress(
+        enabled=bool(request.progress), objective=request.objective, epochs=request.epochs,
+        live=False if request.progress == "lines" else None,
+        started=None if deadline is None or request.timeout is None else deadline - request.timeout,
+        deadline=deadline,
+    )
+    recipe = {"batch_size": batch_size, "augment": augment, "precision": policy,
+              "patience": request.patience, "max_epochs": request.epochs,
+              "label_smoothing": request.label_smoothing}
+    runner = TrialRunner(hypermodel, data, batch_size, request.objective, precision=policy,
+                         patience=request.patience, deadline=deadline, progress=progress)
+    return SearchJob(
+        request=request, study=study, storage=store, runner=runner, progress=progress, overrides=narrowed, recipe=recipe,
+        seed=seed, keeper=keeper, process_trials=process_trials,
+        workdir=str(keras_tuner_path(request.storage)) if request.backend == "keras-tuner" else None,
+    )
 
 
 def auto_batch_size(train_images: int, device: str = "cpu") -> int:
@@ -285,8 +247,6 @@ def auto_batch_size(train_images: int, device: str = "cpu") -> int:
 def check_space_unchanged(study: optuna.Study, specs: Sequence[Any]) -> None:
     """Refuse to continue a study whose trials drew a hyperparameter from another range or choice set
     (a study made by an older version of the space): Optuna would fail every new trial."""
-    from tuner.backends._base import to_distribution
-
     current = {spec.name: to_distribution(spec) for spec in specs}
     seen: set[str] = set()
     for trial in study.get_trials(deepcopy=False):
@@ -308,19 +268,6 @@ def _describe(distribution: Any) -> str:
     if isinstance(distribution, optuna.distributions.CategoricalDistribution):
         return "{" + ", ".join(str(c) for c in distribution.choices) + "}"
     return f"{distribution.low}..{distribution.high}{' log' if distribution.log else ''}"
-
-
-def check_algorithm(backend: str, algorithm: str | None) -> str:
-    """The algorithm that chooses the values: the Optuna backend's sampler, or Keras Tuner's tuner."""
-    if backend != "keras-tuner":
-        if algorithm is not None:
-            raise TunerError("--algorithm chooses a Keras Tuner tuner (with --backend keras-tuner); "
-                             "the Optuna backend takes --sampler")
-        return "optuna"
-    algorithm = algorithm or "hyperband"
-    if algorithm not in ALGORITHMS:
-        raise TunerError(f"unknown Keras Tuner algorithm {algorithm!r}; choose one of: {', '.join(ALGORITHMS)}")
-    return algorithm
 
 
 def study_attrs(

@@ -233,6 +233,7 @@ class TrialResult:
     step_seconds: float | None = None
     trace_seconds_per_layer: float | None = None  # the first step's time (tracing), per model layer
     model: Any = None  # the tested model, to keep: the trained one, or its inference form
+    pruned: bool = False  # the caller's report stopped it (TrialRunner.fit)
 
     def attrs(self) -> dict[str, float | int | str]:
         """The per-trial attributes stored in the study (losses and accuracies at the best epoch)."""

@@ -1,6 +1,6 @@
 """Several worker processes on one study: ``--workers N``, or one per GPU with ``--gpus 0,1``.
 
-Each worker is a fresh process (``spawn``) running the same search with its own sampler seed; they
+Each worker is a fresh process (``spawn``) given the same checked request and its own sampler seed; they
 share the study through the store, and the study's trial budget through ``StudyBudget``. A worker
 given a GPU sees only that GPU (``CUDA_VISIBLE_DEVICES`` is set before any framework is imported).
 """
@@ -14,17 +14,15 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from collections.abc import Sequence
 from typing import Any
 
 from tuner.errors import TunerError
 from tuner.errors import WorkerFailed
-from tuner.errors import is_user_error
 
 
-def _worker(env: dict[str, str], search: Callable[..., Any], request: dict[str, Any], verbosity: int) -> None:
-    """A worker process: ``search(**request)`` (``tuner.search``, passed in by reference so that this
-    module does not import the one that imports it)."""
+def _worker(env: dict[str, str], work: Callable[..., None], args: tuple[Any, ...], verbosity: int) -> None:
+    """A worker process: ``work(*args)`` (``tuner._search.run_in_worker``, passed in by reference so
+    that this module does not import the one that imports it)."""
     os.environ.update(env)
     import optuna
 
@@ -39,12 +37,10 @@ def _worker(env: dict[str, str], search: Callable[..., Any], request: dict[str, 
 
     optuna.logging.set_verbosity(verbosity)  # as quiet as the parent
     try:
-        search(**request)
+        work(*args)
     except KeyboardInterrupt:
         sys.exit(130)
-    except Exception as err:
-        if not is_user_error(err):
-            raise
+    except TunerError as err:
         print(f"tuner: error: {err}", file=sys.stderr)  # one line, as the CLI prints it
         sys.exit(2)
 
@@ -60,46 +56,35 @@ def _interrupt_once() -> None:
     signal.signal(signal.SIGINT, interrupt)
 
 
-def run_workers(
-    search: Callable[..., Any],
-    request: dict[str, Any],
-    workers: int,
-    gpus: Sequence[str] | None,
-    *,
-    recycle_after: int | None = None,
-    job: Any = None,
-) -> None:
-    """Run ``request`` (the keyword arguments of ``search``) in ``workers`` processes until the
-    study's budget or timeout is spent; with ``recycle_after`` each process exits after that many
-    trials and a fresh one takes its place.
+def run_workers(work: Callable[..., None], request: Any, finished_trials: Callable[[], int]) -> None:
+    """Run ``request`` (a checked ``SearchRequest``) in ``request.workers`` processes, each calling
+    ``work(request, seed, process_trials, lines)``, until the study's budget or deadline is spent;
+    with ``request.recycle_after`` each process exits after that many trials and a fresh one takes
+    its place. ``finished_trials`` counts the study's finished trials.
     """
-    deadline = request["deadline"]  # one moment for every worker: a time.time()
-    request = {**request, "recycle_after": None, "process_trials": recycle_after, "record_settings": False}
     for round_number in itertools.count():
-        before = job.finished_trials()
-        if before >= request["trials"] or (deadline is not None and time.time() >= deadline):
+        before = finished_trials()
+        if before >= request.trials or (request.deadline is not None and time.time() >= request.deadline):
             return
         # A new seed each round, or a seeded sampler would propose the last round's parameters again.
-        seed = request["seed"] + 7919 * round_number
-        _run_round(search, {**request, "seed": seed}, workers, gpus)
-        if not recycle_after or job.finished_trials() == before:
+        _run_round(work, request, request.seed + 7919 * round_number)
+        if not request.recycle_after or finished_trials() == before:
             return  # one round does it all, or a round that finishes nothing would loop forever
 
 
-def _run_round(search: Callable[..., Any], request: dict[str, Any], workers: int,
-               gpus: Sequence[str] | None) -> None:
-    """One process per worker, each running ``request``; waits for all of them."""
+def _run_round(work: Callable[..., None], request: Any, seed: int) -> None:
+    """One process per worker, each with its own sampler seed; waits for all of them."""
     import optuna
 
     context = multiprocessing.get_context("spawn")
+    workers, gpus = request.workers, request.gpus
     processes = []
     for i in range(workers):
         env = {"CUDA_VISIBLE_DEVICES": str(gpus[i])} if gpus else {}
-        # Different seeds, or every worker would propose the same parameters.
-        job = {**request, "seed": request["seed"] + 1000 * i, "workers": 1, "gpus": None,
-               # One live view per terminal: several workers print plain lines.
-               "progress": "lines" if workers > 1 and request["progress"] else request["progress"]}
-        process = context.Process(target=_worker, args=(env, search, job, optuna.logging.get_verbosity()),
+        # Different seeds, or every worker would propose the same parameters; several workers print
+        # plain lines (one live view per terminal).
+        args = (request, seed + 1000 * i, request.recycle_after, workers > 1)
+        process = context.Process(target=_worker, args=(env, work, args, optuna.logging.get_verbosity()),
                                   name=f"tuner-worker-{i}")
         process.start()
         processes.append(process)

@@ -20,8 +20,8 @@ from tuner._process import VERBOSE_ENV
 from tuner._process import load_frameworks
 from tuner._process import quiet_interrupts
 from tuner._process import stop_on_sigterm
+from tuner.errors import TunerError
 from tuner.errors import WorkerFailed
-from tuner.errors import is_user_error
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -53,7 +53,7 @@ def _fmt(value: Any) -> str:
 def cmd_search(args: argparse.Namespace) -> int:
     from tuner._progress import format_params
     from tuner._results import best_trial
-    from tuner._search import default_study_name
+    from tuner._request import default_study_name
     from tuner._search import search
 
     study = args.study or default_study_name(args.space, args.dataset)
@@ -79,7 +79,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     try:
         best = best_trial(study, args.storage)
     except Exception as err:
-        if not is_user_error(err):
+        if not isinstance(err, TunerError):
             raise
         print(f"study {study}: {err}", file=sys.stderr)
         return 130 if interrupted else 0
@@ -215,7 +215,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(description)
         return 0
-    what = "retrained on train+validation" if description["retrained"] else "best epoch"
+    what = "retrained, its best epoch" if description["retrained"] else "best epoch"
     print(f"wrote {description['output']} ({description['format']}): trial {description['trial']} "
           f"of study {description['study']}, {what}, test_accuracy={_fmt(description['test_accuracy'])}")
     print(f"  space {description['space']}: {json.dumps(description['hyperparameters'])}")
@@ -244,7 +244,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> ArgumentParser:
-    from tuner._device import PRECISIONS
+    from tuner._names import PRECISIONS
     from tuner._names import ALGORITHMS
     from tuner._names import AUGMENT_CHOICES
     from tuner._names import BACKENDS
@@ -349,7 +349,8 @@ def build_parser() -> ArgumentParser:
                    help="best.keras (whole model), best.weights.h5 (weights), or a folder (SavedModel)")
     e.add_argument("--trial", type=int, metavar="N", help="trial number (default: the best trial)")
     e.add_argument("--retrain", action="store_true",
-                   help="train the configuration again on train+validation data, then export")
+                   help="train the configuration again from scratch as the search did (its seed, recipe and "
+                        "splits), then export its best epoch")
     e.add_argument("--epochs", type=int, help="epochs for --retrain (default: the study's --epochs)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     verbose_option(e)
@@ -392,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tuner: {err}", file=sys.stderr)
         return 1
     except Exception as err:
-        if not is_user_error(err):
+        if not isinstance(err, TunerError):
             raise
         print(f"tuner: error: {err}", file=sys.stderr)
         return 2

@@ -1,16 +1,16 @@
 """The contract of a search backend.
 
-A backend runs trials of ``job.hypermodel`` until the study holds ``job.trials`` finished (COMPLETE
-or PRUNED) trials or ``job.deadline`` passes; it passes the deadline to ``train_and_evaluate``, so the
-trial in flight ends in time and keeps its best epoch. Whatever engine chooses the parameters, every trial it
-runs must end up in ``job.study`` (Optuna's storage is the only record) with its parameters, its
+A backend chooses configurations and decides when a trial stops; ``job.runner`` trains them (so a
+trial means the same whichever engine chose it, and the trial in flight ends by the deadline with its
+best epoch). It runs until the study holds ``job.request.trials`` finished (COMPLETE or PRUNED)
+trials or ``job.deadline`` passes. Whatever engine chooses the parameters, every trial it runs must
+end up in ``job.study`` (Optuna's storage is the only record) with its parameters, its
 per-epoch objective as intermediate values, its state, and the attributes of ``TrialResult.attrs``.
 A backend must never leave a trial RUNNING when it returns or raises.
 """
 
 from __future__ import annotations
 
-import math
 from abc import ABC
 from abc import abstractmethod
 from dataclasses import dataclass
@@ -23,12 +23,11 @@ from optuna.distributions import FloatDistribution
 from optuna.distributions import IntDistribution
 
 from search_spaces import ParamSpec
-from search_spaces import TunableSpace
 from tuner._models import ModelKeeper
 from tuner._progress import SearchProgress
-from tuner.data import Dataset
+from tuner._request import SearchRequest
+from tuner._trial import TrialRunner
 from tuner.errors import TunerError
-
 
 
 class SearchAborted(TunerError):
@@ -86,35 +85,30 @@ def to_distribution(spec: ParamSpec) -> BaseDistribution:
 
 @dataclass
 class SearchJob:
-    """Everything a backend needs to run a search; built and checked by ``tuner.search``."""
+    """What a backend runs: the checked request, its study, and the trial runner that trains a
+    configuration; built by ``tuner._search.prepare``.
 
+    ``seed`` is this process's sampler seed (a worker's differs from the request's); trial ``n``'s
+    weights are seeded with ``seed + n``. ``recipe`` holds the training settings (batch size,
+    augmentation, precision...) that every trial records next to its hyperparameters.
+    """
+
+    request: SearchRequest
     study: optuna.Study
     storage: optuna.storages.BaseStorage
-    hypermodel: TunableSpace
-    data: Dataset
+    runner: TrialRunner
+    progress: SearchProgress  # the runner's too
     overrides: dict[str, ParamSpec]
-    objective: str
-    trials: int
-    epochs: int
-    batch_size: int
-    deadline: float | None  # a time.time() by which the search ends, trial in flight included
-    seed: int
-    max_failures: int
-    patience: int | None
-    precision: str
-    progress: SearchProgress
     recipe: dict[str, object]
+    seed: int
     keeper: ModelKeeper | None = None
     process_trials: int | None = None  # the most trials this process runs (None: no limit)
-    algorithm: str = "tpe"  # the Keras Tuner backend's tuner (random, bayesian, hyperband, grid)
     workdir: str | None = None  # the Keras Tuner backend's own folder for this study
 
-    # ``recipe`` holds the training flags (batch size, augmentation, precision...) that every
-    # trial records as attributes next to its hyperparameters.
-
     @property
-    def steps_per_epoch(self) -> int:
-        return math.ceil(len(self.data.y_train) / self.batch_size)
+    def deadline(self) -> float | None:
+        """A ``time.time()`` by which the search ends, the trial in flight included."""
+        return self.request.deadline
 
     def finished_trials(self) -> int:
         """Trials that count towards the budget: COMPLETE and PRUNED, from every worker."""

@@ -32,10 +32,8 @@ from optuna.trial import TrialState
 
 from search_spaces import ParamSpec
 from tuner._names import ALGORITHMS
-from tuner._training import EpochReport
+from tuner._training import DIRECTIONS
 from tuner._training import TrialResult
-from tuner._training import start_trial
-from tuner._training import train_and_evaluate
 from tuner._training import trial_error
 from tuner.backends._base import ConsecutiveFailures
 from tuner.backends._base import SearchBackend
@@ -60,10 +58,9 @@ def make_oracle(algorithm: str, job: SearchJob) -> keras_tuner.Oracle:
     Hyperband runs as many iterations as the study's trial budget allows; the budget, not Keras
     Tuner's ``max_trials``, ends a search, so it counts the same finished trials as the Optuna backend.
     """
-    from tuner._training import DIRECTIONS
-
-    direction = "max" if DIRECTIONS[job.objective] == "maximize" else "min"
-    objective = keras_tuner.Objective(job.objective, direction)
+    request = job.request
+    direction = "max" if DIRECTIONS[request.objective] == "maximize" else "min"
+    objective = keras_tuner.Objective(request.objective, direction)
     hp = keras_tuner.HyperParameters()
     for spec in job.overrides.values():
         spec.declare(hp)  # declared first, a narrowed spec wins over the space's own declaration
@@ -76,7 +73,7 @@ def make_oracle(algorithm: str, job: SearchJob) -> keras_tuner.Oracle:
     if algorithm == "grid":
         return keras_tuner.oracles.GridSearchOracle(max_trials=None, **common)
     if algorithm == "hyperband":
-        return keras_tuner.oracles.HyperbandOracle(max_epochs=job.epochs, factor=3,
+        return keras_tuner.oracles.HyperbandOracle(max_epochs=request.epochs, factor=3,
                                                    hyperband_iterations=None, **common)
     raise TunerError(f"unknown Keras Tuner algorithm {algorithm!r}; choose one of: {', '.join(ALGORITHMS)}")
 
@@ -135,7 +132,7 @@ class MirroredTuner(keras_tuner.Tuner):
     """A Keras Tuner ``Tuner`` that trains with tuner's trial loop and writes each trial to the study."""
 
     def __init__(self, job: SearchJob, oracle: keras_tuner.Oracle, folder: Path) -> None:
-        super().__init__(oracle=oracle, hypermodel=job.hypermodel, directory=str(folder.parent),
+        super().__init__(oracle=oracle, hypermodel=job.runner.hypermodel, directory=str(folder.parent),
                          project_name=folder.name, overwrite=False)
         self.job = job
         self.interrupted = False
@@ -146,7 +143,7 @@ class MirroredTuner(keras_tuner.Tuner):
         self.errors: dict[str, str] = {}
         self.curves: dict[str, dict[int, float]] = {}
         self.started_at: dict[str, datetime.datetime] = {}
-        self.failures = ConsecutiveFailures(job.max_failures)
+        self.failures = ConsecutiveFailures(job.request.max_failures)
 
     # The search loop: Keras Tuner calls these in order for every trial.
 
@@ -156,7 +153,7 @@ class MirroredTuner(keras_tuner.Tuner):
             raise KeyboardInterrupt  # the trial Ctrl-C cut short is stored: now stop
         if self.cut or (job.deadline is not None and time.time() >= job.deadline):
             raise _StopSearch("timeout")  # a trial the deadline cut leaves no time for another
-        if job.finished_trials() >= job.trials:
+        if job.finished_trials() >= job.request.trials:
             raise _StopSearch("budget")
         if job.process_trials and self.started >= job.process_trials:
             raise _StopSearch("process")
@@ -166,34 +163,27 @@ class MirroredTuner(keras_tuner.Tuner):
         self.started_at[trial.trial_id] = datetime.datetime.now()
 
     def run_trial(self, trial: keras_tuner.engine.trial.Trial, *args: Any, **kwargs: Any) -> dict[str, float]:
-        job = self.job
+        job, runner = self.job, self.job.runner
         hp = trial.hyperparameters
-        _, private = split_values(hp)
-        epochs = int(private.get("tuner/epochs", job.epochs))
+        values, private = split_values(hp)
+        epochs = int(private.get("tuner/epochs", job.request.epochs))
         initial_epoch = int(private.get("tuner/initial_epoch", 0))
         curve = dict(self.parent_curve(private.get("tuner/trial_id"), initial_epoch))
         self.curves[trial.trial_id] = curve
         try:
-            start_trial(job.seed + int(trial.trial_id), job.precision)
-            model = job.hypermodel.build(hp)
-            job.progress.trial_started(f"kt-{trial.trial_id}", split_values(hp)[0])  # all declared now
+            model = runner.build(hp, job.seed + int(trial.trial_id))
             if "tuner/trial_id" in private:  # a Hyperband round continues its parent's weights
                 model.optimizer.build(model.trainable_variables)  # and its optimizer's moments
                 model.load_weights(self._get_checkpoint_fname(private["tuner/trial_id"]))
 
             def report(epoch: int, logs: dict[str, float]) -> bool:
-                value = logs.get(job.objective, math.nan)
+                value = logs.get(runner.objective, math.nan)
                 if math.isfinite(value):
                     curve[epoch] = value
-                job.progress.epoch_ended(f"kt-{trial.trial_id}", epoch, logs)
-                return False
+                return False  # Hyperband decides between rounds, not within one
 
-            result = train_and_evaluate(model, job.data, epochs=epochs, initial_epoch=initial_epoch,
-                                        batch_size=job.batch_size, objective=job.objective,
-                                        patience=job.patience,
-                                        callbacks=[EpochReport(report)], deadline=job.deadline,
-                                        inference=job.hypermodel.inference_model,
-                                        on_step=job.progress.on_step)
+            result = runner.fit(model, label=f"kt-{trial.trial_id}", params=values, epochs=epochs,
+                                initial_epoch=initial_epoch, report=report)
             self.interrupted = result.stopped_by == "interrupt"
             self.cut = result.stopped_by == "deadline"
             if result.stopped_by == "too_slow":
@@ -201,11 +191,11 @@ class MirroredTuner(keras_tuner.Tuner):
         except Exception as err:
             self.errors[trial.trial_id] = trial_error(err)
             raise
-        if epochs < job.epochs:  # a Hyperband round that may be continued by a later one
+        if epochs < job.request.epochs:  # a Hyperband round that may be continued by a later one
             model.save_weights(self._get_checkpoint_fname(trial.trial_id))
         self.results[trial.trial_id] = result
         self.models[trial.trial_id] = result.model  # as tested: the one to keep
-        return {job.objective: result.value}
+        return {runner.objective: result.value}
 
     def on_trial_end(self, trial: keras_tuner.engine.trial.Trial) -> None:
         # Into the study first: a crash between the two leaves a trial Keras Tuner reruns and the
@@ -237,8 +227,10 @@ class MirroredTuner(keras_tuner.Tuner):
             return None
         _, private = split_values(trial.hyperparameters)
         status = trial.status if result is not None else "FAILED"
-        state = optuna_state(status, int(private.get("tuner/epochs", job.epochs)), job.epochs)
-        attrs: dict[str, Any] = {**job.recipe, TRIAL_ID_ATTR: trial_id, "algorithm": job.algorithm}
+        max_epochs = job.request.epochs
+        state = optuna_state(status, int(private.get("tuner/epochs", max_epochs)), max_epochs)
+        attrs: dict[str, Any] = {**job.recipe, TRIAL_ID_ATTR: trial_id, "algorithm": job.request.algorithm,
+                                 "seed": job.seed + int(trial_id)}
         attrs.update({key.replace("/", "_"): value for key, value in private.items()})
         if result is not None:
             attrs.update(result.attrs())
@@ -285,12 +277,12 @@ class KerasTunerBackend(SearchBackend):
     name = "keras-tuner"
 
     def run(self, job: SearchJob) -> None:
-        if job.finished_trials() >= job.trials:
+        if job.finished_trials() >= job.request.trials:
             return
         folder = Path(job.workdir or "keras-tuner") / job.study.study_name
         with exclusive(folder, job.study.study_name):
             check_resumable(job.study, folder)
-            tuner = MirroredTuner(job, make_oracle(job.algorithm, job), folder)
+            tuner = MirroredTuner(job, make_oracle(str(job.request.algorithm), job), folder)
             try:
                 with quiet_failures():
                     tuner.search(verbose=0)

@@ -27,9 +27,6 @@ from tuner._cost import seconds_per_flop
 from tuner._cost import timed_rate
 from tuner._cost import trace_seconds
 from tuner._training import SAVE_SECONDS
-from tuner._training import EpochReport
-from tuner._training import start_trial
-from tuner._training import train_and_evaluate
 from tuner._training import trial_error
 from tuner.backends._base import SKIPPED_ATTR
 from tuner.backends._base import ConsecutiveFailures
@@ -119,10 +116,11 @@ class OptunaBackend(SearchBackend):
     name = "optuna"
 
     def run(self, job: SearchJob) -> None:
-        if job.finished_trials() >= job.trials:
+        request = job.request
+        if job.finished_trials() >= request.trials:
             return
-        failures = ConsecutiveFailures(job.max_failures)
-        budget = StudyBudget(job.trials, job.deadline)  # what ends the search: failed trials do not count
+        failures = ConsecutiveFailures(request.max_failures)
+        budget = StudyBudget(request.trials, job.deadline)  # what ends the search: failed trials do not count
         job.study.optimize(
             lambda trial: run_trial(job, trial),
             n_trials=job.process_trials,
@@ -138,43 +136,37 @@ class OptunaBackend(SearchBackend):
 
 
 def run_trial(job: SearchJob, trial: optuna.Trial) -> float:
-    """Build, train and test one configuration; record its metrics on the trial.
+    """Sample, train (``job.runner``) and test one configuration; record its metrics on the trial.
 
     With a deadline, the trial's epochs are planned from its predicted epoch time (``plan_epochs``):
     a configuration that cannot finish one epoch in the time left is not trained (stored PRUNED and
     ``skipped``), and one that cannot finish all of them gets as many as fit, its learning-rate
     schedule compressed to end with them. A trial cut by the deadline or by Ctrl-C after an epoch
-    completes with its best epoch, then the search stops.
+    completes with its best epoch, then the search stops. The pruner decides after every epoch.
     """
     record_owner(trial)
-    start_trial(job.seed + trial.number, job.precision)
-    for key, value in job.recipe.items():
+    runner, max_epochs = job.runner, job.request.epochs
+    seed = job.seed + trial.number
+    for key, value in {**job.recipe, "seed": seed}.items():
         trial.set_user_attr(key, value)
     try:
         hp = OptunaHyperParameters(trial, job.overrides)
-        model = job.hypermodel.build(hp)
+        model = runner.build(hp, seed)
         epochs, skip = plan_epochs(job, trial, model)
         if skip is None:
-            if epochs < job.epochs:
-                job.hypermodel.compile(model, job.hypermodel.declare(hp),
-                                       train_steps=epochs * job.steps_per_epoch)
+            if epochs < max_epochs:
+                runner.schedule(model, hp, epochs)
                 trial.set_user_attr("max_epochs", epochs)
-            job.progress.trial_started(trial.number, hp.values, epochs)
 
             def report(epoch: int, logs: dict[str, float]) -> bool:
-                value = logs.get(job.objective, math.nan)
+                value = logs.get(runner.objective, math.nan)
                 if math.isfinite(value):
                     trial.report(value, epoch)
-                job.progress.epoch_ended(trial.number, epoch, logs)
                 # After the last epoch there is nothing left to save: the trial completes.
                 return epoch < epochs and trial.should_prune()
 
-            pruning = EpochReport(report)
-            result = train_and_evaluate(model, job.data, epochs=epochs, batch_size=job.batch_size,
-                                        objective=job.objective, patience=job.patience,
-                                        callbacks=[pruning], deadline=job.deadline,
-                                        inference=job.hypermodel.inference_model,
-                                        on_step=job.progress.on_step)
+            result = runner.fit(model, label=trial.number, params=hp.values, epochs=epochs, report=report,
+                                planned=epochs < max_epochs)
     except Exception as err:
         trial.set_user_attr("error", trial_error(err))
         raise
@@ -183,12 +175,12 @@ def run_trial(job: SearchJob, trial: optuna.Trial) -> float:
         raise optuna.TrialPruned(skip)
     if result.stopped_by == "too_slow":  # a few steps of a partial epoch: nothing to record but why
         skip = (f"its first epoch would end after the deadline ({result.step_seconds:.3f} s a step, "
-                f"{job.steps_per_epoch} steps)")
+                f"{runner.steps_per_epoch} steps)")
         trial.set_user_attr(SKIPPED_ATTR, skip)
         raise optuna.TrialPruned(skip)
     for key, value in result.attrs().items():
         trial.set_user_attr(key, value)
-    if pruning.stopped_early:
+    if result.pruned:
         raise optuna.TrialPruned(f"pruned after epoch {result.epochs}")
     if job.keeper is not None:
         job.keeper.offer(trial, result.model, result.value)
@@ -206,19 +198,20 @@ def plan_epochs(job: SearchJob, trial: optuna.Trial, model: Any) -> tuple[int, s
     epoch. Epochs are planned to fill ``PLAN_FRACTION`` of the time left: an epoch the machine runs
     slower than predicted then still fits, and the schedule anneals to its end.
     """
-    data = job.data
+    runner, max_epochs = job.runner, job.request.epochs
+    data, batch_size = runner.data, runner.batch_size
     flops = model_flops(model)
     trial.set_user_attr("flops", flops)
     timed = job.study.get_trials(deepcopy=False)
-    rate = seconds_per_flop(timed, job.batch_size)
+    rate = seconds_per_flop(timed, batch_size)
     if rate is None:
         if job.deadline is None:
-            return job.epochs, None
-        rate = timed_rate(model, flops, data.x_train, data.y_train, job.batch_size)
+            return max_epochs, None
+        rate = timed_rate(model, flops, data.x_train, data.y_train, batch_size)
     epoch = epoch_seconds(flops, rate, train_images=len(data.y_train), eval_images=len(data.y_val))
     trial.set_user_attr("predicted_seconds_per_epoch", round(epoch, 2))
     if job.deadline is None:
-        return job.epochs, None
+        return max_epochs, None
     # What the end of a trial needs: testing, writing the model, and a margin for tracing the
     # model's steps (measured per layer on the study's trials: a deep model traces for seconds).
     tracing = max(START_FRACTION * epoch, trace_seconds(timed, len(model.layers)) or 0.0)
@@ -228,7 +221,7 @@ def plan_epochs(job: SearchJob, trial: optuna.Trial, model: Any) -> tuple[int, s
     if fit < 1:
         return 0, (f"its first epoch needs ~{epoch:.0f} s and ~{tracing:.0f} s of tracing, "
                    f"{job.deadline - time.time():.0f} s are left")
-    return min(job.epochs, fit), None
+    return min(max_epochs, fit), None
 
 
 # The share of the time left that a trial's epochs are planned to fill: the rest absorbs a machine

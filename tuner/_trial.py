@@ -1,0 +1,87 @@
+"""The trial runner: the one way a configuration is trained, by either backend and by retraining.
+
+A run starts clean (the last model's graph freed, the weights seeded, the precision policy set),
+builds the space's model for the values ``hp`` holds, fits it with a report after every epoch,
+restores its best epoch and tests it (``train_and_evaluate``: deadline, NaN guard, Ctrl-C).
+Who chooses the values and who decides to stop (Optuna's pruner, Keras Tuner's Hyperband rounds,
+nobody when retraining) is the caller's business: it passes ``report``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+
+from search_spaces import TunableSpace
+from tuner._progress import SearchProgress
+from tuner._training import EpochReport
+from tuner._training import TrialResult
+from tuner._training import start_trial
+from tuner._training import train_and_evaluate
+from tuner.data import Dataset
+
+# ``report(epoch, logs)`` after each epoch (1-based); True asks to stop the trial there (pruned).
+Report = Callable[[int, dict[str, float]], bool]
+
+
+@dataclass
+class TrialRunner:
+    """Trains configurations of ``hypermodel`` on ``data`` with one recipe.
+
+    ``precision`` is a Keras dtype policy; ``patience`` stops a trial after that many epochs without
+    a better ``objective`` (None: never); ``deadline`` (a ``time.time()``) ends a trial in time to
+    test and store it; ``progress`` shows each trial's start, epochs and steps.
+    """
+
+    hypermodel: TunableSpace
+    data: Dataset
+    batch_size: int
+    objective: str
+    precision: str = "float32"
+    patience: int | None = None
+    deadline: float | None = None
+    progress: SearchProgress | None = None
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.data.y_train) / self.batch_size)
+
+    def build(self, hp: Any, seed: int) -> keras.Model:
+        """A fresh, compiled model for the values of ``hp`` (declaring them, for a sampler's ``hp``)."""
+        start_trial(seed, self.precision)
+        return self.hypermodel.build(hp)
+
+    def schedule(self, model: keras.Model, hp: Any, epochs: int) -> None:
+        """Compile ``model`` again so that its learning-rate schedule ends after ``epochs`` epochs
+        (a trial given fewer epochs than the search's, to fit before the deadline)."""
+        self.hypermodel.compile(model, self.hypermodel.declare(hp), train_steps=epochs * self.steps_per_epoch)
+
+    def fit(self, model: keras.Model, *, label: int | str, params: Mapping[str, Any], epochs: int,
+            initial_epoch: int = 0, report: Report | None = None, planned: bool = False) -> TrialResult:
+        """Train ``model`` up to epoch ``epochs``, keep its best epoch and test it; ``result.pruned``
+        says that ``report`` stopped it. ``label`` names the trial in the progress lines, which say
+        when ``planned`` that its epochs were planned to fit before the deadline."""
+        progress = self.progress
+
+        def after_epoch(epoch: int, logs: dict[str, float]) -> bool:
+            stop = bool(report(epoch, logs)) if report is not None else False
+            if progress is not None:
+                progress.epoch_ended(label, epoch, logs)
+            return stop
+
+        if progress is not None:
+            progress.trial_started(label, params, epochs if planned else None)
+        reports = EpochReport(after_epoch)
+        result = train_and_evaluate(
+            model, self.data, epochs=epochs, initial_epoch=initial_epoch, batch_size=self.batch_size,
+            objective=self.objective, patience=self.patience, callbacks=[reports], deadline=self.deadline,
+            inference=self.hypermodel.inference_model,
+            on_step=None if progress is None else progress.on_step,
+        )
+        result.pruned = reports.stopped_early
+        return result
