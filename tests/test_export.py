@@ -11,6 +11,7 @@ import numpy as np
 import optuna
 import pytest
 from conftest import TINY
+from keeper_worker import offer_trials
 from test_search import _call
 
 import tuner
@@ -193,7 +194,7 @@ def test_keeping_tolerates_a_file_another_worker_already_evicted(tmp_path):
                                                         study_or_trial=trial))
         study.tell(trial, value)
     worst = study.trials[2].user_attrs[MODEL_ATTR]
-    keeper = ModelKeeper(store, keep=2)
+    keeper = ModelKeeper(store, keep=2, folder=tmp_path / "store")
     real_remove = store.remove
 
     def removed_first_by_another_worker(artifact_id):
@@ -202,6 +203,37 @@ def test_keeping_tolerates_a_file_another_worker_already_evicted(tmp_path):
 
     store.remove = removed_first_by_another_worker
     keeper.trim(study)
-    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == sorted(
-        t.user_attrs[MODEL_ATTR] for t in study.trials[:2])
-    assert worst not in [p.name for p in (tmp_path / "store").iterdir()]
+    assert _files(tmp_path / "store") == sorted(t.user_attrs[MODEL_ATTR] for t in study.trials[:2])
+    assert worst not in _files(tmp_path / "store")
+
+
+def _files(folder):
+    """The model files in an artifact folder (not the keeper's lock file)."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def test_four_workers_keeping_two_models_end_with_exactly_two(sqlite_url, tmp_path):
+    """Four processes finish trials at the same moments: each offer ranks, uploads and evicts under
+    the artifact folder's lock, so the store never holds more than --keep files, and they are the
+    best trials' (no eviction is lost, no file removed twice, no false ``model_error``)."""
+    import multiprocessing
+
+    from tuner._models import KEPT_ATTR
+    from tuner._models import MODEL_ATTR
+
+    folder = tmp_path / "artifacts"
+    folder.mkdir()
+    optuna.create_study(study_name="race", storage=sqlite_url, direction="maximize")
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(4)
+    workers = [context.Process(target=offer_trials, args=(sqlite_url, str(folder), w, barrier)) for w in range(4)]
+    for process in workers:
+        process.start()
+    for process in workers:
+        process.join()
+    assert [p.exitcode for p in workers] == [0, 0, 0, 0]
+    study = optuna.load_study(study_name="race", storage=sqlite_url)
+    assert not [t.number for t in study.trials if "model_error" in t.user_attrs]
+    best_two = sorted(study.trials, key=lambda t: -t.value)[:2]
+    assert _files(folder) == sorted(t.user_attrs[MODEL_ATTR] for t in best_two)
+    assert [entry[0] for entry in study.user_attrs[KEPT_ATTR]] == [t.number for t in best_two]

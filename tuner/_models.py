@@ -2,15 +2,19 @@
 
 During a search each COMPLETE trial that ranks among the best ``keep`` stores its best-epoch model
 (``model.keras``: config and weights) through ``optuna.artifacts``; files of trials that drop out of
-the top ``keep`` are deleted, so disk use stays bounded. Pruned trials store nothing.
+the top ``keep`` are deleted, so disk use stays bounded, and the search ends with exactly ``keep``
+files (fewer if fewer trials completed). Pruned trials store nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import math
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +29,15 @@ from tuner.errors import TunerError
 
 MODEL_ATTR = "model_artifact"
 MODEL_FILENAME = "model.keras"
+KEPT_ATTR = "kept_models"  # on the study: [[trial number, value, artifact id], ...], best first
+LOCK_FILENAME = ".keeper.lock"  # in the artifact folder: one offer at a time, across workers
 FORMATS = ".keras (whole model), .weights.h5 (weights only) or a folder (TensorFlow SavedModel)"
 logger = logging.getLogger(__name__)
 
 
 def _rank_key(study: optuna.Study):
-    sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
-    return lambda trial: sign * trial.value
+    sign = _sign(study)
+    return lambda trial: (sign * trial.value, trial.number)
 
 
 def has_file(store: FileSystemArtifactStore, artifact_id: str) -> bool:
@@ -50,28 +56,44 @@ def kept_trials(study: optuna.Study, store: FileSystemArtifactStore) -> list[opt
 
 
 class ModelKeeper:
-    """Stores a finishing trial's model if it ranks among the best ``keep``; evicts those that drop out."""
+    """Stores a finishing trial's model if it ranks among the best ``keep``; evicts those that drop out.
 
-    def __init__(self, store: FileSystemArtifactStore, keep: int) -> None:
+    Safe under any number of workers, on any machines that share the artifact ``folder``: an offer
+    holds a lock file there (``fcntl.flock``) while it decides, uploads and evicts, and reads the
+    ranking from the study's ``kept_models`` attribute (at most ``keep`` entries) rather than from
+    every trial, so an offer costs the same in a study of ten trials or ten thousand.
+    """
+
+    def __init__(self, store: FileSystemArtifactStore, keep: int, folder: str | Path) -> None:
         self.store = store
         self.keep = keep
+        self.lock_path = Path(folder) / LOCK_FILENAME
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        with open(self.lock_path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def offer(self, trial: optuna.Trial, model: Any, value: float) -> None:
         """Never raises: a failure to store is logged on the trial, which stays a good trial."""
         try:
-            self._offer(trial, model, value)
+            if self.keep > 0 and math.isfinite(value):
+                with self.locked():
+                    self._offer(trial, model, value)
         except Exception as err:  # noqa: BLE001 - a full disk must not fail the trial
             message = f"{type(err).__name__}: {err}"[:500]
             trial.set_user_attr("model_error", message)
             logger.warning("trial %d: model not stored: %s", trial.number, message)
 
     def _offer(self, trial: optuna.Trial, model: Any, value: float) -> None:
-        if self.keep <= 0 or not math.isfinite(value):
-            return
         study = trial.study
-        kept = kept_trials(study, self.store)
-        sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
-        if len(kept) >= self.keep and sign * value >= sign * kept[self.keep - 1].value:
+        sign = _sign(study)
+        kept = _ranked(study.user_attrs.get(KEPT_ATTR, []), sign)
+        if len(kept) >= self.keep and sign * value >= sign * kept[self.keep - 1][1]:
             return  # not among the best: nothing to write
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / MODEL_FILENAME
@@ -79,17 +101,35 @@ class ModelKeeper:
             artifact_id = upload_artifact(artifact_store=self.store, file_path=str(path),
                                           study_or_trial=trial)
         trial.set_user_attr(MODEL_ATTR, artifact_id)
-        # Read the kept models again: another worker may have stored or evicted one meanwhile.
-        self.trim(study, keep=self.keep - 1)  # this trial took one of the places
+        kept = _ranked([*kept, [trial.number, value, artifact_id]], sign)
+        self._remove([entry[2] for entry in kept[self.keep:]])
+        study.set_user_attr(KEPT_ATTR, kept[:self.keep])
 
-    def trim(self, study: optuna.Study, keep: int | None = None) -> None:
-        """Delete the model files of the finished trials ranked below the best ``keep`` (default:
-        the keeper's). A file another worker deleted first is no error."""
-        for old in kept_trials(study, self.store)[self.keep if keep is None else keep:]:
+    def trim(self, study: optuna.Study) -> None:
+        """Make the files match the best ``keep`` COMPLETE trials, read from the whole study: the
+        search's end calls it, so a trial that kept a model and then failed leaves no file behind."""
+        with self.locked():
+            stored = [t for t in study.get_trials(deepcopy=False) if MODEL_ATTR in t.user_attrs]
+            best = kept_trials(study, self.store)[:self.keep]
+            numbers = {t.number for t in best}
+            self._remove([t.user_attrs[MODEL_ATTR] for t in stored if t.number not in numbers])
+            study.set_user_attr(KEPT_ATTR, [[t.number, t.value, t.user_attrs[MODEL_ATTR]] for t in best])
+
+    def _remove(self, artifact_ids: list[str]) -> None:
+        for artifact_id in artifact_ids:
             try:
-                self.store.remove(old.user_attrs[MODEL_ATTR])
+                self.store.remove(artifact_id)
             except (ArtifactNotFound, FileNotFoundError):
-                pass
+                pass  # removed before (an older version's eviction, or by hand)
+
+
+def _sign(study: optuna.Study) -> float:
+    return -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
+
+
+def _ranked(entries: list[list[Any]], sign: float) -> list[list[Any]]:
+    """``[trial number, value, artifact id]`` entries, best first (the earlier trial wins a tie)."""
+    return sorted(entries, key=lambda entry: (sign * entry[1], entry[0]))
 
 
 def pick_trial(study: optuna.Study, number: int | None) -> optuna.trial.FrozenTrial:

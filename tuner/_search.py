@@ -199,8 +199,8 @@ def prepare(request: SearchRequest, *, seed: int, process_trials: int | None = N
     check_space_unchanged(study, specs)
     keeper = None
     if request.keep:  # the artifact folder only for a study that may run
-        artifacts = open_artifact_store(artifacts_path(request.storage, request.artifacts), create=True)
-        keeper = ModelKeeper(artifacts, request.keep)
+        folder = artifacts_path(request.storage, request.artifacts)
+        keeper = ModelKeeper(open_artifact_store(folder, create=True), request.keep, folder)
     if creating:
         if study.metric_names is None:  # optuna-dashboard then plots "val_accuracy", not "Objective 0"
             with warnings.catch_warnings():  # "experimental" since Optuna 3.2
