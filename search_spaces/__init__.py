@@ -8,11 +8,11 @@
 from __future__ import annotations
 
 from search_spaces._base import TunableSpace
+from search_spaces._errors import SpaceError
 from search_spaces._layers import is_flip_averaged
 from search_spaces._params import ParamSpec
 from search_spaces._params import parse_assignments
 from search_spaces._params import resolve_overrides
-from search_spaces._errors import SpaceError
 from search_spaces._registry import get_space
 from search_spaces._registry import list_spaces
 from search_spaces._registry import register_space

@@ -9,13 +9,13 @@ from typing import ClassVar
 import keras
 import keras_tuner
 
+from search_spaces._errors import SpaceError
 from search_spaces._layers import AUGMENTATIONS
 from search_spaces._layers import FLIP_AUGMENTATIONS
 from search_spaces._layers import augment_images
 from search_spaces._layers import flip_averaged
 from search_spaces._layers import normalize_inputs
 from search_spaces._params import ParamSpec
-from search_spaces._errors import SpaceError
 
 MIN_INPUT_SIZE = 8
 OPTIMIZERS = ("adam", "adamw", "sgd")

@@ -16,13 +16,13 @@ from keras import layers
 
 from search_spaces._base import TunableSpace
 from search_spaces._base import declare_recipe
+from search_spaces._errors import SpaceError
 from search_spaces._layers import batch_norm
 from search_spaces._layers import classifier_head
 from search_spaces._layers import regularizer
 from search_spaces._layers import stage_strides
 from search_spaces._layers import stem
 from search_spaces._layers import stem_downsamples
-from search_spaces._errors import SpaceError
 from search_spaces._registry import register_space
 
 # L = 6n+4, valid with and without bottleneck: 40 and 100 are the paper's CIFAR depths.

@@ -187,7 +187,7 @@ def open_study(
     ``sampler``: seeded afresh, it would propose the start-up values the study already tried.
     """
     try:
-        study = optuna.create_study(storage=storage, study_name=name, direction=direction,
+        study = optuna.create_study(storage=storage, study_name=name, direction=direction,  # type: ignore[arg-type]
                                     sampler=sampler, pruner=pruner)
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)

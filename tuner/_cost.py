@@ -93,7 +93,7 @@ def timed_rate(model: Any, flops: int, images: Any, labels: Any, batch_size: int
         model.train_on_batch(x, y)
     seconds = (time.perf_counter() - start) / TIMED_STEPS
     model.set_weights(weights)
-    for variable, value in zip(model.optimizer.variables, state):
+    for variable, value in zip(model.optimizer.variables, state, strict=True):
         variable.assign(value)
     return seconds / (max(flops, 1) * len(x))
 

@@ -60,7 +60,7 @@ def export(
     """Write a trial's model to ``output`` (``.keras``, ``.weights.h5`` or a SavedModel folder).
 
     Without ``trial`` the best trial. With ``retrain`` the configuration is trained again from
-    scratch as the search trained it (``retrain``), for ``epochs`` (default: the study's).
+    scratch as the search trained it (``retrain_trial``), for ``epochs`` (default: the study's).
     Returns a description: trial, space, hyperparameters, test accuracy, output, format, and for
     weights the Python that rebuilds the model.
     """
@@ -80,7 +80,7 @@ def export(
     store = open_artifact_store(artifacts_path(storage, artifacts), create=False)
     if retrain:
         chosen = pick_trial(loaded, trial)
-        result = retrain(attrs, chosen, epochs)
+        result = retrain_trial(attrs, chosen, epochs)
         model, test_accuracy = result.model, result.test_accuracy
     else:
         chosen = choose_trial(loaded, store, trial)
@@ -106,7 +106,7 @@ def export(
     return description
 
 
-def retrain(attrs: dict[str, Any], trial: Any, epochs: int | None) -> Any:
+def retrain_trial(attrs: dict[str, Any], trial: Any, epochs: int | None) -> Any:
     """Train ``trial``'s configuration again from scratch, as the search trained it: the same splits,
     recipe, precision, seed and guards (``TrialRunner``), for ``epochs`` (default: the study's
     ``--epochs``); its best epoch is kept and tested. Returns the ``TrialResult``."""

@@ -121,7 +121,7 @@ class SearchProgress:
 
     def view(self) -> Group:
         """The live view: the trial in flight and its epoch, then the search as a whole."""
-        rows = []
+        rows: list[Any] = []
         flight = self.flight
         if flight:
             grid = Table.grid(padding=(0, 1))

@@ -89,7 +89,7 @@ class SearchRequest:
         if self.timeout is not None and deadline is None:
             deadline = time.time() + self.timeout
         overrides = self.overrides
-        if overrides is not None and not isinstance(overrides, (list, tuple)):
+        if isinstance(overrides, Mapping):
             overrides = dict(overrides)
         return dataclasses.replace(
             self, study=self.study or default_study_name(self.space, self.dataset), workers=workers,

@@ -77,7 +77,7 @@ def list_studies(storage: str | None = None) -> list[dict[str, Any]]:
         best = None
         if complete:
             pick = max if frozen.direction.name == "MAXIMIZE" else min
-            best = pick(complete, key=lambda t: t.value)
+            best = pick(complete, key=lambda t: float(t.value))  # type: ignore[arg-type]
         attrs = frozen.user_attrs
         rows.append({
             "name": frozen.study_name,

@@ -167,10 +167,11 @@ def prepare(request: SearchRequest, *, seed: int, process_trials: int | None = N
     artifact folder. ``creating`` (the search's own process, not a worker) also names the study's
     objective and records the data's pixel statistics.
     """
+    assert request.study is not None and request.algorithm is not None, "a checked() request"
     policy = resolve_precision(request.precision)
     space_cls = get_space(request.space)
     overrides = request.overrides
-    raw = parse_assignments(overrides) if isinstance(overrides, (list, tuple)) else dict(overrides or {})
+    raw = dict(overrides) if isinstance(overrides, Mapping) else parse_assignments(overrides or [])
     narrowed = resolve_overrides(space_cls.hyperparameters(), raw)
     data = load_dataset(request.dataset)  # before the store: a missing dataset must leave no new file behind
     store = open_storage(request.storage, heartbeat=True)
@@ -221,8 +222,8 @@ def prepare(request: SearchRequest, *, seed: int, process_trials: int | None = N
     runner = TrialRunner(hypermodel, data, batch_size, request.objective, precision=policy,
                          patience=request.patience, deadline=deadline, progress=progress)
     return SearchJob(
-        request=request, study=study, storage=store, runner=runner, progress=progress, overrides=narrowed, recipe=recipe,
-        seed=seed, keeper=keeper, process_trials=process_trials,
+        request=request, study=study, storage=store, runner=runner, progress=progress, overrides=narrowed,
+        recipe=recipe, seed=seed, keeper=keeper, process_trials=process_trials,
         workdir=str(keras_tuner_path(request.storage)) if request.backend == "keras-tuner" else None,
     )
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -52,8 +51,8 @@ def _fmt(value: Any) -> str:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from tuner._progress import format_params
-    from tuner._results import best_trial
     from tuner._request import default_study_name
+    from tuner._results import best_trial
     from tuner._search import search
 
     study = args.study or default_study_name(args.space, args.dataset)
@@ -244,11 +243,11 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> ArgumentParser:
-    from tuner._names import PRECISIONS
     from tuner._names import ALGORITHMS
     from tuner._names import AUGMENT_CHOICES
     from tuner._names import BACKENDS
     from tuner._names import OBJECTIVES
+    from tuner._names import PRECISIONS
     from tuner._names import PRUNERS
     from tuner._names import SAMPLERS
 

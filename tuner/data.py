@@ -233,7 +233,7 @@ def from_arrays(
     return Dataset(name, x_train, index(y_train), x_val, index(y_val), x_test, index(y_test), names)
 
 
-def _check_split(split: str, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _check_split(split: str, x: np.ndarray | None, y: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     x, y = np.asarray(x), np.asarray(y)
     if x.ndim == 3:
         x = x[..., None]

@@ -248,7 +248,7 @@ class MirroredTuner(keras_tuner.Tuner):
         study_id = storage.get_study_id_from_name(job.study.study_name)
         optuna_id = storage.create_new_trial(study_id, template_trial=template)
         value = None
-        if state == TrialState.COMPLETE:
+        if state == TrialState.COMPLETE and result is not None:
             value = result.value
             if job.keeper is not None:
                 job.keeper.offer(optuna.Trial(job.study, optuna_id), model, value)

@@ -15,6 +15,7 @@ from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution
+from optuna.distributions import CategoricalDistribution
 from optuna.distributions import FloatDistribution
 from optuna.distributions import IntDistribution
 from optuna.trial import TrialState
@@ -44,6 +45,7 @@ def suggest(trial: optuna.Trial, name: str, distribution: BaseDistribution) -> A
         return trial.suggest_int(name, d.low, d.high, step=d.step, log=d.log)
     if isinstance(d, FloatDistribution):
         return trial.suggest_float(name, d.low, d.high, step=d.step, log=d.log)
+    assert isinstance(d, CategoricalDistribution)
     return trial.suggest_categorical(name, d.choices)
 
 
