@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -19,6 +21,24 @@ TINY = {
     "densenet": ["depth=10", "growth_rate=8", "filters=16", "bottleneck=true"],
 }
 POSTGRES_URL = os.environ.get("TUNER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def fake_training(model, data, *, epochs, initial_epoch=0, callbacks=(), **_):
+    """A ``train_and_evaluate`` stand-in for bookkeeping tests (patch ``tuner._trial.train_and_evaluate``):
+    reports an accuracy per epoch that depends on the learning rate, without training."""
+    from tuner._training import TrialResult
+
+    lr = float(model.optimizer.learning_rate.numpy()) if hasattr(model.optimizer.learning_rate, "numpy") else 0.01
+    logs = {}
+    for callback in callbacks:
+        callback.set_model(model)
+    for epoch in range(initial_epoch, epochs):
+        logs = {"loss": 1.0, "val_accuracy": min(0.5 + lr + 0.01 * epoch, 1.0), "val_loss": 1.0}
+        for callback in callbacks:
+            callback.on_epoch_end(epoch, logs)
+    return TrialResult(value=logs["val_accuracy"], best_epoch=epochs, epochs=epochs - initial_epoch,
+                       train_seconds=0.1, params=1, best_logs=logs, test_loss=1.0, test_accuracy=0.5,
+                       model=model)
 
 
 @pytest.fixture(autouse=True)
@@ -43,6 +63,26 @@ def half_the_steps(request, monkeypatch):
     ``auto_batch``; worker subprocesses keep the real size."""
     if "auto_batch" not in request.keywords:
         monkeypatch.setattr("tuner._search.MIN_STEPS_PER_EPOCH", 32)
+
+
+@pytest.fixture(scope="session")
+def _trained_folder(tmp_path_factory) -> Path:
+    """One real search, trained once per session: study ``d``, two ResNet-8 trials of two epochs on
+    digits with label smoothing (a custom loss every export must handle), both models kept."""
+    import tuner
+
+    folder = tmp_path_factory.mktemp("trained")
+    tuner.search("resnet", "digits", trials=2, epochs=2, study="d", storage=f"sqlite:///{folder / 'tuner.db'}",
+                 overrides=TINY["resnet"], label_smoothing=0.1, pruner="none", batch_size=32, seed=1, keep=2)
+    return folder
+
+
+@pytest.fixture
+def trained_study(_trained_folder, tmp_path) -> str:
+    """The URL of a copy, in ``tmp_path``, of the session's trained store and its kept models (as
+    datasette's CLI tests share one database): tests read, export and change it freely."""
+    shutil.copytree(_trained_folder, tmp_path, dirs_exist_ok=True)
+    return f"sqlite:///{tmp_path / 'tuner.db'}"
 
 
 @pytest.fixture

@@ -17,8 +17,8 @@ from tuner._cost import model_flops
 from tuner._cost import seconds_per_flop
 from tuner._cost import timed_rate
 from tuner._training import PROBE_STEPS
-from tuner.backends._optuna import MAX_SKIPPED
 from tuner._training import Deadline
+from tuner.backends._optuna import MAX_SKIPPED
 from tuner.data import SYSTEM_DATASETS
 
 
@@ -101,7 +101,7 @@ def test_timing_a_few_training_steps_leaves_the_model_and_its_optimizer_as_they_
     before = model.get_weights()
     rate = timed_rate(model, model_flops(model), x, y, batch_size=8)
     assert rate > 0
-    for old, new in zip(before, model.get_weights()):
+    for old, new in zip(before, model.get_weights(), strict=True):
         np.testing.assert_array_equal(old, new)
     assert int(model.optimizer.iterations.numpy()) == 0
     assert all(not np.any(v.numpy()) for v in model.optimizer.variables if v.path.endswith("momentum"))

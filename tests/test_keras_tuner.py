@@ -6,6 +6,7 @@ import keras_tuner
 import optuna
 import pytest
 from conftest import TINY
+from conftest import fake_training
 from optuna.distributions import CategoricalDistribution
 from optuna.distributions import FloatDistribution
 from optuna.distributions import IntDistribution
@@ -14,7 +15,6 @@ from optuna.trial import TrialState
 import tuner
 import tuner.backends._keras_tuner as kt_backend
 from storage import StudyMismatchError
-from tuner._training import TrialResult
 from tuner.backends._keras_tuner import TRIAL_ID_ATTR
 from tuner.backends._keras_tuner import optuna_params
 from tuner.backends._keras_tuner import optuna_state
@@ -70,21 +70,6 @@ def test_keras_tuner_states(status, epochs, expected):
     assert optuna_state(status, epochs, 4) == expected
 
 
-def fake_training(model, data, *, epochs, initial_epoch=0, callbacks=(), **_):
-    """Reports an accuracy per epoch that depends on the learning rate, without training."""
-    lr = float(model.optimizer.learning_rate.numpy()) if hasattr(model.optimizer.learning_rate, "numpy") else 0.01
-    logs = {}
-    for callback in callbacks:
-        callback.set_model(model)
-    for epoch in range(initial_epoch, epochs):
-        logs = {"loss": 1.0, "val_accuracy": min(0.5 + lr + 0.01 * epoch, 1.0), "val_loss": 1.0}
-        for callback in callbacks:
-            callback.on_epoch_end(epoch, logs)
-    return TrialResult(value=logs["val_accuracy"], best_epoch=epochs, epochs=epochs - initial_epoch,
-                       train_seconds=0.1, params=1, best_logs=logs, test_loss=1.0, test_accuracy=0.5,
-                       model=model)
-
-
 def kt_search(url, **kwargs):
     settings = dict(trials=3, epochs=2, study="kt", storage=url, backend="keras-tuner", algorithm="random",
                     overrides=TINY["resnet"], keep=0)
@@ -137,7 +122,7 @@ def test_hyperband_rounds_are_pruned_and_continued(sqlite_url, monkeypatch):
     pruned = [t for t in served if t["state"].lower() == "pruned"]
     assert len(pruned) == sum(t.state == TrialState.PRUNED for t in trials)
     assert all(len(t["intermediate_values"]) == t_epochs for t, t_epochs in
-               zip(pruned, (t.user_attrs["tuner_epochs"] for t in trials if t.state == TrialState.PRUNED)))
+               zip(pruned, (t.user_attrs["tuner_epochs"] for t in trials if t.state == TrialState.PRUNED), strict=True))
 
 
 def test_a_failing_trial_is_recorded_and_the_search_goes_on(sqlite_url, monkeypatch):
@@ -156,13 +141,6 @@ def test_a_failing_trial_is_recorded_and_the_search_goes_on(sqlite_url, monkeypa
     failed = study.get_trials(states=(TrialState.FAIL,))[0]
     assert failed.user_attrs["error"].startswith("out of memory (try a smaller --batch-size")
     assert failed.user_attrs["error"].endswith("RuntimeError: out of memory (simulated)")
-
-
-def test_consecutive_failures_stop_the_search(sqlite_url, monkeypatch):
-    monkeypatch.setattr("tuner._trial.train_and_evaluate",
-                        lambda *a, **k: (_ for _ in ()).throw(ValueError("bad")))
-    with pytest.raises(tuner.TunerError, match="2 failed trials in a row; last error: ValueError: bad"):
-        kt_search(sqlite_url, max_failures=2)
 
 
 def test_resume_after_a_kill_adds_no_duplicate(sqlite_url, monkeypatch):

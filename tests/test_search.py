@@ -73,6 +73,7 @@ def test_search_stores_every_trial_and_continues(sqlite_url):
                          overrides=TINY["resnet"], seed=1, pruner="none")
     trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert len(trials) == 2
+    assert study.best_value > 0.5  # two epochs learn digits well above chance (0.1)
     for trial in trials:
         assert TRIAL_ATTRS <= set(trial.user_attrs)
         assert set(trial.intermediate_values) == {1, 2}
@@ -123,25 +124,9 @@ def test_densenet_search_minimising_val_loss(sqlite_url):
     assert trial.params["depth"] == 10 and trial.params["growth_rate"] == 8
 
 
-def test_failing_trials_are_recorded_and_stop_the_search(sqlite_url, monkeypatch):
-    import tuner.backends._optuna as backend
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("a bug in a layer")
-
-    monkeypatch.setattr("tuner._trial.train_and_evaluate", broken)
-    with pytest.raises(SearchAborted, match="2 failed trials in a row; last error: RuntimeError: a bug in a layer"):
-        tuner.search("resnet", "digits", trials=5, study="f", storage=sqlite_url, max_failures=2,
-                     overrides=TINY["resnet"])
-    trials = optuna.load_study(study_name="f", storage=sqlite_url).trials
-    assert [t.state.name for t in trials] == ["FAIL", "FAIL"]
-    assert trials[0].user_attrs["error"] == "RuntimeError: a bug in a layer"
-
-
 @pytest.mark.parametrize("error", [MemoryError("host"), RuntimeError("CUDA out of memory. Tried to allocate 2 GiB"),
                                    ValueError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate")])
 def test_out_of_memory_fails_that_trial_and_the_study_goes_on(sqlite_url, monkeypatch, error):
-    import tuner.backends._optuna as backend
     from tuner._training import TrialResult
 
     calls = []
@@ -162,7 +147,6 @@ def test_out_of_memory_fails_that_trial_and_the_study_goes_on(sqlite_url, monkey
 
 
 def test_same_seed_same_suggestions(sqlite_url, monkeypatch):
-    import tuner.backends._optuna as backend
 
     monkeypatch.setattr("tuner._trial.train_and_evaluate", lambda *a, **k: (_ for _ in ()).throw(ValueError("x")))
     for name in ("a", "b"):
@@ -201,7 +185,6 @@ def test_pruned_trial_keeps_its_learning_curve(sqlite_url, monkeypatch):
 
 
 def test_interrupt_leaves_no_trial_running(sqlite_url, monkeypatch):
-    import tuner.backends._optuna as backend
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -213,7 +196,6 @@ def test_interrupt_leaves_no_trial_running(sqlite_url, monkeypatch):
 
 
 def test_continuing_a_study_does_not_repeat_its_configurations(sqlite_url, monkeypatch):
-    import tuner.backends._optuna as backend
     from tuner._training import TrialResult
 
     monkeypatch.setattr("tuner._trial.train_and_evaluate", lambda *a, **k: TrialResult(
@@ -422,9 +404,15 @@ def test_a_declaration_with_its_own_condition_is_honoured_as_keras_tuner_honours
 
 @pytest.mark.slow
 def test_worker_processes_leave_the_settings_the_user_gave(sqlite_url):
-    """Each recycled worker round runs with a derived seed; the study keeps the seed that was given
-    (``tuner export --retrain`` seeds from it)."""
-    study = tuner.search("resnet", "digits", trials=2, epochs=1, seed=5, recycle_after=1, storage=sqlite_url,
-                         overrides=TINY["resnet"], keep=0, pruner="none")
-    assert len([t for t in study.get_trials() if t.state.name == "COMPLETE"]) == 2
-    assert study.user_attrs["settings"]["seed"] == 5
+    """Four workers in recycled rounds each run with a derived sampler seed, recorded on their
+    trials; the study's settings stay those the user gave (``tuner export --retrain`` reads them)."""
+    study = tuner.search("resnet", "digits", trials=4, epochs=1, seed=5, workers=4, recycle_after=1,
+                         storage=sqlite_url, overrides=TINY["resnet"], keep=0, pruner="none", batch_size=32)
+    complete = [t for t in study.get_trials() if t.state.name == "COMPLETE"]
+    assert len(complete) == 4
+    settings = study.user_attrs["settings"]
+    assert {k: settings[k] for k in ("trials", "timeout", "seed", "sampler", "pruner", "backend", "max_epochs",
+                                     "batch_size")} == {
+        "trials": 4, "timeout": None, "seed": 5, "sampler": "tpe", "pruner": "none", "backend": "optuna",
+        "max_epochs": 1, "batch_size": 32}
+    assert len({t.user_attrs["seed"] for t in complete}) == 4  # each weight seed its own

@@ -1,0 +1,77 @@
+"""The backend contract (``tuner/backends/_base.py``), run against every backend: whichever engine
+chooses the values, each trial lands in the Optuna study with its parameters, learning curve, state
+and attributes, nothing is left RUNNING, the budget counts the same, failures stop the search the
+same way, and the best ``keep`` models are kept.
+
+Training is ``conftest.fake_training`` (the bookkeeping is under test, not the models); the
+end-to-end searches that really train are in test_search.py and test_keras_tuner.py.
+"""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from conftest import TINY
+from conftest import fake_training
+from optuna.trial import TrialState
+
+import tuner
+from tuner._names import BACKENDS
+from tuner._training import TrialResult
+
+RESULT_ATTRS = set(TrialResult(value=0.0, best_epoch=1, epochs=1, train_seconds=0.0, params=1, best_logs={},
+                               test_loss=0.0, test_accuracy=0.0).attrs())
+RECIPE_ATTRS = {"batch_size", "augment", "precision", "patience", "max_epochs", "label_smoothing", "seed"}
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, monkeypatch) -> str:
+    monkeypatch.setattr("tuner._trial.train_and_evaluate", fake_training)
+    return request.param
+
+
+def run(backend: str, url: str, **kwargs) -> optuna.Study:
+    """A small search on either backend: Optuna with no pruner, Keras Tuner's random search, so
+    every trial trains all its epochs on both."""
+    engine = {"pruner": "none"} if backend == "optuna" else {"algorithm": "random"}
+    settings = dict(trials=3, epochs=2, study="contract", storage=url, backend=backend, keep=0,
+                    overrides=TINY["resnet"], **engine)
+    return tuner.search("resnet", "digits", **{**settings, **kwargs})
+
+
+def test_every_trial_lands_in_the_study_with_its_curve_and_attributes(backend, sqlite_url):
+    study = run(backend, sqlite_url)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    for trial in trials:
+        assert set(trial.intermediate_values) == {1, 2}
+        assert trial.value == trial.intermediate_values[2]
+        assert trial.params["depth"] == 8 and {"learning_rate", "optimizer", "dropout"} <= set(trial.params)
+        assert RESULT_ATTRS | RECIPE_ATTRS <= set(trial.user_attrs)
+    # Each trial's weights had their own seed, recorded on the trial (a worker's derived seed too).
+    assert len({t.user_attrs["seed"] for t in trials}) == 3
+    assert study.user_attrs["backend"] == backend and study.user_attrs["settings"]["seed"] == 0
+
+
+def test_the_budget_counts_finished_trials_and_a_rerun_continues(backend, sqlite_url):
+    assert len(run(backend, sqlite_url, trials=2).trials) == 2
+    assert len(run(backend, sqlite_url, trials=2).trials) == 2  # spent: nothing added
+    assert len(run(backend, sqlite_url, trials=3).trials) == 3
+
+
+def test_failures_are_recorded_and_stop_the_search(backend, sqlite_url, monkeypatch):
+    monkeypatch.setattr("tuner._trial.train_and_evaluate", lambda *a, **k: (_ for _ in ()).throw(ValueError("bad")))
+    with pytest.raises(tuner.TunerError, match="2 failed trials in a row; last error: ValueError: bad"):
+        run(backend, sqlite_url, max_failures=2)
+    trials = optuna.load_study(study_name="contract", storage=sqlite_url).get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL] * 2
+    assert all(t.user_attrs["error"] == "ValueError: bad" for t in trials)
+
+
+def test_the_best_keep_models_are_kept(backend, sqlite_url, tmp_path):
+    study = run(backend, sqlite_url, trials=4, keep=2)
+    kept = [t for t in study.get_trials() if "model_artifact" in t.user_attrs]
+    files = [p for p in (tmp_path / "tuner-artifacts").iterdir() if not p.name.startswith(".")]
+    assert len(files) == 2 and {p.name for p in files} <= {t.user_attrs["model_artifact"] for t in kept}
+    best_two = sorted(study.get_trials(), key=lambda t: (-t.value, t.number))[:2]
+    assert [entry[0] for entry in study.user_attrs["kept_models"]] == [t.number for t in best_two]
