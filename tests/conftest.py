@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -63,6 +64,35 @@ def half_the_steps(request, monkeypatch):
     ``auto_batch``; worker subprocesses keep the real size."""
     if "auto_batch" not in request.keywords:
         monkeypatch.setattr("tuner._search.MIN_STEPS_PER_EPOCH", 32)
+
+
+@pytest.fixture
+def tiny_space() -> Iterator[str]:
+    """Registers ``tiny``, a one-hidden-layer Dense space that trains in a second, for tests of the
+    search's bookkeeping that should still train real models; unregistered afterwards."""
+    import keras
+
+    from search_spaces import TunableSpace
+    from search_spaces._base import declare_recipe
+    from search_spaces._registry import SPACES
+    from search_spaces._registry import register_space
+
+    class TinyDense(TunableSpace):
+        description = "flatten, one hidden Dense layer, softmax (tests only)"
+
+        @classmethod
+        def declare(cls, hp):
+            return {"units": hp.Choice("units", [8, 16, 32], default=16), **declare_recipe(hp)}
+
+        def architecture(self, values):
+            inputs = keras.Input(self.input_shape)
+            x = keras.layers.Flatten()(self.preprocess(inputs))
+            x = keras.layers.Dense(values["units"], activation="relu")(x)
+            return keras.Model(inputs, keras.layers.Dense(self.classes, activation="softmax")(x))
+
+    register_space("tiny")(TinyDense)
+    yield "tiny"
+    del SPACES["tiny"]
 
 
 @pytest.fixture(scope="session")

@@ -3,16 +3,15 @@ chooses the values, each trial lands in the Optuna study with its parameters, le
 and attributes, nothing is left RUNNING, the budget counts the same, failures stop the search the
 same way, and the best ``keep`` models are kept.
 
-Training is ``conftest.fake_training`` (the bookkeeping is under test, not the models); the
-end-to-end searches that really train are in test_search.py and test_keras_tuner.py.
+The space is ``tiny`` (``conftest.tiny_space``): one Dense layer that really trains in about a
+second, so the whole trial runner runs; the spaces' own models are trained in test_search.py and
+test_keras_tuner.py.
 """
 
 from __future__ import annotations
 
 import optuna
 import pytest
-from conftest import TINY
-from conftest import fake_training
 from optuna.trial import TrialState
 
 import tuner
@@ -25,8 +24,7 @@ RECIPE_ATTRS = {"batch_size", "augment", "precision", "patience", "max_epochs", 
 
 
 @pytest.fixture(params=BACKENDS)
-def backend(request, monkeypatch) -> str:
-    monkeypatch.setattr("tuner._trial.train_and_evaluate", fake_training)
+def backend(request, tiny_space) -> str:
     return request.param
 
 
@@ -34,9 +32,9 @@ def run(backend: str, url: str, **kwargs) -> optuna.Study:
     """A small search on either backend: Optuna with no pruner, Keras Tuner's random search, so
     every trial trains all its epochs on both."""
     engine = {"pruner": "none"} if backend == "optuna" else {"algorithm": "random"}
-    settings = dict(trials=3, epochs=2, study="contract", storage=url, backend=backend, keep=0,
-                    overrides=TINY["resnet"], **engine)
-    return tuner.search("resnet", "digits", **{**settings, **kwargs})
+    settings = dict(trials=3, epochs=2, study="contract", storage=url, backend=backend, keep=0, patience=None,
+                    **engine)
+    return tuner.search("tiny", "digits", **{**settings, **kwargs})
 
 
 def test_every_trial_lands_in_the_study_with_its_curve_and_attributes(backend, sqlite_url):
@@ -45,9 +43,11 @@ def test_every_trial_lands_in_the_study_with_its_curve_and_attributes(backend, s
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
     for trial in trials:
         assert set(trial.intermediate_values) == {1, 2}
-        assert trial.value == trial.intermediate_values[2]
-        assert trial.params["depth"] == 8 and {"learning_rate", "optimizer", "dropout"} <= set(trial.params)
+        assert trial.value == max(trial.intermediate_values.values()) == trial.user_attrs["val_accuracy"]
+        assert {"units", "learning_rate", "optimizer"} <= set(trial.params)
         assert RESULT_ATTRS | RECIPE_ATTRS <= set(trial.user_attrs)
+        assert trial.user_attrs["epochs"] == 2 and 0 <= trial.user_attrs["test_accuracy"] <= 1
+    assert max(t.user_attrs["test_accuracy"] for t in trials) > 0.3  # it learns: chance is 0.1
     # Each trial's weights had their own seed, recorded on the trial (a worker's derived seed too).
     assert len({t.user_attrs["seed"] for t in trials}) == 3
     assert study.user_attrs["backend"] == backend and study.user_attrs["settings"]["seed"] == 0

@@ -32,7 +32,7 @@ def _fake_training(values):
 
 
 def _model_files(tmp_path):
-    return sorted(p.name for p in (tmp_path / "tuner-artifacts").iterdir())
+    return sorted(p.name for p in (tmp_path / "tuner-artifacts").iterdir() if not p.name.startswith("."))
 
 
 def test_a_failed_write_leaves_the_trial_complete(sqlite_url, monkeypatch):

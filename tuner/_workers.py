@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import os
+import pickle
 import signal
 import sys
 import time
@@ -20,9 +21,10 @@ from tuner.errors import TunerError
 from tuner.errors import WorkerFailed
 
 
-def _worker(env: dict[str, str], work: Callable[..., None], args: tuple[Any, ...], verbosity: int) -> None:
-    """A worker process: ``work(*args)`` (``tuner._search.run_in_worker``, passed in by reference so
-    that this module does not import the one that imports it)."""
+def _worker(env: dict[str, str], call: bytes, verbosity: int) -> None:
+    """A worker process: ``work(*args)``, pickled in ``call``. ``work`` is ``tuner._search.run_in_worker``,
+    passed in by reference so that this module does not import the one that imports it; it is
+    unpickled only after ``load_frameworks``, since unpickling imports its module, and with it Keras."""
     os.environ.update(env)
     import optuna
 
@@ -36,6 +38,7 @@ def _worker(env: dict[str, str], work: Callable[..., None], args: tuple[Any, ...
     load_frameworks()  # quietly, as the parent did
 
     optuna.logging.set_verbosity(verbosity)  # as quiet as the parent
+    work, args = pickle.loads(call)
     try:
         work(*args)
     except KeyboardInterrupt:
@@ -84,7 +87,8 @@ def _run_round(work: Callable[..., None], request: Any, seed: int) -> None:
         # Different seeds, or every worker would propose the same parameters; several workers print
         # plain lines (one live view per terminal).
         args = (request, seed + 1000 * i, request.recycle_after, workers > 1)
-        process = context.Process(target=_worker, args=(env, work, args, optuna.logging.get_verbosity()),
+        call = pickle.dumps((work, args))
+        process = context.Process(target=_worker, args=(env, call, optuna.logging.get_verbosity()),
                                   name=f"tuner-worker-{i}")
         process.start()
         processes.append(process)
