@@ -9,6 +9,8 @@ from typing import ClassVar
 import keras
 import keras_tuner
 
+from search_spaces._declarations import OPTIMIZERS
+from search_spaces._declarations import SCHEDULES
 from search_spaces._errors import SpaceError
 from search_spaces._layers import AUGMENTATIONS
 from search_spaces._layers import FLIP_AUGMENTATIONS
@@ -16,36 +18,14 @@ from search_spaces._layers import augment_images
 from search_spaces._layers import flip_averaged
 from search_spaces._layers import normalize_inputs
 from search_spaces._params import ParamSpec
+from search_spaces._params import declared
 
 MIN_INPUT_SIZE = 8
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("cosine", "constant")
 # Steps spent warming the learning rate up from a tenth of its value: 5% of a trial's steps, at
 # most 100 (a fixed length, so a long trial does not spend its first epoch warming up: on
 # Fashion-MNIST 10 epochs are 4,220 steps at batch 128).
 WARMUP_FRACTION = 0.05
 MAX_WARMUP_STEPS = 100
-
-
-def declare_recipe(hp: Any) -> dict[str, Any]:
-    """The training hyperparameters every space shares: optimiser, weight decay, learning rate, schedule.
-
-    Weight decay is an L2 penalty in the loss (``l2``) for Adam and SGD, and decoupled
-    (``weight_decay``, Loshchilov & Hutter 2019) for AdamW; each is declared only under its
-    optimiser, so a trial records (and a sampler tunes) only the one it uses.
-    """
-    optimizer = hp.Choice("optimizer", list(OPTIMIZERS), default="adam")
-    with hp.conditional_scope("optimizer", ["adam", "sgd"]):
-        l2 = hp.Float("l2", 1e-6, 1e-3, sampling="log", default=1e-4)
-    with hp.conditional_scope("optimizer", ["adamw"]):
-        weight_decay = hp.Float("weight_decay", 1e-4, 1e-1, sampling="log", default=1e-2)
-    return {
-        "optimizer": optimizer,
-        "l2": l2 or 0.0,  # None when inactive: AdamW decays the weights itself
-        "weight_decay": weight_decay or 0.0,
-        "learning_rate": hp.Float("learning_rate", 1e-4, 1e-1, sampling="log", default=1e-3),
-        "lr_schedule": hp.Choice("lr_schedule", list(SCHEDULES), default="cosine"),
-    }
 
 
 class TunableSpace(keras_tuner.HyperModel):
@@ -136,9 +116,7 @@ class TunableSpace(keras_tuner.HyperModel):
     @classmethod
     def hyperparameters(cls) -> list[ParamSpec]:
         """The declared hyperparameters (kind, name, range, default), in declaration order."""
-        hp = keras_tuner.HyperParameters()
-        cls.declare(hp)
-        return [ParamSpec.from_keras_tuner(h) for h in hp.space]
+        return declared(cls.declare)
 
 
 def check_input_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:

@@ -8,8 +8,11 @@ declared and turned into narrower specs; nothing a space cannot build gets throu
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable
 from collections.abc import Iterable
+from collections.abc import Iterator
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field
@@ -78,6 +81,84 @@ class ParamSpec:
         if self.condition:
             text += f", with {self.condition}"
         return text
+
+
+class Declarations:
+    """Keras Tuner's declaration calls (``hp.Int``, ``hp.Float``, ``hp.Choice``, ``hp.Boolean``,
+    ``hp.Fixed``, ``conditional_scope``) without Keras Tuner, so a space is read without a framework.
+
+    Every declaration is recorded in ``specs``, with its condition. Active ones are valued by
+    ``value(spec)``: here the declared default (what the space builds when nobody chose), in a
+    subclass what a sampler draws. Inside a scope whose condition does not hold, a declaration is
+    inactive and returns None, as in Keras Tuner.
+    """
+
+    def __init__(self) -> None:
+        self.specs: list[ParamSpec] = []
+        self.values: dict[str, Any] = {}
+        self._scopes: list[tuple[str, list[Any]]] = []
+
+    def value(self, spec: ParamSpec) -> Any:
+        return spec.default
+
+    @contextlib.contextmanager
+    def conditional_scope(self, parent_name: str, parent_values: Any) -> Iterator[None]:
+        allowed = list(parent_values) if isinstance(parent_values, (list, tuple)) else [parent_values]
+        self._scopes.append((parent_name, allowed))
+        try:
+            yield
+        finally:
+            self._scopes.pop()
+
+    def _declare(self, kind: str, name: str, config: dict[str, Any], parent_name: str | None = None,
+                 parent_values: Any = None) -> Any:
+        if parent_name is not None:  # Keras Tuner's one-declaration form of a scope
+            with self.conditional_scope(parent_name, parent_values):
+                return self._declare(kind, name, config)
+        condition = " and ".join(f"{parent}={','.join(_fmt(v) for v in allowed)}"
+                                 for parent, allowed in self._scopes)
+        spec = ParamSpec(kind, name, {k: v for k, v in config.items() if v is not None}, condition)
+        self.specs.append(spec)
+        if not all(self.values.get(parent) in allowed for parent, allowed in self._scopes):
+            return None
+        if name not in self.values:
+            self.values[name] = self.value(spec)
+        return self.values[name]
+
+    # Keras Tuner's signatures.
+
+    def Int(self, name, min_value, max_value, step=None, sampling="linear", default=None,  # noqa: N802
+            parent_name=None, parent_values=None):
+        return self._declare("Int", name, {"min_value": min_value, "max_value": max_value, "step": step,
+                                           "sampling": sampling, "default": default},
+                             parent_name, parent_values)
+
+    def Float(self, name, min_value, max_value, step=None, sampling="linear", default=None,  # noqa: N802
+              parent_name=None, parent_values=None):
+        return self._declare("Float", name, {"min_value": min_value, "max_value": max_value,
+                                             "step": step, "sampling": sampling, "default": default},
+                             parent_name, parent_values)
+
+    def Choice(self, name, values, ordered=None, default=None, parent_name=None,  # noqa: N802
+               parent_values=None):
+        return self._declare("Choice", name, {"values": list(values), "ordered": ordered,
+                                              "default": default}, parent_name, parent_values)
+
+    def Boolean(self, name, default=False, parent_name=None, parent_values=None):  # noqa: N802
+        return self._declare("Boolean", name, {"default": default}, parent_name, parent_values)
+
+    def Fixed(self, name, value, parent_name=None, parent_values=None):  # noqa: N802
+        return self._declare("Fixed", name, {"value": value}, parent_name, parent_values)
+
+    def get(self, name: str) -> Any:
+        return self.values[name]
+
+
+def declared(declare: Callable[[Any], Any]) -> list[ParamSpec]:
+    """The hyperparameters a space's ``declare(hp)`` declares, in order, read without Keras."""
+    hp = Declarations()
+    declare(hp)
+    return hp.specs
 
 
 def _fmt(value: Any) -> str:

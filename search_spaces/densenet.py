@@ -15,7 +15,8 @@ import keras
 from keras import layers
 
 from search_spaces._base import TunableSpace
-from search_spaces._base import declare_recipe
+from search_spaces._declarations import DENSENET_DESCRIPTION
+from search_spaces._declarations import declare_densenet
 from search_spaces._errors import SpaceError
 from search_spaces._layers import batch_norm
 from search_spaces._layers import classifier_head
@@ -23,10 +24,7 @@ from search_spaces._layers import regularizer
 from search_spaces._layers import stage_strides
 from search_spaces._layers import stem
 from search_spaces._layers import stem_downsamples
-from search_spaces._registry import register_space
 
-# L = 6n+4, valid with and without bottleneck: 40 and 100 are the paper's CIFAR depths.
-DEPTHS = [10, 16, 22, 40, 64, 100]
 BLOCKS = 3
 
 
@@ -124,25 +122,15 @@ def build_densenet(
     return keras.Model(inputs, outputs, name=f"{kind}{depth}_k{growth_rate}")
 
 
-@register_space("densenet")
 class TunableDenseNet(TunableSpace):
     """DenseNet(-BC) for small images: depth L, growth rate k, compression, bottleneck, dropout, L2."""
 
-    description = "CIFAR-style DenseNet / DenseNet-BC (Huang et al. 2017), depth L = 6n+4"
+    space_name = "densenet"
+    description = DENSENET_DESCRIPTION
 
     @classmethod
     def declare(cls, hp: Any) -> dict[str, Any]:
-        return {
-            "depth": hp.Choice("depth", DEPTHS, default=40),
-            "growth_rate": hp.Choice("growth_rate", [8, 12, 16, 24, 32], default=12),
-            "filters": hp.Choice("filters", [16, 24, 32, 48], default=24),
-            "bottleneck": hp.Boolean("bottleneck", default=True),
-            "compression": hp.Float("compression", 0.5, 1.0, step=0.25, default=0.5),
-            "kernel_size": hp.Choice("kernel_size", [3, 5], default=3),
-            # Dropout after every conv, as in the paper (0.2 there): a light touch adds up over L layers.
-            "dropout": hp.Float("dropout", 0.0, 0.3, step=0.05, default=0.0),
-            **declare_recipe(hp),
-        }
+        return declare_densenet(hp)
 
     def architecture(self, values: dict[str, Any]) -> keras.Model:
         return build_densenet(

@@ -16,7 +16,8 @@ import keras
 from keras import layers
 
 from search_spaces._base import TunableSpace
-from search_spaces._base import declare_recipe
+from search_spaces._declarations import RESNET_DESCRIPTION
+from search_spaces._declarations import declare_resnet
 from search_spaces._errors import SpaceError
 from search_spaces._layers import batch_norm
 from search_spaces._layers import classifier_head
@@ -24,9 +25,7 @@ from search_spaces._layers import regularizer
 from search_spaces._layers import stage_strides
 from search_spaces._layers import stem
 from search_spaces._layers import stem_downsamples
-from search_spaces._registry import register_space
 
-DEPTHS = [8, 14, 20, 32, 44, 56, 110]
 STAGES = 3
 
 
@@ -132,27 +131,16 @@ def build_resnet(
     return keras.Model(inputs, outputs, name=f"resnet{depth}_{version}")
 
 
-@register_space("resnet")
 class TunableResNet(TunableSpace):
     """ResNet-{8..110} (6n+2) for small images: depth, width, kernel, v1/v2, dropout, L2, optimiser."""
 
-    description = "CIFAR-style ResNet (He et al. 2016), depth 6n+2, post- (v1) or pre-activation (v2)"
+    space_name = "resnet"
+    description = RESNET_DESCRIPTION
     added = {"stem_stride": 1}
 
     @classmethod
     def declare(cls, hp: Any) -> dict[str, Any]:
-        return {
-            # The defaults are the first trial of a new study: a shallow, wide ResNet-8 on a stride-2
-            # stem reached Fashion-MNIST's 0.87 validation accuracy in one epoch of ~45 s on a
-            # 2-core CPU, where ResNet-20 (16 filters, full resolution) had 0.79 after 78 s.
-            "depth": hp.Choice("depth", DEPTHS, default=8),
-            "filters": hp.Choice("filters", [16, 32, 64], default=32),
-            "kernel_size": hp.Choice("kernel_size", [3, 5], default=3),
-            "stem_stride": hp.Choice("stem_stride", [1, 2], default=2),
-            "version": hp.Choice("version", ["v1", "v2"], default="v1"),
-            "dropout": hp.Float("dropout", 0.0, 0.5, step=0.05, default=0.0),
-            **declare_recipe(hp),
-        }
+        return declare_resnet(hp)
 
     def architecture(self, values: dict[str, Any]) -> keras.Model:
         return build_resnet(

@@ -73,7 +73,7 @@ def tiny_space() -> Iterator[str]:
     import keras
 
     from search_spaces import TunableSpace
-    from search_spaces._base import declare_recipe
+    from search_spaces._declarations import declare_recipe
     from search_spaces._registry import SPACES
     from search_spaces._registry import register_space
 

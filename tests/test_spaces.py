@@ -7,6 +7,7 @@ import keras_tuner
 import numpy as np
 import pytest
 
+from search_spaces import Declarations
 from search_spaces import SpaceError
 from search_spaces import build_densenet
 from search_spaces import build_resnet
@@ -14,6 +15,7 @@ from search_spaces import get_space
 from search_spaces import list_spaces
 from search_spaces import parse_assignments
 from search_spaces import resolve_overrides
+from search_spaces import space_entry
 from search_spaces.densenet import layers_per_block
 from search_spaces.resnet import blocks_per_stage
 
@@ -37,6 +39,21 @@ def test_unknown_space_names_the_valid_ones():
 def test_space_declares_its_public_hyperparameters(name):
     names = {spec.name for spec in get_space(name).hyperparameters()}
     assert names == COMMON | SPECIFIC[name]
+
+
+@pytest.mark.parametrize("name", list_spaces())
+def test_declarations_read_without_keras_match_keras_tuners(name):
+    """What ``tuner spaces`` and ``--set`` read without a framework is what Keras Tuner declares:
+    the same names, kinds, ranges, defaults and conditions, and the same values at the defaults."""
+    kt = keras_tuner.HyperParameters()
+    kt_values = get_space(name).declare(kt)
+    ours = Declarations()
+    assert get_space(name).declare(ours) == kt_values
+    for spec, h in zip(space_entry(name).hyperparameters(), kt.space, strict=True):
+        config = h.get_config()
+        assert (spec.kind, spec.name, spec.default) == (type(h).__name__, h.name, h.default)
+        assert all(config[key] == value for key, value in spec.config.items())
+        assert spec.condition == " and ".join(f"{c.name}={','.join(c.values)}" for c in h.conditions)
 
 
 @pytest.mark.parametrize("name", list_spaces())

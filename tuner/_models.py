@@ -161,7 +161,7 @@ def load_trial_model(store: FileSystemArtifactStore, trial: optuna.trial.FrozenT
     """Read a trial's stored model back; a damaged file is a clear error."""
     import keras
 
-    import search_spaces  # noqa: F401 - registers the spaces' custom loss, which the file may name
+    from search_spaces import SparseSmoothedCrossentropy  # noqa: F401 - registers it: the file may name it
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / MODEL_FILENAME

@@ -98,22 +98,23 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_spaces(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from search_spaces import get_space
     from search_spaces import list_spaces
+    from search_spaces import space_entry
 
-    spaces = {name: get_space(name) for name in list_spaces()}
+    spaces = {name: space_entry(name) for name in list_spaces()}
     if args.json:
-        _print_json({name: {"description": cls.description,
-                            "hyperparameters": {s.name: {"kind": s.kind, **s.config}
-                                                for s in cls.hyperparameters()}}
-                     for name, cls in spaces.items()})
+        _print_json({name: {"description": entry.description,
+                            "hyperparameters": {s.name: {"kind": s.kind, **s.config,
+                                                         **({"condition": s.condition} if s.condition else {})}
+                                                for s in entry.hyperparameters()}}
+                     for name, entry in spaces.items()})
         return 0
     console = _console()
-    for name, cls in spaces.items():
-        table = Table(title=f"{name}: {cls.description}", title_justify="left")
+    for name, entry in spaces.items():
+        table = Table(title=f"{name}: {entry.description}", title_justify="left")
         table.add_column("hyperparameter")
         table.add_column("values")
-        for spec in cls.hyperparameters():
+        for spec in entry.hyperparameters():
             table.add_row(spec.name, spec.describe())
         console.print(table)
     return 0
@@ -328,7 +329,6 @@ def build_parser() -> ArgumentParser:
 
     sp = add("spaces", "list the search spaces and their hyperparameters", cmd_spaces)
     json_option(sp)
-    verbose_option(sp)
 
     st = add("studies", "list the studies in the store", cmd_studies)
     storage_option(st)
@@ -364,7 +364,7 @@ def build_parser() -> ArgumentParser:
 
 STARTED = [0.0]  # when main() began: a search's --timeout counts from there
 # Commands that load Keras: they do it first, with the frameworks' start-up lines filtered out.
-NEEDS_FRAMEWORKS = (cmd_search, cmd_spaces, cmd_export)
+NEEDS_FRAMEWORKS = (cmd_search, cmd_export)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

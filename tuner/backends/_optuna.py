@@ -6,10 +6,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from collections.abc import Iterator
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,6 +18,7 @@ from optuna.distributions import FloatDistribution
 from optuna.distributions import IntDistribution
 from optuna.trial import TrialState
 
+from search_spaces import Declarations
 from search_spaces import ParamSpec
 from storage import record_owner
 from tuner._cost import epoch_seconds
@@ -49,67 +48,22 @@ def suggest(trial: optuna.Trial, name: str, distribution: BaseDistribution) -> A
     return trial.suggest_categorical(name, d.choices)
 
 
-class OptunaHyperParameters:
+class OptunaHyperParameters(Declarations):
     """A stand-in for ``keras_tuner.HyperParameters`` whose values come from an Optuna trial.
 
     ``overrides`` (from ``--set``) replace the declaration of the same name before sampling.
-    Inside ``conditional_scope`` whose condition does not hold, declarations are inactive: nothing
-    is sampled and they return None, as in Keras Tuner.
+    Declarations whose condition does not hold are inactive: nothing is sampled and they return
+    None, as in Keras Tuner.
     """
 
     def __init__(self, trial: optuna.Trial, overrides: Mapping[str, ParamSpec] | None = None):
+        super().__init__()
         self.trial = trial
         self.overrides = dict(overrides or {})
-        self.values: dict[str, Any] = {}
-        self._active: list[bool] = []
 
-    @contextlib.contextmanager
-    def conditional_scope(self, parent_name: str, parent_values: Any) -> Iterator[None]:
-        allowed = parent_values if isinstance(parent_values, (list, tuple)) else [parent_values]
-        self._active.append(self.values.get(parent_name) in allowed)
-        try:
-            yield
-        finally:
-            self._active.pop()
-
-    def _declare(self, spec: ParamSpec, parent_name: str | None = None, parent_values: Any = None) -> Any:
-        """Sample ``spec`` unless a scope's condition (or this declaration's own ``parent_name`` and
-        ``parent_values``, as Keras Tuner allows) does not hold."""
-        if parent_name is not None:
-            with self.conditional_scope(parent_name, parent_values):
-                return self._declare(spec)
-        if not all(self._active):
-            return None
-        if spec.name not in self.values:
-            spec = self.overrides.get(spec.name, spec)
-            self.values[spec.name] = suggest(self.trial, spec.name, to_distribution(spec))
-        return self.values[spec.name]
-
-    # Keras Tuner's signatures; ``default`` does not matter to a sampler (the first trial is enqueued).
-
-    def Int(self, name, min_value, max_value, step=None, sampling="linear", default=None,  # noqa: N802
-            parent_name=None, parent_values=None):
-        return self._declare(ParamSpec("Int", name, {"min_value": min_value, "max_value": max_value,
-                                                     "step": step, "sampling": sampling}),
-                             parent_name, parent_values)
-
-    def Float(self, name, min_value, max_value, step=None, sampling="linear", default=None,  # noqa: N802
-              parent_name=None, parent_values=None):
-        return self._declare(ParamSpec("Float", name, {"min_value": min_value, "max_value": max_value,
-                                                       "step": step, "sampling": sampling}),
-                             parent_name, parent_values)
-
-    def Choice(self, name, values, ordered=None, default=None, parent_name=None, parent_values=None):  # noqa: N802
-        return self._declare(ParamSpec("Choice", name, {"values": list(values)}), parent_name, parent_values)
-
-    def Boolean(self, name, default=False, parent_name=None, parent_values=None):  # noqa: N802
-        return self._declare(ParamSpec("Boolean", name), parent_name, parent_values)
-
-    def Fixed(self, name, value, parent_name=None, parent_values=None):  # noqa: N802
-        return self._declare(ParamSpec("Fixed", name, {"value": value}), parent_name, parent_values)
-
-    def get(self, name: str) -> Any:
-        return self.values[name]
+    def value(self, spec: ParamSpec) -> Any:
+        spec = self.overrides.get(spec.name, spec)
+        return suggest(self.trial, spec.name, to_distribution(spec))
 
 
 class OptunaBackend(SearchBackend):
