@@ -74,6 +74,39 @@ def test_best_trials_and_studies_read_the_store(capsys, trained_study):
                                         "learning_rate", "optimizer", "lr_schedule"}
 
 
+def test_importance_ranks_the_hyperparameter_that_decides_the_objective(capsys, sqlite_url):
+    """On a study whose objective depends on ``lr`` alone, ``lr`` is the most important hyperparameter,
+    its best values are those of the top trials, and ``best`` shows the same importances."""
+    import optuna
+
+    study = optuna.create_study(storage=sqlite_url, study_name="imp", direction="maximize",
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: -abs(t.suggest_float("lr", 0.0, 1.0) - 0.3)
+                   + 0 * t.suggest_int("depth", 8, 20) + 0 * len(t.suggest_categorical("opt", ["adam", "sgd"])),
+                   n_trials=24)
+    code, out, _ = run(capsys, "importance", "--study", "imp", "--storage", sqlite_url, "--json")
+    found = json.loads(out)
+    rows = {row["name"]: row for row in found["hyperparameters"]}
+    assert code == 0 and found["finished_trials"] == 24 and found["top_trials"] == 6
+    assert max(rows, key=lambda name: rows[name]["importance"]) == "lr"
+    assert sum(row["importance"] for row in rows.values()) == pytest.approx(1.0)
+    top = sorted(study.trials, key=lambda t: -t.value)[:6]
+    assert rows["lr"]["top_values"] == {"low": min(t.params["lr"] for t in top),
+                                        "high": max(t.params["lr"] for t in top)}
+    assert rows["lr"]["best_value"] == study.best_params["lr"]
+    assert set(rows["opt"]["top_values"]["values"]) <= {"adam", "sgd"}
+
+    code, out, _ = run(capsys, "importance", "--study", "imp", "--storage", sqlite_url)
+    assert code == 0 and "lr" in out and "values in the best 6 trials" in out
+    code, out, _ = run(capsys, "best", "--study", "imp", "--storage", sqlite_url, "--json")
+    assert json.loads(out)["importance"] == {name: row["importance"] for name, row in rows.items()}
+
+    optuna.create_study(storage=sqlite_url, study_name="one").optimize(
+        lambda t: t.suggest_float("lr", 0.0, 1.0), n_trials=1)
+    code, _, err = run(capsys, "importance", "--study", "one", "--storage", sqlite_url)
+    assert code == 2 and "needs at least 2 finished trials; study 'one' has 1" in err
+
+
 # What TensorFlow, XLA, absl and CUDA print as they start (none of it is tuner's to show).
 STARTUP_CHATTER = ("absl::InitializeLog", "oneDNN", "cuInit", "cuda", "CUDA", "TensorFlow binary",
                    "AVX", "E0000", "W0000", "I0000")
@@ -143,7 +176,7 @@ def test_installed_entry_point_answers_help():
     result = subprocess.run([str(Path(sys.executable).parent / "tuner"), "--help"], capture_output=True,
                             text=True)
     assert result.returncode == 0
-    for command in ("search", "spaces", "studies", "trials", "best"):
+    for command in ("search", "spaces", "studies", "trials", "best", "importance", "export", "dashboard"):
         assert command in result.stdout
 
 
@@ -272,7 +305,7 @@ def test_ctrl_c_ends_a_search_with_tuners_own_lines_only(tmp_path):
 
 
 def test_read_only_commands_do_not_load_keras(tmp_path):
-    """`tuner studies`, `trials`, `best`, `spaces` and `--help` answer without importing Keras or
+    """`tuner studies`, `trials`, `best`, `importance`, `spaces` and `--help` answer without importing Keras or
     TensorFlow (seconds saved, and none of their start-up lines)."""
     import optuna
 
@@ -282,6 +315,7 @@ def test_read_only_commands_do_not_load_keras(tmp_path):
             f"assert main(['studies', '--storage', {url!r}]) == 0\n"
             f"assert main(['trials', '--study', 's', '--storage', {url!r}]) == 0\n"
             f"assert main(['best', '--study', 's', '--storage', {url!r}]) in (0, 2)\n"
+            f"assert main(['importance', '--study', 's', '--storage', {url!r}]) in (0, 2)\n"
             "assert main(['spaces']) == main(['spaces', '--json']) == main(['--help']) == 0\n"
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'keras', 'tensorflow', 'jax', 'torch'}))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)

@@ -53,7 +53,8 @@ def list_trials(study: str, storage: str | None = None) -> list[dict[str, Any]]:
 
 
 def best_trial(study: str, storage: str | None = None) -> dict[str, Any]:
-    """The best finished trial of ``study``, with the study's description under ``"study"``."""
+    """The best finished trial of ``study``, with the study's description under ``"study"`` and each
+    hyperparameter's importance under ``"importance"`` (None before 2 trials have finished)."""
     loaded = load_study(study, storage)
     complete = loaded.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
@@ -61,6 +62,9 @@ def best_trial(study: str, storage: str | None = None) -> dict[str, Any]:
     record = trial_record(loaded.best_trial)
     record["study"] = {"name": loaded.study_name, "direction": loaded.direction.name.lower(),
                        **loaded.user_attrs}
+    found = importance_of(loaded)
+    record["importance"] = None if found is None else {row["name"]: row["importance"]
+                                                       for row in found["hyperparameters"]}
     return record
 
 
@@ -95,3 +99,57 @@ def list_studies(storage: str | None = None) -> list[dict[str, Any]]:
             "best_trial": None if best is None else best.number,
         })
     return rows
+
+
+# The best values of a hyperparameter are those of the top quarter of the finished trials (at least 2).
+TOP_FRACTION = 0.25
+MIN_TOP = 2
+
+
+def param_importance(study: str, storage: str | None = None) -> dict[str, Any]:
+    """How much each hyperparameter mattered for the objective, over the finished trials.
+
+    Importances come from Optuna's default evaluator (``optuna.importance.get_param_importances``,
+    normalised to sum to 1; conditional hyperparameters count over the trials that used them).
+    Each hyperparameter also gets the values the best trials took (``top_values``: ``low``/``high``
+    for numbers, the distinct ``values`` otherwise, from the top quarter of the finished trials) and
+    the best trial's value. Optuna's warning that there are too few trials to tell is kept as ``note``.
+    """
+    loaded = load_study(study, storage)
+    found = importance_of(loaded)
+    if found is None:
+        finished = len(loaded.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        raise TunerError(f"hyperparameter importance needs at least 2 finished trials; study {study!r} "
+                         f"has {finished}")
+    return found
+
+
+def importance_of(loaded: optuna.Study) -> dict[str, Any] | None:
+    """``param_importance`` of a loaded study; None with fewer than 2 finished trials."""
+    import warnings
+
+    finished = loaded.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(finished) < 2:
+        return None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        importances = optuna.importance.get_param_importances(loaded)
+    reverse = loaded.direction == optuna.study.StudyDirection.MAXIMIZE
+    ranked = sorted(finished, key=lambda t: float(t.value), reverse=reverse)  # type: ignore[arg-type]
+    top = ranked[:max(MIN_TOP, math.ceil(TOP_FRACTION * len(ranked)))]
+    rows = [{"name": name, "importance": float(value), "best_value": ranked[0].params.get(name),
+             "top_values": _value_range([t.params[name] for t in top if name in t.params])}
+            for name, value in importances.items()]
+    notes = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    return {"study": loaded.study_name, "finished_trials": len(finished), "top_trials": len(top),
+            "best_trial": ranked[0].number, "hyperparameters": rows, "note": " ".join(notes) or None}
+
+
+def _value_range(values: list[Any]) -> dict[str, Any]:
+    """``{"low", "high"}`` for numbers, else ``{"values"}`` (most frequent first)."""
+    if values and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return {"low": min(values), "high": max(values)}
+    counts: dict[Any, int] = {}
+    for value in values:
+        counts[value] = counts.get(value, 0) + 1
+    return {"values": sorted(counts, key=lambda v: -counts[v])}

@@ -164,6 +164,32 @@ def cmd_trials(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_importance(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from tuner._results import param_importance
+
+    found = param_importance(args.study, args.storage)
+    if args.json:
+        _print_json(found)
+        return 0
+    table = Table(title=f"study {args.study}: hyperparameter importance over {found['finished_trials']} "
+                        f"finished trials", title_justify="left")
+    table.add_column("hyperparameter")
+    table.add_column("importance", justify="right")
+    table.add_column(f"values in the best {found['top_trials']} trials", overflow="fold")
+    table.add_column(f"best trial ({found['best_trial']})", overflow="fold")
+    for row in found["hyperparameters"]:
+        top = row["top_values"]
+        values = (f"{_fmt(top['low'])}..{_fmt(top['high'])}" if "low" in top
+                  else ", ".join(_fmt(v) for v in top["values"]))
+        table.add_row(row["name"], f"{row['importance']:.3f}", values, _fmt(row["best_value"]))
+    _console().print(table)
+    if found["note"]:
+        print(f"note: {found['note']}")
+    return 0
+
+
 def _artifacts_flag(args: argparse.Namespace) -> str:
     return f" --artifacts {args.artifacts}" if args.artifacts else ""
 
@@ -198,8 +224,10 @@ def cmd_best(args: argparse.Namespace) -> int:
     for key in ("test_accuracy", "val_accuracy", "val_loss", "train_accuracy", "train_loss",
                 "epochs", "best_epoch", "train_seconds", "param_count"):
         table.add_row(key, _fmt(best.get(key)))
+    importance = best["importance"] or {}
     for key, value in best["params"].items():
-        table.add_row(f"param {key}", _fmt(value))
+        share = f"  (importance {importance[key]:.2f})" if key in importance else ""
+        table.add_row(f"param {key}", _fmt(value) + share)
     table.add_row("model file", best["model_file"] or "not kept (export with --retrain)")
     table.add_row("export with", best["export_command"])
     _console().print(table)
@@ -336,12 +364,14 @@ def build_parser() -> ArgumentParser:
 
     for name, help, func in (("trials", "list the trials of a study", cmd_trials),
                              ("best", "show the best trial of a study and where its model is", cmd_best),
+                             ("importance", "how much each hyperparameter mattered, and its best values",
+                              cmd_importance),
                              ("export", "write a trial's model as a file plain Keras loads", cmd_export)):
         sub = add(name, help, func)
         sub.add_argument("--study", metavar="NAME", required=True, help="study name")
         storage_option(sub)
         json_option(sub)
-        if name != "trials":
+        if name in ("best", "export"):
             artifacts_option(sub)
     e = commands.choices["export"]
     e.add_argument("--output", metavar="PATH", required=True,
