@@ -22,6 +22,8 @@ __all__ = [
     "list_studies",
     "list_trials",
     "load_dataset",
+    "param_importance",
+    "report",
     "search",
 ]
 
@@ -32,6 +34,8 @@ _LAZY = {
     "list_studies": "tuner._results",
     "list_trials": "tuner._results",
     "load_dataset": "tuner.data",
+    "param_importance": "tuner._results",
+    "report": "tuner._report",
 }
 
 

@@ -153,3 +153,14 @@ def _value_range(values: list[Any]) -> dict[str, Any]:
     for value in values:
         counts[value] = counts.get(value, 0) + 1
     return {"values": sorted(counts, key=lambda v: -counts[v])}
+
+
+def describe_values(top_values: dict[str, Any]) -> str:
+    """``top_values`` as text: ``0.001..0.003`` or ``adam, sgd``."""
+    if "low" in top_values:
+        return f"{_short(top_values['low'])}..{_short(top_values['high'])}"
+    return ", ".join(_short(v) for v in top_values["values"])
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -167,6 +167,7 @@ def cmd_trials(args: argparse.Namespace) -> int:
 def cmd_importance(args: argparse.Namespace) -> int:
     from rich.table import Table
 
+    from tuner._results import describe_values
     from tuner._results import param_importance
 
     found = param_importance(args.study, args.storage)
@@ -180,13 +181,23 @@ def cmd_importance(args: argparse.Namespace) -> int:
     table.add_column(f"values in the best {found['top_trials']} trials", overflow="fold")
     table.add_column(f"best trial ({found['best_trial']})", overflow="fold")
     for row in found["hyperparameters"]:
-        top = row["top_values"]
-        values = (f"{_fmt(top['low'])}..{_fmt(top['high'])}" if "low" in top
-                  else ", ".join(_fmt(v) for v in top["values"]))
-        table.add_row(row["name"], f"{row['importance']:.3f}", values, _fmt(row["best_value"]))
+        table.add_row(row["name"], f"{row['importance']:.3f}", describe_values(row["top_values"]),
+                      _fmt(row["best_value"]))
     _console().print(table)
     if found["note"]:
         print(f"note: {found['note']}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from tuner._report import report
+
+    written = report(args.study, args.output, storage=args.storage, overwrite=args.overwrite)
+    if args.json:
+        _print_json(written)
+        return 0
+    print(f"wrote {written['output']} ({written['bytes'] / 1e6:.1f} MB, opens offline): "
+          f"{', '.join(written['plots'])}")
     return 0
 
 
@@ -366,6 +377,8 @@ def build_parser() -> ArgumentParser:
                              ("best", "show the best trial of a study and where its model is", cmd_best),
                              ("importance", "how much each hyperparameter mattered, and its best values",
                               cmd_importance),
+                             ("report", "write one self-contained HTML page about a study (plots included)",
+                              cmd_report),
                              ("export", "write a trial's model as a file plain Keras loads", cmd_export)):
         sub = add(name, help, func)
         sub.add_argument("--study", metavar="NAME", required=True, help="study name")
@@ -383,6 +396,9 @@ def build_parser() -> ArgumentParser:
     e.add_argument("--epochs", type=int, help="epochs for --retrain (default: the study's --epochs)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     verbose_option(e)
+    r = commands.choices["report"]
+    r.add_argument("--output", metavar="PATH", required=True, help="the page to write, e.g. report.html")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing --output")
 
     d = add("dashboard", "open the store in optuna-dashboard, with the stored models", cmd_dashboard)
     storage_option(d)
