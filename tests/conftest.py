@@ -97,13 +97,13 @@ def tiny_space() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def _trained_folder(tmp_path_factory) -> Path:
-    """One real search, trained once per session: study ``d``, two ResNet-8 trials of two epochs on
-    digits with label smoothing (a custom loss every export must handle), both models kept."""
+    """One real search, trained once per session: study ``d``, three ResNet-8 trials of two epochs on
+    digits with label smoothing (a custom loss every export must handle), all three models kept."""
     import tuner
 
     folder = tmp_path_factory.mktemp("trained")
-    tuner.search("resnet", "digits", trials=2, epochs=2, study="d", storage=f"sqlite:///{folder / 'tuner.db'}",
-                 overrides=TINY["resnet"], label_smoothing=0.1, pruner="none", batch_size=32, seed=1, keep=2)
+    tuner.search("resnet", "digits", trials=3, epochs=2, study="d", storage=f"sqlite:///{folder / 'tuner.db'}",
+                 overrides=TINY["resnet"], label_smoothing=0.1, pruner="none", batch_size=32, seed=1, keep=3)
     return folder
 
 

@@ -43,7 +43,7 @@ def test_search_prints_its_progress_and_best_trial(capsys, sqlite_url):
     assert "trial 1 epoch 1/1" in err and "trial 1 COMPLETE" in err  # progress goes to stderr
 
     code, out, _ = run(capsys, "trials", "--study", "demo", *store, "--json")
-    assert [t["state"] for t in json.loads(out)] == ["COMPLETE", "COMPLETE"]
+    assert [t["state"] for t in json.loads(out)] == ["COMPLETE"] * 3
 
 
 def test_best_trials_and_studies_read_the_store(capsys, trained_study):
@@ -54,13 +54,13 @@ def test_best_trials_and_studies_read_the_store(capsys, trained_study):
     assert best["study"]["space"] == "resnet" and best["test_accuracy"] > 0.3  # it learned: chance is 0.1
 
     code, out, _ = run(capsys, "trials", "--study", "d", *store, "--json")
-    assert [t["state"] for t in json.loads(out)] == ["COMPLETE", "COMPLETE"]
+    assert [t["state"] for t in json.loads(out)] == ["COMPLETE"] * 3
     code, out, _ = run(capsys, "trials", "--study", "d", *store)
     assert code == 0 and "COMPLETE" in out and "depth=8" in out
 
     code, out, _ = run(capsys, "studies", *store, "--json")
     (study,) = json.loads(out)
-    assert (study["name"], study["complete"], study["space"]) == ("d", 2, "resnet")
+    assert (study["name"], study["complete"], study["space"]) == ("d", 3, "resnet")
     code, out, _ = run(capsys, "best", "--study", "d", *store)
     assert code == 0 and "test_accuracy" in out and "param depth" in out
 
@@ -69,7 +69,7 @@ def test_best_trials_and_studies_read_the_store(capsys, trained_study):
         [str(Path(sys.executable).parent / "optuna"), "trials", "--storage", trained_study, "--study-name", "d",
          "-f", "json"], capture_output=True, text=True, check=True)
     trials = json.loads(listed.stdout)
-    assert len(trials) == 2
+    assert len(trials) == 3
     assert set(trials[0]["params"]) == {"depth", "filters", "kernel_size", "stem_stride", "version", "dropout", "l2",
                                         "learning_rate", "optimizer", "lr_schedule"}
 

@@ -62,6 +62,13 @@ def test_export_round_trip_in_a_python_with_only_keras(capsys, trained_study, tm
     described = json.loads(out[out.index("{"):])
     recorded = described["test_accuracy"]
 
+    # The average of the three kept models, as one file.
+    assert main(["export", "--study", "d", "--output", str(tmp_path / "ens.keras"), "--ensemble", "3", "--json",
+                 *store]) == 0
+    out = capsys.readouterr().out
+    averaged = json.loads(out[out.index("{"):])
+    assert sorted(averaged["ensemble"]) == [0, 1, 2] and averaged["test_accuracy"] > 0.3  # chance: 0.1
+
     data = tuner.load_dataset("digits")
     np.savez(tmp_path / "test.npz", x=data.x_test, y=data.y_test)
     # -I: isolated, so neither this project nor the working directory is importable by accident.
@@ -70,12 +77,27 @@ def test_export_round_trip_in_a_python_with_only_keras(capsys, trained_study, tm
         f"model = keras.saving.load_model({str(tmp_path / 'best.keras')!r})\n"
         f"d = np.load({str(tmp_path / 'test.npz')!r})\n"
         "print(model.evaluate(d['x'], d['y'], verbose=0)[1])\n"
+        f"ensemble = keras.saving.load_model({str(tmp_path / 'ens.keras')!r})\n"
+        f"np.save({str(tmp_path / 'ens.npy')!r}, ensemble.predict(d['x'], verbose=0))\n"
         "assert not any(m.split('.')[0] in ('tuner', 'search_spaces', 'storage') for m in sys.modules)\n"
     )
     result = subprocess.run([sys.executable, "-I", "-c", script], capture_output=True, text=True,
                             cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert abs(float(result.stdout.strip().splitlines()[-1]) - recorded) <= 0.005
+    # Its predictions are the mean of the kept models' own.
+    from tuner._models import kept_trials
+    from tuner._models import load_trial_model
+
+    study = optuna.load_study(study_name="d", storage=trained_study)
+    artifacts = optuna.artifacts.FileSystemArtifactStore(tmp_path / "tuner-artifacts")
+    members = [load_trial_model(artifacts, t) for t in kept_trials(study, artifacts)]
+    mean = np.mean([m.predict(data.x_test, verbose=0) for m in members], axis=0)
+    ensemble_probs = np.load(tmp_path / "ens.npy")
+    np.testing.assert_allclose(ensemble_probs, mean, atol=1e-5)
+    assert averaged["test_accuracy"] == pytest.approx(float(np.mean(ensemble_probs.argmax(1) == data.y_test)))
+    assert main(["export", "--study", "d", "--output", str(tmp_path / "e4.keras"), "--ensemble", "4", *store]) == 2
+    assert "--ensemble 4 needs 4 kept models; study 'd' kept 3" in capsys.readouterr().err
 
     # Weights alone, with the recipe to rebuild; a SavedModel folder on TensorFlow.
     assert main(["export", "--study", "d", "--output", str(tmp_path / "w.weights.h5"), "--json", *store]) == 0

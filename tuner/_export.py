@@ -56,11 +56,14 @@ def export(
     retrain: bool = False,
     epochs: int | None = None,
     overwrite: bool = False,
+    ensemble: int | None = None,
 ) -> dict[str, Any]:
     """Write a trial's model to ``output`` (``.keras``, ``.weights.h5`` or a SavedModel folder).
 
     Without ``trial`` the best trial. With ``retrain`` the configuration is trained again from
     scratch as the search trained it (``retrain_trial``), for ``epochs`` (default: the study's).
+    With ``ensemble=K`` one model that averages the class probabilities of the K best kept models
+    (``ensemble_model``), its test accuracy measured on the study's test split.
     Returns a description: trial, space, hyperparameters, test accuracy, output, format, and for
     weights the Python that rebuilds the model.
     """
@@ -74,10 +77,19 @@ def export(
     from tuner._models import write_model
     from tuner._results import load_study
 
+    if ensemble is not None:
+        if ensemble < 2:
+            raise TunerError(f"--ensemble needs at least 2 models, got {ensemble}")
+        if retrain or trial is not None:
+            raise TunerError("--ensemble averages the best kept models: it takes no --trial or --retrain")
+        if output.endswith(".weights.h5"):
+            raise TunerError("an ensemble exports as a whole model: use .keras or a SavedModel folder")
     loaded = load_study(study, storage)
     attrs = loaded.user_attrs
     out = check_output(output, overwrite)
     store = open_artifact_store(artifacts_path(storage, artifacts), create=False)
+    if ensemble is not None:
+        return _export_ensemble(loaded, store, ensemble, out)
     if retrain:
         chosen = pick_trial(loaded, trial)
         result = retrain_trial(attrs, chosen, epochs)
@@ -125,3 +137,54 @@ def retrain_trial(attrs: dict[str, Any], trial: Any, epochs: int | None) -> Any:
     seed = trial.user_attrs.get("seed", settings.get("seed", 0) + trial.number)  # older trials: as searched
     return runner.fit(runner.build(hp, seed), label=f"retrain of trial {trial.number}", params=trial.params,
                       epochs=epochs)
+
+
+def ensemble_model(models: list[Any], names: list[str]) -> Any:
+    """One plain Keras model that averages the class probabilities of ``models`` (each given its
+    name from ``names``, so the members stay apart in the file); it loads with Keras alone."""
+    import keras
+
+    inputs = keras.Input(tuple(models[0].input_shape[1:]), name="image")
+    members = [keras.Model(m.input, m.output, name=name) for m, name in zip(models, names, strict=True)]
+    outputs = keras.layers.Average(name="average")([member(inputs) for member in members])
+    model = keras.Model(inputs, outputs, name=f"ensemble_of_{len(models)}")
+    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def _export_ensemble(loaded: Any, store: Any, k: int, out: Any) -> dict[str, Any]:
+    """``export(..., ensemble=k)``: the k best kept models averaged, tested, written to ``out``."""
+    import numpy as np
+
+    from tuner._models import kept_trials
+    from tuner._models import load_trial_model
+    from tuner._models import write_model
+    from tuner.data import load_dataset
+
+    kept = kept_trials(loaded, store)
+    if len(kept) < k:
+        raise TunerError(f"--ensemble {k} needs {k} kept models; study {loaded.study_name!r} kept "
+                         f"{len(kept)} (search with --keep {k} or more)")
+    members = kept[:k]
+    model = ensemble_model([load_trial_model(store, t) for t in members], [f"trial_{t.number}" for t in members])
+    attrs = loaded.user_attrs
+    data = load_dataset(attrs["dataset"])
+    predicted = np.argmax(model.predict(data.x_test, verbose=0), axis=-1)
+    test_accuracy = float(np.mean(predicted == data.y_test.reshape(-1)))
+    kind = write_model(model, out)
+    return {
+        "study": loaded.study_name,
+        "trial": members[0].number,
+        "ensemble": [t.number for t in members],
+        "value": members[0].value,
+        "test_accuracy": test_accuracy,
+        "best_single_test_accuracy": members[0].user_attrs.get("test_accuracy"),
+        "retrained": False,
+        "space": attrs["space"],
+        "hyperparameters": [dict(t.params) for t in members],
+        "input_shape": attrs["input_shape"],
+        "classes": attrs["classes"],
+        "class_names": attrs.get("class_names"),
+        "output": str(out),
+        "format": kind,
+    }

@@ -250,9 +250,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     description = export(args.study, args.output, trial=args.trial, storage=args.storage,
                          artifacts=args.artifacts, retrain=args.retrain, epochs=args.epochs,
-                         overwrite=args.overwrite)
+                         overwrite=args.overwrite, ensemble=args.ensemble)
     if args.json:
         _print_json(description)
+        return 0
+    if "ensemble" in description:
+        members = ", ".join(str(n) for n in description["ensemble"])
+        print(f"wrote {description['output']} ({description['format']}): the average of trials {members} of "
+              f"study {description['study']}, test_accuracy={_fmt(description['test_accuracy'])} (best single "
+              f"model, trial {description['trial']}: {_fmt(description['best_single_test_accuracy'])})")
         return 0
     what = "retrained, its best epoch" if description["retrained"] else "best epoch"
     print(f"wrote {description['output']} ({description['format']}): trial {description['trial']} "
@@ -394,6 +400,9 @@ def build_parser() -> ArgumentParser:
                    help="train the configuration again from scratch as the search did (its seed, recipe and "
                         "splits), then export its best epoch")
     e.add_argument("--epochs", type=int, help="epochs for --retrain (default: the study's --epochs)")
+    e.add_argument("--ensemble", type=int, metavar="K",
+                   help="one model averaging the class probabilities of the K best kept models (search with "
+                        "--keep K or more)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     verbose_option(e)
     r = commands.choices["report"]
