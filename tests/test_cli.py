@@ -43,7 +43,7 @@ def test_search_prints_its_progress_and_best_trial(capsys, sqlite_url):
     assert "trial 1 epoch 1/1" in err and "trial 1 COMPLETE" in err  # progress goes to stderr
 
     code, out, _ = run(capsys, "trials", "--study", "demo", *store, "--json")
-    assert [t["state"] for t in json.loads(out)] == ["COMPLETE"] * 3
+    assert [t["state"] for t in json.loads(out)] == ["COMPLETE", "COMPLETE"]
 
 
 def test_best_trials_and_studies_read_the_store(capsys, trained_study):

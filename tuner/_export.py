@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import optuna
+
 from tuner.errors import TunerError
 
 
@@ -57,11 +59,16 @@ def export(
     epochs: int | None = None,
     overwrite: bool = False,
     ensemble: int | None = None,
+    seeds: int = 1,
+    top: int | None = None,
 ) -> dict[str, Any]:
     """Write a trial's model to ``output`` (``.keras``, ``.weights.h5`` or a SavedModel folder).
 
     Without ``trial`` the best trial. With ``retrain`` the configuration is trained again from
     scratch as the search trained it (``retrain_trial``), for ``epochs`` (default: the study's).
+    With ``seeds=K`` each retrained configuration is trained K times (``retrain_trial``), every run is
+    printed and recorded on the study (``record_runs``), and the run with the median validation score
+    is exported; ``top=N`` retrains the N best trials so, ranked by their mean, and exports the winner.
     With ``ensemble=K`` one model that averages the class probabilities of the K best kept models
     (``ensemble_model``), its test accuracy measured on the study's test split.
     Returns a description: trial, space, hyperparameters, test accuracy, output, format, and for
@@ -77,6 +84,12 @@ def export(
     from tuner._models import write_model
     from tuner._results import load_study
 
+    if seeds < 1 or (top is not None and top < 1):
+        raise TunerError("--seeds and --top take a number of at least 1")
+    if (seeds > 1 or top is not None) and not retrain:
+        raise TunerError("--seeds and --top train the configuration again: add --retrain")
+    if top is not None and trial is not None:
+        raise TunerError("--top retrains the best trials: it takes no --trial")
     if ensemble is not None:
         if ensemble < 2:
             raise TunerError(f"--ensemble needs at least 2 models, got {ensemble}")
@@ -90,9 +103,17 @@ def export(
     store = open_artifact_store(artifacts_path(storage, artifacts), create=False)
     if ensemble is not None:
         return _export_ensemble(loaded, store, ensemble, out)
+    retrained: list[dict[str, Any]] = []
     if retrain:
-        chosen = pick_trial(loaded, trial)
-        result = retrain_trial(attrs, chosen, epochs)
+        maximize = loaded.direction == optuna.study.StudyDirection.MAXIMIZE
+        candidates = [pick_trial(loaded, trial)] if top is None else best_trials(loaded, top)
+        runs = {}
+        for candidate in candidates:
+            runs[candidate.number] = found = retrain_trial(attrs, candidate, epochs, seeds)
+            retrained.append({"trial": candidate.number, **record_runs(loaded, candidate.number, found)})
+        retrained.sort(key=lambda r: r["value"]["mean"], reverse=maximize)
+        chosen = next(c for c in candidates if c.number == retrained[0]["trial"])
+        result = median_run(runs[chosen.number], maximize)
         model, test_accuracy = result.model, result.test_accuracy
     else:
         chosen = choose_trial(loaded, store, trial)
@@ -112,16 +133,21 @@ def export(
         "output": str(out),
         "format": kind,
     }
+    if retrained:
+        description["seed"] = result.seed
+        description["retrained_runs"] = retrained  # best mean first
     if kind == "weights.h5":
         description["rebuild"] = rebuild_recipe(attrs, chosen.params, str(out),
                                                 averaged=is_flip_averaged(model))
     return description
 
 
-def retrain_trial(attrs: dict[str, Any], trial: Any, epochs: int | None) -> Any:
+def retrain_trial(attrs: dict[str, Any], trial: Any, epochs: int | None, seeds: int = 1) -> list[Any]:
     """Train ``trial``'s configuration again from scratch, as the search trained it: the same splits,
-    recipe, precision, seed and guards (``TrialRunner``), for ``epochs`` (default: the study's
-    ``--epochs``); its best epoch is kept and tested. Returns the ``TrialResult``."""
+    recipe, precision and guards (``TrialRunner``), for ``epochs`` (default: the study's
+    ``--epochs``); each run's best epoch is kept and tested. The first of ``seeds`` runs uses the
+    trial's own seed (it reproduces the trial), the others the next seeds. Returns the
+    ``TrialResult`` of each run, each with its ``seed`` set."""
     from tuner._trial import TrialRunner
     from tuner.data import load_dataset
 
@@ -134,9 +160,57 @@ def retrain_trial(attrs: dict[str, Any], trial: Any, epochs: int | None) -> Any:
     space, hp = trial_space(attrs, trial.params, train_steps=epochs * math.ceil(len(data.y_train) / batch_size))
     runner = TrialRunner(space, data, batch_size, attrs.get("objective", "val_accuracy"),
                          precision=settings.get("precision", "float32"), patience=settings.get("patience"))
-    seed = trial.user_attrs.get("seed", settings.get("seed", 0) + trial.number)  # older trials: as searched
-    return runner.fit(runner.build(hp, seed), label=f"retrain of trial {trial.number}", params=trial.params,
-                      epochs=epochs)
+    first = trial.user_attrs.get("seed", settings.get("seed", 0) + trial.number)  # older trials: as searched
+    results = []
+    for seed in range(first, first + seeds):
+        label = f"retrain of trial {trial.number}" + (f", seed {seed}" if seeds > 1 else "")
+        result = runner.fit(runner.build(hp, seed), label=label, params=trial.params, epochs=epochs)
+        result.seed = seed
+        results.append(result)
+    return results
+
+
+def run_summary(results: list[Any]) -> dict[str, Any]:
+    """The runs of one configuration as the study records them: each run's seed, validation
+    (objective) and test accuracy, and their mean and standard deviation (n-1)."""
+    import statistics
+
+    def spread(values: list[float]) -> dict[str, float]:
+        return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+    return {
+        "runs": [{"seed": r.seed, "value": r.value, "test_accuracy": r.test_accuracy, "best_epoch": r.best_epoch}
+                 for r in results],
+        "value": spread([r.value for r in results]),
+        "test_accuracy": spread([r.test_accuracy for r in results]),
+    }
+
+
+def record_runs(study: Any, number: int, results: list[Any]) -> dict[str, Any]:
+    """Add the summary of ``results`` (retrains of trial ``number``) to the study's ``retrain_runs``
+    attribute (each trial's retrains, oldest first: a later retrain adds, never replaces); returns it."""
+    summary = {"epochs": max(r.epochs for r in results), **run_summary(results)}
+    recorded = dict(study.user_attrs.get("retrain_runs", {}))
+    recorded[str(number)] = [*recorded.get(str(number), []), summary]
+    study.set_user_attr("retrain_runs", recorded)
+    return summary
+
+
+def best_trials(study: Any, n: int) -> list[Any]:
+    """The ``n`` best finished trials of ``study``, best first."""
+    from optuna.trial import TrialState
+
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not finished:
+        raise TunerError(f"study {study.study_name!r} has no finished trial to retrain")
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    return sorted(finished, key=lambda t: t.value, reverse=maximize)[:n]
+
+
+def median_run(results: list[Any], maximize: bool) -> Any:
+    """The run with the median objective (the lower middle one of an even count, by rank)."""
+    ranked = sorted(results, key=lambda r: r.value, reverse=maximize)
+    return ranked[(len(ranked) - 1) // 2]
 
 
 def ensemble_model(models: list[Any], names: list[str]) -> Any:

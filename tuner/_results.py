@@ -54,7 +54,8 @@ def list_trials(study: str, storage: str | None = None) -> list[dict[str, Any]]:
 
 def best_trial(study: str, storage: str | None = None) -> dict[str, Any]:
     """The best finished trial of ``study``, with the study's description under ``"study"`` and each
-    hyperparameter's importance under ``"importance"`` (None before 2 trials have finished)."""
+    hyperparameter's importance under ``"importance"`` (None before 2 trials have finished), and its
+    retrains (``tuner export --retrain --seeds K``) under ``"retrain_runs"``."""
     loaded = load_study(study, storage)
     complete = loaded.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
@@ -62,6 +63,7 @@ def best_trial(study: str, storage: str | None = None) -> dict[str, Any]:
     record = trial_record(loaded.best_trial)
     record["study"] = {"name": loaded.study_name, "direction": loaded.direction.name.lower(),
                        **loaded.user_attrs}
+    record["retrain_runs"] = loaded.user_attrs.get("retrain_runs", {}).get(str(record["number"]), [])
     found = importance_of(loaded)
     record["importance"] = None if found is None else {row["name"]: row["importance"]
                                                        for row in found["hyperparameters"]}

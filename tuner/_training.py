@@ -234,6 +234,7 @@ class TrialResult:
     trace_seconds_per_layer: float | None = None  # the first step's time (tracing), per model layer
     model: Any = None  # the tested model, to keep: the trained one, or its inference form
     pruned: bool = False  # the caller's report stopped it (TrialRunner.fit)
+    seed: int | None = None  # the weights' seed, where the caller records it (a retrain)
 
     def attrs(self) -> dict[str, float | int | str]:
         """The per-trial attributes stored in the study (losses and accuracies at the best epoch)."""

@@ -239,6 +239,9 @@ def cmd_best(args: argparse.Namespace) -> int:
     for key, value in best["params"].items():
         share = f"  (importance {importance[key]:.2f})" if key in importance else ""
         table.add_row(f"param {key}", _fmt(value) + share)
+    for runs in best["retrain_runs"]:
+        table.add_row(f"retrained x{len(runs['runs'])}, {runs['epochs']} epochs",
+                      f"val {_spread(runs['value'])}, test_accuracy {_spread(runs['test_accuracy'])}")
     table.add_row("model file", best["model_file"] or "not kept (export with --retrain)")
     table.add_row("export with", best["export_command"])
     _console().print(table)
@@ -250,10 +253,16 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     description = export(args.study, args.output, trial=args.trial, storage=args.storage,
                          artifacts=args.artifacts, retrain=args.retrain, epochs=args.epochs,
-                         overwrite=args.overwrite, ensemble=args.ensemble)
+                         overwrite=args.overwrite, ensemble=args.ensemble, seeds=args.seeds, top=args.top)
     if args.json:
         _print_json(description)
         return 0
+    for runs in description.get("retrained_runs", []):
+        print(f"trial {runs['trial']} retrained {len(runs['runs'])} times, {runs['epochs']} epochs:")
+        for run in runs["runs"]:
+            print(f"  seed {run['seed']}: val {_fmt(run['value'])}  test_accuracy {_fmt(run['test_accuracy'])}")
+        if len(runs["runs"]) > 1:
+            print(f"  mean ± std: val {_spread(runs['value'])}  test_accuracy {_spread(runs['test_accuracy'])}")
     if "ensemble" in description:
         members = ", ".join(str(n) for n in description["ensemble"])
         print(f"wrote {description['output']} ({description['format']}): the average of trials {members} of "
@@ -261,6 +270,8 @@ def cmd_export(args: argparse.Namespace) -> int:
               f"model, trial {description['trial']}: {_fmt(description['best_single_test_accuracy'])})")
         return 0
     what = "retrained, its best epoch" if description["retrained"] else "best epoch"
+    if description.get("seed") is not None and len(description["retrained_runs"][0]["runs"]) > 1:
+        what = f"retrained, the median run (seed {description['seed']}), its best epoch"
     print(f"wrote {description['output']} ({description['format']}): trial {description['trial']} "
           f"of study {description['study']}, {what}, test_accuracy={_fmt(description['test_accuracy'])}")
     print(f"  space {description['space']}: {json.dumps(description['hyperparameters'])}")
@@ -269,6 +280,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     else:
         print("  load it with: keras.saving.load_model(...) (takes raw pixels; normalisation is inside)")
     return 0
+
+
+def _spread(summary: dict[str, float]) -> str:
+    return f"{summary['mean']:.4f} ± {summary['std']:.4f}"
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
@@ -400,6 +415,11 @@ def build_parser() -> ArgumentParser:
                    help="train the configuration again from scratch as the search did (its seed, recipe and "
                         "splits), then export its best epoch")
     e.add_argument("--epochs", type=int, help="epochs for --retrain (default: the study's --epochs)")
+    e.add_argument("--seeds", type=int, default=1, metavar="K",
+                   help="with --retrain: train K times with different seeds, print each run and mean ± std, record "
+                        "them on the study, export the median run (default 1)")
+    e.add_argument("--top", type=int, metavar="N",
+                   help="with --retrain: retrain the N best trials so and export the best by mean validation score")
     e.add_argument("--ensemble", type=int, metavar="K",
                    help="one model averaging the class probabilities of the K best kept models (search with "
                         "--keep K or more)")
