@@ -68,6 +68,8 @@ def test_export_round_trip_in_a_python_with_only_keras(capsys, trained_study, tm
     out = capsys.readouterr().out
     averaged = json.loads(out[out.index("{"):])
     assert sorted(averaged["ensemble"]) == [0, 1, 2] and averaged["test_accuracy"] > 0.3  # chance: 0.1
+    (recorded_ensemble,) = optuna.load_study(study_name="d", storage=trained_study).user_attrs["ensembles"]
+    assert recorded_ensemble["test_accuracy"] == averaged["test_accuracy"]
 
     # Retrain from scratch through the trial runner with three seeds: each run printed, then mean ± std;
     # the runs recorded on the study; the median run exported (it learns again: chance is 0.1).

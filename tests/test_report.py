@@ -29,6 +29,22 @@ def test_report_is_one_page_that_opens_offline(capsys, trained_study, tmp_path):
     assert not re.search(r"<(script|link)[^>]+(src|href)=", text)
     assert text.count('class="plotly-graph-div"') == len(PLOTS)
 
+    assert "Retrained with other seeds" not in text and "Ensembles" not in text
+
+    # What export measured after the search is on the page too.
+    import optuna
+
+    study = optuna.load_study(study_name="d", storage=trained_study)
+    runs = [{"seed": s, "value": 0.9, "test_accuracy": t, "best_epoch": 2} for s, t in ((1, 0.91), (2, 0.93))]
+    study.set_user_attr("retrain_runs", {"1": [{"epochs": 2, "runs": runs, "value": {"mean": 0.9, "std": 0.0},
+                                                "test_accuracy": {"mean": 0.92, "std": 0.0141}}]})
+    study.set_user_attr("ensembles", [{"trials": [1, 0, 2], "test_accuracy": 0.95, "best_single_test_accuracy": 0.94}])
+    assert main(["report", "--study", "d", "--storage", trained_study, "--output", str(page), "--overwrite"]) == 0
+    text = page.read_text()
+    assert "Retrained with other seeds" in text and "0.9200 ± 0.0141" in text and "0.9100, 0.9300" in text
+    assert "<th>1, 0, 2</th><td>0.95</td><td>0.94</td>" in text
+    capsys.readouterr()
+
     assert main(["report", "--study", "d", "--storage", trained_study, "--output", str(page)]) == 2
     assert "exists; choose another --output or pass --overwrite" in capsys.readouterr().err
     assert main(["report", "--study", "d", "--storage", trained_study, "--output", str(tmp_path / "r.pdf")]) == 2

@@ -227,7 +227,8 @@ def ensemble_model(models: list[Any], names: list[str]) -> Any:
 
 
 def _export_ensemble(loaded: Any, store: Any, k: int, out: Any) -> dict[str, Any]:
-    """``export(..., ensemble=k)``: the k best kept models averaged, tested, written to ``out``."""
+    """``export(..., ensemble=k)``: the k best kept models averaged, tested, written to ``out``; the
+    result is added to the study's ``ensembles`` attribute."""
     import numpy as np
 
     from tuner._models import kept_trials
@@ -246,13 +247,18 @@ def _export_ensemble(loaded: Any, store: Any, k: int, out: Any) -> dict[str, Any
     predicted = np.argmax(model.predict(data.x_test, verbose=0), axis=-1)
     test_accuracy = float(np.mean(predicted == data.y_test.reshape(-1)))
     kind = write_model(model, out)
+    best_single = members[0].user_attrs.get("test_accuracy")
+    recorded = [*loaded.user_attrs.get("ensembles", []),  # each export adds one; none is replaced
+                {"trials": [t.number for t in members], "test_accuracy": test_accuracy,
+                 "best_single_test_accuracy": best_single}]
+    loaded.set_user_attr("ensembles", recorded)
     return {
         "study": loaded.study_name,
         "trial": members[0].number,
         "ensemble": [t.number for t in members],
         "value": members[0].value,
         "test_accuracy": test_accuracy,
-        "best_single_test_accuracy": members[0].user_attrs.get("test_accuracy"),
+        "best_single_test_accuracy": best_single,
         "retrained": False,
         "space": attrs["space"],
         "hyperparameters": [dict(t.params) for t in members],

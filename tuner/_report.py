@@ -85,6 +85,31 @@ h2 { margin-top: 1.8em; border-bottom: 1px solid #ddd; }
 """
 
 
+def _robustness(study: optuna.Study) -> list[str]:
+    """Sections for what ``tuner export`` measured after the search, when it did: retrains with
+    several seeds (``--retrain --seeds``) and averaged models (``--ensemble``)."""
+    parts: list[str] = []
+    rows: list[tuple[Any, ...]]
+    retrains = study.user_attrs.get("retrain_runs", {})
+    if retrains:
+        rows = [(f"trial {number}", summary["epochs"], len(summary["runs"]),
+                 f"{summary['value']['mean']:.4f} ± {summary['value']['std']:.4f}",
+                 f"{summary['test_accuracy']['mean']:.4f} ± {summary['test_accuracy']['std']:.4f}",
+                 ", ".join(f"{run['test_accuracy']:.4f}" for run in summary["runs"]))
+                for number, summaries in sorted(retrains.items(), key=lambda kv: int(kv[0]))
+                for summary in summaries]
+        parts += ["<h2>Retrained with other seeds</h2>",
+                  _table(rows, ("trial", "epochs", "runs", "objective mean ± std", "test accuracy mean ± std",
+                                "test accuracy of each run"))]
+    ensembles = study.user_attrs.get("ensembles", [])
+    if ensembles:
+        rows = [(", ".join(str(n) for n in e["trials"]), e["test_accuracy"], e["best_single_test_accuracy"])
+                for e in ensembles]
+        parts += ["<h2>Ensembles (averaged probabilities)</h2>",
+                  _table(rows, ("trials averaged", "test accuracy", "best single model's test accuracy"))]
+    return parts
+
+
 def render_report(study: optuna.Study, storage: str | None = None) -> tuple[str, list[str]]:
     """The page's HTML, and the titles of the plots it holds."""
     _plotly()
@@ -112,6 +137,7 @@ def render_report(study: optuna.Study, storage: str | None = None) -> tuple[str,
                               f"best trial ({found['best_trial']})"))]
             if found["note"]:
                 parts.append(f"<p class='note'>{html.escape(found['note'])}</p>")
+    parts += _robustness(study)
     figures = report_figures(study, objective)
     for i, (title, figure) in enumerate(figures):
         parts += [f"<h2>{html.escape(title)}</h2>",
@@ -123,7 +149,8 @@ def render_report(study: optuna.Study, storage: str | None = None) -> tuple[str,
 
 def report(study: str, output: str, *, storage: str | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Write ``output`` (``*.html``), one self-contained page about ``study``: its summary, best trial
-    and importances, and Optuna's plots of it. Returns the path, its size and the plots' titles."""
+    and importances, its retrains and ensembles when there are, and Optuna's plots of it. Returns the
+    path, its size and the plots' titles."""
     if not output.endswith((".html", ".htm")):
         raise TunerError(f"--output must end in .html, got {output!r}")
     out = check_output(output, overwrite)
