@@ -81,6 +81,7 @@ def export(
     from tuner._models import choose_trial
     from tuner._models import load_trial_model
     from tuner._models import pick_trial
+    from tuner._models import ranked_trials
     from tuner._models import write_model
     from tuner._results import load_study
 
@@ -103,39 +104,27 @@ def export(
     store = open_artifact_store(artifacts_path(storage, artifacts), create=False)
     if ensemble is not None:
         return _export_ensemble(loaded, store, ensemble, out)
-    retrained: list[dict[str, Any]] = []
+    retrained: list[tuple[Any, list[Any], dict[str, Any]]] = []  # (trial, runs, their summary)
     if retrain:
         maximize = loaded.direction == optuna.study.StudyDirection.MAXIMIZE
-        candidates = [pick_trial(loaded, trial)] if top is None else best_trials(loaded, top)
-        runs = {}
+        candidates = [pick_trial(loaded, trial)] if top is None else ranked_trials(loaded)[:top]
+        if not candidates:
+            raise TunerError(f"study {loaded.study_name!r} has no finished trial to retrain")
         for candidate in candidates:
-            runs[candidate.number] = found = retrain_trial(attrs, candidate, epochs, seeds)
-            retrained.append({"trial": candidate.number, **record_runs(loaded, candidate.number, found)})
-        retrained.sort(key=lambda r: r["value"]["mean"], reverse=maximize)
-        chosen = next(c for c in candidates if c.number == retrained[0]["trial"])
-        result = median_run(runs[chosen.number], maximize)
+            runs = retrain_trial(attrs, candidate, epochs, seeds)
+            retrained.append((candidate, runs, record_runs(loaded, candidate.number, runs)))
+        retrained.sort(key=lambda r: r[2]["value"]["mean"], reverse=maximize)
+        chosen, runs, _ = retrained[0]
+        result = median_run(runs, maximize)
         model, test_accuracy = result.model, result.test_accuracy
     else:
         chosen = choose_trial(loaded, store, trial)
         model, test_accuracy = load_trial_model(store, chosen), chosen.user_attrs.get("test_accuracy")
     kind = write_model(model, out)
-    description = {
-        "study": loaded.study_name,
-        "trial": chosen.number,
-        "value": chosen.value,
-        "test_accuracy": test_accuracy,
-        "retrained": retrain,
-        "space": attrs["space"],
-        "hyperparameters": dict(chosen.params),
-        "input_shape": attrs["input_shape"],
-        "classes": attrs["classes"],
-        "class_names": attrs.get("class_names"),
-        "output": str(out),
-        "format": kind,
-    }
+    description = describe_export(loaded, chosen, test_accuracy, out, kind, retrained=retrain)
     if retrained:
         description["seed"] = result.seed
-        description["retrained_runs"] = retrained  # best mean first
+        description["retrained_runs"] = [{"trial": t.number, **summary} for t, _, summary in retrained]
     if kind == "weights.h5":
         description["rebuild"] = rebuild_recipe(attrs, chosen.params, str(out),
                                                 averaged=is_flip_averaged(model))
@@ -196,17 +185,6 @@ def record_runs(study: Any, number: int, results: list[Any]) -> dict[str, Any]:
     return summary
 
 
-def best_trials(study: Any, n: int) -> list[Any]:
-    """The ``n`` best finished trials of ``study``, best first."""
-    from optuna.trial import TrialState
-
-    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not finished:
-        raise TunerError(f"study {study.study_name!r} has no finished trial to retrain")
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    return sorted(finished, key=lambda t: t.value, reverse=maximize)[:n]
-
-
 def median_run(results: list[Any], maximize: bool) -> Any:
     """The run with the median objective (the lower middle one of an even count, by rank)."""
     ranked = sorted(results, key=lambda r: r.value, reverse=maximize)
@@ -252,16 +230,23 @@ def _export_ensemble(loaded: Any, store: Any, k: int, out: Any) -> dict[str, Any
                 {"trials": [t.number for t in members], "test_accuracy": test_accuracy,
                  "best_single_test_accuracy": best_single}]
     loaded.set_user_attr("ensembles", recorded)
+    return {**describe_export(loaded, members[0], test_accuracy, out, kind, retrained=False),
+            "ensemble": [t.number for t in members], "best_single_test_accuracy": best_single,
+            "hyperparameters": [dict(t.params) for t in members]}
+
+
+def describe_export(loaded: Any, chosen: Any, test_accuracy: float | None, out: Any, kind: str, *,
+                    retrained: bool) -> dict[str, Any]:
+    """What ``export`` returns about a written file: the study, the trial, its space and input."""
+    attrs = loaded.user_attrs
     return {
         "study": loaded.study_name,
-        "trial": members[0].number,
-        "ensemble": [t.number for t in members],
-        "value": members[0].value,
+        "trial": chosen.number,
+        "value": chosen.value,
         "test_accuracy": test_accuracy,
-        "best_single_test_accuracy": best_single,
-        "retrained": False,
+        "retrained": retrained,
         "space": attrs["space"],
-        "hyperparameters": [dict(t.params) for t in members],
+        "hyperparameters": dict(chosen.params),
         "input_shape": attrs["input_shape"],
         "classes": attrs["classes"],
         "class_names": attrs.get("class_names"),

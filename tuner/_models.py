@@ -50,9 +50,13 @@ def has_file(store: FileSystemArtifactStore, artifact_id: str) -> bool:
 
 def kept_trials(study: optuna.Study, store: FileSystemArtifactStore) -> list[optuna.trial.FrozenTrial]:
     """COMPLETE trials whose model file is on disk, best first."""
-    trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-              if MODEL_ATTR in t.user_attrs and has_file(store, t.user_attrs[MODEL_ATTR])]
-    return sorted(trials, key=_rank_key(study))
+    return [t for t in ranked_trials(study)
+            if MODEL_ATTR in t.user_attrs and has_file(store, t.user_attrs[MODEL_ATTR])]
+
+
+def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """COMPLETE trials, best first (of equal values, the earlier trial)."""
+    return sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=_rank_key(study))
 
 
 class ModelKeeper:

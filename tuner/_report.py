@@ -15,10 +15,10 @@ import optuna
 from optuna.trial import TrialState
 
 from tuner._models import check_output
-from tuner._results import best_trial
 from tuner._results import describe_values
 from tuner._results import importance_of
 from tuner._results import load_study
+from tuner._results import trial_record
 from tuner.errors import TunerError
 
 INSTALL_HINT = "tuner report needs plotly: pip install 'tuner[report]'"
@@ -110,7 +110,7 @@ def _robustness(study: optuna.Study) -> list[str]:
     return parts
 
 
-def render_report(study: optuna.Study, storage: str | None = None) -> tuple[str, list[str]]:
+def render_report(study: optuna.Study) -> tuple[str, list[str]]:
     """The page's HTML, and the titles of the plots it holds."""
     _plotly()
     attrs = study.user_attrs
@@ -124,7 +124,7 @@ def render_report(study: optuna.Study, storage: str | None = None) -> tuple[str,
                ("trials", ", ".join(f"{n} {state.lower()}" for state, n in counts.items() if n))]
     parts = [f"<h1>Study {html.escape(study.study_name)}</h1>", _table(summary)]
     if len(study.directions) == 1:
-        best = best_trial(study.study_name, storage)
+        best = trial_record(study.best_trial)
         parts += [f"<h2>Best trial: {best['number']}</h2>",
                   _table([(k, best.get(k)) for k in BEST_FIELDS if best.get(k) is not None]
                          + [(f"param {k}", v) for k, v in best["params"].items()])]
@@ -157,6 +157,6 @@ def report(study: str, output: str, *, storage: str | None = None, overwrite: bo
     loaded = load_study(study, storage)
     if not loaded.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         raise TunerError(f"study {study!r} has no finished trial yet; nothing to report")
-    page, plots = render_report(loaded, storage)
+    page, plots = render_report(loaded)
     out.write_text(page, encoding="utf-8")
     return {"study": study, "output": str(out), "bytes": out.stat().st_size, "plots": plots}

@@ -8,6 +8,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from tuner._models import ranked_trials
 from tuner.errors import TunerError
 
 
@@ -130,20 +131,18 @@ def importance_of(loaded: optuna.Study) -> dict[str, Any] | None:
     """``param_importance`` of a loaded study; None with fewer than 2 finished trials."""
     import warnings
 
-    finished = loaded.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if len(finished) < 2:
+    ranked = ranked_trials(loaded)
+    if len(ranked) < 2:
         return None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         importances = optuna.importance.get_param_importances(loaded)
-    reverse = loaded.direction == optuna.study.StudyDirection.MAXIMIZE
-    ranked = sorted(finished, key=lambda t: float(t.value), reverse=reverse)  # type: ignore[arg-type]
     top = ranked[:max(MIN_TOP, math.ceil(TOP_FRACTION * len(ranked)))]
     rows = [{"name": name, "importance": float(value), "best_value": ranked[0].params.get(name),
              "top_values": _value_range([t.params[name] for t in top if name in t.params])}
             for name, value in importances.items()]
     notes = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
-    return {"study": loaded.study_name, "finished_trials": len(finished), "top_trials": len(top),
+    return {"study": loaded.study_name, "finished_trials": len(ranked), "top_trials": len(top),
             "best_trial": ranked[0].number, "hyperparameters": rows, "note": " ".join(notes) or None}
 
 
