@@ -8,6 +8,7 @@ import sqlite3
 import time
 import warnings
 from collections.abc import Mapping
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -172,7 +173,7 @@ def open_study(
     storage: optuna.storages.BaseStorage,
     name: str,
     *,
-    direction: str,
+    direction: str | Sequence[str],
     attrs: Mapping[str, Any],
     sampler: optuna.samplers.BaseSampler | None = None,
     pruner: optuna.pruners.BasePruner | None = None,
@@ -182,12 +183,13 @@ def open_study(
 
     A study made for another space, dataset, objective, direction or backend raises
     ``StudyMismatchError`` instead of silently mixing trials; so does a study tuner did not create.
+    ``direction`` is one direction, or one per objective of a multi-objective study.
     Only the process that creates the study enqueues ``first_trial``, so commands started at the
     same moment on a new study run it once. A process that joins an existing study reseeds
     ``sampler``: seeded afresh, it would propose the start-up values the study already tried.
     """
     try:
-        study = optuna.create_study(storage=storage, study_name=name, direction=direction,  # type: ignore[arg-type]
+        study = optuna.create_study(storage=storage, study_name=name, directions=_directions(direction),  # type: ignore[arg-type]
                                     sampler=sampler, pruner=pruner)
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
@@ -218,17 +220,22 @@ def _wait_for_identity(study: optuna.Study, seconds: float = IDENTITY_WAIT) -> N
         time.sleep(0.1)
 
 
-def check_same_search(study: optuna.Study, *, direction: str, attrs: Mapping[str, Any]) -> None:
+def _directions(direction: str | Sequence[str]) -> list[str]:
+    return [direction] if isinstance(direction, str) else list(direction)
+
+
+def check_same_search(study: optuna.Study, *, direction: str | Sequence[str], attrs: Mapping[str, Any]) -> None:
     """Raise ``StudyMismatchError`` unless ``study`` was created for the search ``attrs`` describe."""
     stored = study.user_attrs
     if "space" not in stored:
         raise StudyMismatchError(
             f"study {study.study_name!r} was not created by tuner; choose another --study name"
         )
-    if study.direction.name.lower() != direction:
+    stored_directions = [d.name.lower() for d in study.directions]
+    if stored_directions != _directions(direction):
         raise StudyMismatchError(
-            f"study {study.study_name!r} {study.direction.name.lower()}s its objective, this search would "
-            f"{direction} it; use another --study name"
+            f"study {study.study_name!r} {'/'.join(stored_directions)}s its objectives, this search would "
+            f"{'/'.join(_directions(direction))} them; use another --study name"
         )
     for key in IDENTITY_ATTRS:
         if key in attrs and stored.get(key) != attrs[key]:

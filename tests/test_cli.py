@@ -136,7 +136,11 @@ def _sha(path) -> str:
 
 @pytest.mark.parametrize("argv,message", [
     (["search", "--sampler", "grid"], "invalid choice: 'grid' (choose from 'tpe', 'random'"),
-    (["search", "--objective", "acc"], "choose from 'val_accuracy', 'val_loss'"),
+    (["search", "--objective", "acc"], "unknown objective 'acc'; choose one or more (comma-separated) of: val_"),
+    (["search", "--objective", "param_count,latency_ms"], "--objective needs one of val_accuracy, val_loss"),
+    (["search", "--objective", "val_accuracy,param_count", "--backend", "keras-tuner"], "need --backend optuna"),
+    (["search", "--max-params", "lots"], "--max-params takes a count such as 250000, 250k or 1.5M, got 'lots'"),
+    (["search", "--max-latency-ms", "-1"], "--max-latency-ms must be a positive number"),
     (["search", "--trials", "many"], "argument --trials: invalid int value"),
     (["search", "--space", "vgg"], "unknown space 'vgg'; choose one of: densenet, resnet"),
     (["search", "--set", "depth=21"], "--set depth=21: depth must be one of 8, 14, 20"),

@@ -1,5 +1,5 @@
 """What a configuration costs: the FLOPs of a built model, and its epoch time predicted from the
-trials a study has already timed.
+trials a study has already timed; what a trained model costs a deployer (its size and latency).
 
 A search with a deadline uses them to start no trial whose first epoch cannot end in the time left.
 FLOPs are counted, not timed, so the check costs a model build and no training; the rate that turns
@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import math
 import statistics
+import tempfile
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 # Tracing the train step, then the test step (validation and testing): about one and a half of the
@@ -102,3 +104,29 @@ def epoch_seconds(flops: int, rate: float, *, train_images: int, eval_images: in
     """Predicted seconds of one epoch: training, then inference on ``eval_images`` (a third of the
     cost of training an image)."""
     return rate * flops * (train_images + eval_images / 3)
+
+
+# Batch-1 inference calls made before timing (the first traces or compiles the predict step), then timed.
+LATENCY_WARMUP, LATENCY_RUNS = 3, 20
+
+
+def latency_ms(model: Any, image: Any) -> float:
+    """Median milliseconds of one batch-1 inference of ``model`` on this machine, after a warm-up: what
+    a deployer serving one request at a time waits (``predict_on_batch``, the backend's compiled step)."""
+    batch = image[None]
+    for _ in range(LATENCY_WARMUP):
+        model.predict_on_batch(batch)
+    times = []
+    for _ in range(LATENCY_RUNS):
+        start = time.perf_counter()
+        model.predict_on_batch(batch)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000.0
+
+
+def stored_bytes(model: Any) -> int:
+    """The size in bytes of ``model`` as a trial stores it (a ``.keras`` file: config and weights)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.keras"
+        model.save(path)
+        return path.stat().st_size

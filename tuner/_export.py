@@ -5,9 +5,15 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import optuna
-
+from tuner._objectives import DIRECTIONS
+from tuner._objectives import curve_objective
+from tuner._objectives import parse_objectives
 from tuner.errors import TunerError
+
+
+def study_curve_objective(attrs: dict[str, Any]) -> str:
+    """The objective a study's training curves followed (``val_accuracy`` of ``val_accuracy,param_count``)."""
+    return curve_objective(parse_objectives(attrs.get("objective", "val_accuracy")))
 
 
 def trial_space(attrs: dict[str, Any], params: dict[str, Any], *, train_steps: int | None = None):
@@ -106,7 +112,7 @@ def export(
         return _export_ensemble(loaded, store, ensemble, out)
     retrained: list[tuple[Any, list[Any], dict[str, Any]]] = []  # (trial, runs, their summary)
     if retrain:
-        maximize = loaded.direction == optuna.study.StudyDirection.MAXIMIZE
+        maximize = DIRECTIONS[study_curve_objective(attrs)] == "maximize"
         candidates = [pick_trial(loaded, trial)] if top is None else ranked_trials(loaded)[:top]
         if not candidates:
             raise TunerError(f"study {loaded.study_name!r} has no finished trial to retrain")
@@ -147,7 +153,7 @@ def retrain_trial(attrs: dict[str, Any], trial: Any, epochs: int | None, seeds: 
     data = load_dataset(attrs["dataset"])
     batch_size = settings.get("batch_size") or 64
     space, hp = trial_space(attrs, trial.params, train_steps=epochs * math.ceil(len(data.y_train) / batch_size))
-    runner = TrialRunner(space, data, batch_size, attrs.get("objective", "val_accuracy"),
+    runner = TrialRunner(space, data, batch_size, study_curve_objective(attrs),
                          precision=settings.get("precision", "float32"), patience=settings.get("patience"))
     first = trial.user_attrs.get("seed", settings.get("seed", 0) + trial.number)  # older trials: as searched
     results = []
@@ -242,7 +248,8 @@ def describe_export(loaded: Any, chosen: Any, test_accuracy: float | None, out: 
     return {
         "study": loaded.study_name,
         "trial": chosen.number,
-        "value": chosen.value,
+        "value": chosen.values[0] if len(chosen.values) == 1 else None,
+        **({"values": list(chosen.values)} if len(chosen.values) > 1 else {}),
         "test_accuracy": test_accuracy,
         "retrained": retrained,
         "space": attrs["space"],

@@ -3,7 +3,10 @@
 During a search each COMPLETE trial that ranks among the best ``keep`` stores its best-epoch model
 (``model.keras``: config and weights) through ``optuna.artifacts``; files of trials that drop out of
 the top ``keep`` are deleted, so disk use stays bounded, and the search ends with exactly ``keep``
-files (fewer if fewer trials completed). Pruned trials store nothing.
+files (fewer if fewer trials completed). Pruned trials, and trials over a budget (``--max-params``,
+``--max-latency-ms``: infeasible), store nothing. In a multi-objective study the kept models are
+those of the Pareto front (any ``keep`` above 0): a trial keeps its model unless another kept trial
+dominates it, and its arrival evicts those it dominates.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from optuna.artifacts import upload_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import TrialState
 
+from tuner._objectives import dominates
 from tuner.errors import TunerError
 
 MODEL_ATTR = "model_artifact"
@@ -37,7 +41,25 @@ logger = logging.getLogger(__name__)
 
 def _rank_key(study: optuna.Study):
     sign = _sign(study)
-    return lambda trial: (sign * trial.value, trial.number)
+    return lambda trial: (sign * trial.values[0], trial.number)
+
+
+def feasible(trial: optuna.trial.FrozenTrial) -> bool:
+    """Within every budget the search set (Optuna's constraints: feasible at 0 or less)."""
+    return all(value <= 0 for value in trial.constraints.values())
+
+
+def directions_signs(study: optuna.Study) -> tuple[float, ...]:
+    """+1 for each objective the study maximises, -1 for each it minimises."""
+    return tuple(1.0 if d == optuna.study.StudyDirection.MAXIMIZE else -1.0 for d in study.directions)
+
+
+def front_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The feasible COMPLETE trials no other one dominates, in trial order (Optuna's ``best_trials``
+    for a multi-objective study)."""
+    trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if feasible(t)]
+    sign = directions_signs(study)
+    return [t for t in trials if not any(dominates(o.values, t.values, sign) for o in trials)]
 
 
 def has_file(store: FileSystemArtifactStore, artifact_id: str) -> bool:
@@ -55,8 +77,10 @@ def kept_trials(study: optuna.Study, store: FileSystemArtifactStore) -> list[opt
 
 
 def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """COMPLETE trials, best first (of equal values, the earlier trial)."""
-    return sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=_rank_key(study))
+    """Feasible COMPLETE trials, best first (of equal values, the earlier trial); in a
+    multi-objective study, by the first objective."""
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return sorted([t for t in trials if feasible(t)], key=_rank_key(study))
 
 
 class ModelKeeper:
@@ -82,12 +106,17 @@ class ModelKeeper:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def offer(self, trial: optuna.Trial, model: Any, value: float) -> None:
-        """Never raises: a failure to store is logged on the trial, which stays a good trial."""
+    def offer(self, trial: optuna.Trial, model: Any, value: float | tuple[float, ...]) -> None:
+        """Never raises: a failure to store is logged on the trial, which stays a good trial.
+        ``value`` is the objective's, or the tuple of them in a multi-objective study."""
+        values = value if isinstance(value, tuple) else (value,)
         try:
-            if self.keep > 0 and math.isfinite(value):
+            if self.keep > 0 and all(math.isfinite(v) for v in values):
                 with self.locked():
-                    self._offer(trial, model, value)
+                    if isinstance(value, tuple):
+                        self._offer_to_front(trial, model, value)
+                    else:
+                        self._offer(trial, model, value)
         except Exception as err:  # noqa: BLE001 - a full disk must not fail the trial
             message = f"{type(err).__name__}: {err}"[:500]
             trial.set_user_attr("model_error", message)
@@ -99,25 +128,48 @@ class ModelKeeper:
         kept = _ranked(study.user_attrs.get(KEPT_ATTR, []), sign)
         if len(kept) >= self.keep and sign * value >= sign * kept[self.keep - 1][1]:
             return  # not among the best: nothing to write
+        artifact_id = self._upload(trial, model)
+        kept = _ranked([*kept, [trial.number, value, artifact_id]], sign)
+        self._remove([entry[2] for entry in kept[self.keep:]])
+        study.set_user_attr(KEPT_ATTR, kept[:self.keep])
+
+    def _offer_to_front(self, trial: optuna.Trial, model: Any, values: tuple[float, ...]) -> None:
+        study = trial.study
+        sign = directions_signs(study)
+        kept = study.user_attrs.get(KEPT_ATTR, [])
+        if any(dominates(entry[1], values, sign) for entry in kept):
+            return  # not on the front
+        artifact_id = self._upload(trial, model)
+        self._remove([entry[2] for entry in kept if dominates(values, entry[1], sign)])
+        kept = [entry for entry in kept if not dominates(values, entry[1], sign)]
+        study.set_user_attr(KEPT_ATTR, [*kept, [trial.number, list(values), artifact_id]])
+
+    def _upload(self, trial: optuna.Trial, model: Any) -> str:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / MODEL_FILENAME
             model.save(path)
             artifact_id = upload_artifact(artifact_store=self.store, file_path=str(path),
                                           study_or_trial=trial)
         trial.set_user_attr(MODEL_ATTR, artifact_id)
-        kept = _ranked([*kept, [trial.number, value, artifact_id]], sign)
-        self._remove([entry[2] for entry in kept[self.keep:]])
-        study.set_user_attr(KEPT_ATTR, kept[:self.keep])
+        return artifact_id
 
     def trim(self, study: optuna.Study) -> None:
-        """Make the files match the best ``keep`` COMPLETE trials, read from the whole study: the
-        search's end calls it, so a trial that kept a model and then failed leaves no file behind."""
+        """Make the files match the best ``keep`` COMPLETE trials (the front's, in a multi-objective
+        study), read from the whole study: the search's end calls it, so a trial that kept a model and
+        then failed leaves no file behind."""
+        multi = len(study.directions) > 1
         with self.locked():
             stored = [t for t in study.get_trials(deepcopy=False) if MODEL_ATTR in t.user_attrs]
-            best = kept_trials(study, self.store)[:self.keep]
+            kept = kept_trials(study, self.store)
+            if multi:
+                front = {t.number for t in front_trials(study)}
+                best = [t for t in kept if t.number in front]
+            else:
+                best = kept[:self.keep]
             numbers = {t.number for t in best}
             self._remove([t.user_attrs[MODEL_ATTR] for t in stored if t.number not in numbers])
-            study.set_user_attr(KEPT_ATTR, [[t.number, t.value, t.user_attrs[MODEL_ATTR]] for t in best])
+            study.set_user_attr(KEPT_ATTR, [[t.number, list(t.values) if multi else t.value,
+                                             t.user_attrs[MODEL_ATTR]] for t in best])
 
     def _remove(self, artifact_ids: list[str]) -> None:
         for artifact_id in artifact_ids:
@@ -128,7 +180,7 @@ class ModelKeeper:
 
 
 def _sign(study: optuna.Study) -> float:
-    return -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
+    return -1.0 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1.0
 
 
 def _ranked(entries: list[list[Any]], sign: float) -> list[list[Any]]:
@@ -137,11 +189,17 @@ def _ranked(entries: list[list[Any]], sign: float) -> list[list[Any]]:
 
 
 def pick_trial(study: optuna.Study, number: int | None) -> optuna.trial.FrozenTrial:
-    """Trial ``number`` of ``study``, or its best trial; a clear error where there is none."""
+    """Trial ``number`` of ``study``, or its best feasible trial; a clear error where there is none
+    (a multi-objective study has no single best: the front's points are chosen by number)."""
     if number is None:
-        if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            raise TunerError(f"study {study.study_name!r} has no finished trial to export")
-        return study.best_trial
+        if len(study.directions) > 1:
+            raise TunerError(f"study {study.study_name!r} has several objectives: choose a point of its "
+                             "front with --trial N (tuner best --pareto lists them)")
+        ranked = ranked_trials(study)
+        if not ranked:
+            over = " within its budgets" if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) else ""
+            raise TunerError(f"study {study.study_name!r} has no finished trial{over} to export")
+        return ranked[0]
     for trial in study.get_trials(deepcopy=False):
         if trial.number == number and trial.params:
             return trial

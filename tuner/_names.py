@@ -3,10 +3,11 @@ bottom of the package, beside ``errors``, so every layer can check a name withou
 
 from __future__ import annotations
 
-SAMPLERS = ("tpe", "random", "gp", "cmaes", "qmc")
+SAMPLERS = ("tpe", "random", "gp", "cmaes", "qmc", "nsga2")
 PRUNERS = ("hyperband", "sha", "median", "none")
 AUGMENT_CHOICES = ("auto", "none", "flip", "shift", "flip_shift")
-OBJECTIVES = ("val_accuracy", "val_loss")
+CURVE_OBJECTIVES = ("val_accuracy", "val_loss")  # read off the training curve
+OBJECTIVES = (*CURVE_OBJECTIVES, "param_count", "latency_ms")  # one, or several for a Pareto front
 BACKENDS = ("optuna", "keras-tuner")
 ALGORITHMS = ("random", "bayesian", "hyperband", "grid")  # Keras Tuner's tuners
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")

@@ -100,9 +100,11 @@ class SearchProgress:
 
     def trial_finished(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         attrs = trial.user_attrs
-        state = "SKIPPED" if "skipped" in attrs else trial.state.name
-        value = "" if trial.value is None else f"{self.objective}={trial.value:.4f}  "
-        why = attrs.get("error") or attrs.get("skipped") or (
+        state = "SKIPPED" if "skipped" in attrs else "REJECTED" if "rejected" in attrs else trial.state.name
+        names = self.objective.split(",")
+        value = "".join(f"{name}={v:{VALUE_FORMATS.get(name, '.4f')}}  "
+                        for name, v in zip(names, trial.values or (), strict=False))
+        why = attrs.get("error") or attrs.get("skipped") or attrs.get("rejected") or attrs.get("over_budget") or (
             f"stopped by the {attrs['stopped_by']} after {attrs.get('epochs')} epochs"
             if "stopped_by" in attrs else "")
         reason = f"  ({why})" if why else ""
@@ -114,9 +116,13 @@ class SearchProgress:
             trials = study.get_trials(deepcopy=False)
             self.counts = {
                 "finished": sum(t.state == TrialState.COMPLETE for t in trials),
-                "pruned": sum(t.state == TrialState.PRUNED and "skipped" not in t.user_attrs for t in trials),
+                "pruned": sum(t.state == TrialState.PRUNED and "skipped" not in t.user_attrs
+                              and "rejected" not in t.user_attrs for t in trials),
                 "failed": sum(t.state == TrialState.FAIL for t in trials),
             }
+            rejected = sum("rejected" in t.user_attrs for t in trials)
+            if rejected:  # over --max-params: not trained
+                self.counts["rejected (over --max-params)"] = rejected
             self.best = self.best_text(study)
 
     def view(self) -> Group:
@@ -145,10 +151,16 @@ class SearchProgress:
         return Group(*rows)
 
     def best_text(self, study: optuna.Study) -> str:
+        if len(study.directions) > 1:
+            return f"{len(study.best_trials)} trials on the front"
         best = best_trial(study)
         if best is None:
             return "no finished trial yet"
         return f"best {self.objective}={best.value:.4f} (trial {best.number})"
+
+
+# How an objective's value is shown (a curve objective: 4 decimals).
+VALUE_FORMATS = {"param_count": ".0f", "latency_ms": ".3g"}
 
 
 def _clock(seconds: float) -> str:
@@ -159,9 +171,9 @@ def _clock(seconds: float) -> str:
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    """The best COMPLETE trial, or None while there is none."""
+    """The best COMPLETE (and feasible) trial, or None while there is none."""
     try:
         best = study.best_trial
-    except ValueError:
+    except (ValueError, RuntimeError):
         return None
     return best if best.value is not None and not math.isnan(best.value) else None

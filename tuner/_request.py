@@ -19,10 +19,12 @@ from typing import Any
 from tuner._names import ALGORITHMS
 from tuner._names import AUGMENT_CHOICES
 from tuner._names import BACKENDS
-from tuner._names import OBJECTIVES
 from tuner._names import PRECISIONS
 from tuner._names import PRUNERS
 from tuner._names import SAMPLERS
+from tuner._objectives import curve_objective
+from tuner._objectives import parse_count
+from tuner._objectives import parse_objectives
 from tuner.errors import TunerError
 
 
@@ -41,7 +43,7 @@ class SearchRequest:
     pruner: str = "hyperband"
     seed: int = 0
     overrides: Mapping[str, str] | Sequence[str] | None = None
-    objective: str = "val_accuracy"
+    objective: str | Sequence[str] = "val_accuracy"  # "a,b": a Pareto front
     batch_size: int | None = None
     patience: int | None = 5
     augment: str = "auto"
@@ -58,11 +60,33 @@ class SearchRequest:
     recycle_after: int | None = None
     progress: bool | str = False
     deadline: float | None = None
+    max_params: int | str | None = None
+    max_latency_ms: float | None = None
+
+    @property
+    def objectives(self) -> tuple[str, ...]:
+        """The objectives in order: one, or two or three for a Pareto front (``--objective a,b``)."""
+        return parse_objectives(self.objective)
+
+    @property
+    def curve_objective(self) -> str:
+        """The objective each trial's training curve follows (its best epoch, the pruner)."""
+        return curve_objective(self.objectives)
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    def limits(self) -> dict[str, float]:
+        """The budgets a trial must stay within to be feasible, by metric."""
+        found = {"param_count": self.max_params, "latency_ms": self.max_latency_ms}
+        return {name: float(limit) for name, limit in found.items() if limit is not None}
 
     def checked(self) -> SearchRequest:
         """This request with its mistakes refused (``TunerError``) and its implied values filled in."""
-        if self.objective not in OBJECTIVES:
-            raise TunerError(f"unknown objective {self.objective!r}; choose one of: {', '.join(OBJECTIVES)}")
+        objectives = parse_objectives(self.objective)
+        max_params = parse_count(self.max_params)
+        _positive("max-latency-ms", self.max_latency_ms, allow_none=True)
         for flag, value in (("trials", self.trials), ("epochs", self.epochs)):
             _positive(flag, value)
         _positive("batch-size", self.batch_size, allow_none=True)
@@ -83,6 +107,12 @@ class SearchRequest:
         if self.backend == "keras-tuner" and workers > 1:
             raise TunerError("Keras Tuner keeps its search state in one process: --workers and --gpus need "
                              "--backend optuna")
+        if self.backend == "keras-tuner" and (len(objectives) > 1 or max_params or self.max_latency_ms):
+            raise TunerError("several objectives, --max-params and --max-latency-ms need --backend optuna "
+                             "(Keras Tuner has one objective and no constraints)")
+        if len(objectives) > 1 and self.sampler == "cmaes":
+            raise TunerError("the cmaes sampler optimises one objective; with several use tpe (default), "
+                             "nsga2, gp or random")
         if self.keep < 0:
             raise TunerError(f"--keep must be 0 or more, got {self.keep}")
         deadline = self.deadline
@@ -95,13 +125,14 @@ class SearchRequest:
             self, study=self.study or default_study_name(self.space, self.dataset), workers=workers,
             patience=self.patience or None, algorithm=check_algorithm(self.backend, self.algorithm),
             deadline=deadline, overrides=overrides, recycle_after=self.recycle_after or None,
+            objective=",".join(objectives), max_params=max_params,
         )
 
     def settings(self) -> dict[str, Any]:
         """What the study records of the search as the user asked for it (``settings``)."""
         return {"trials": self.trials, "timeout": self.timeout, "sampler": self.sampler, "pruner": self.pruner,
                 "seed": self.seed, "max_failures": self.max_failures, "backend": self.backend,
-                "algorithm": self.algorithm}
+                "algorithm": self.algorithm, **({"limits": self.limits()} if self.limits() else {})}
 
 
 def default_study_name(space: str, dataset: str) -> str:

@@ -8,7 +8,12 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from tuner._models import KEPT_ATTR
+from tuner._models import feasible
+from tuner._models import front_trials
 from tuner._models import ranked_trials
+from tuner._objectives import DIRECTIONS
+from tuner._objectives import pareto_front as front_of
 from tuner.errors import TunerError
 
 
@@ -37,10 +42,15 @@ def _number(value: float | None) -> float | None:
 def trial_record(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
     """One trial as a JSON-ready dict: number, state, value, params, and what tuner measured."""
     duration = trial.duration.total_seconds() if trial.duration else None
+    values = trial.values or []
+    several = {"values": [_number(v) for v in values]} if len(values) > 1 else {}
+    constraints = {"constraints": trial.constraints, "feasible": feasible(trial)} if trial.constraints else {}
     return {
         "number": trial.number,
         "state": trial.state.name,
-        "value": _number(trial.value),
+        "value": _number(values[0]) if len(values) == 1 else None,
+        **several,
+        **constraints,
         "params": dict(trial.params),
         "duration_seconds": duration,
         "intermediate_values": {str(k): v for k, v in sorted(trial.intermediate_values.items())},
@@ -58,10 +68,17 @@ def best_trial(study: str, storage: str | None = None) -> dict[str, Any]:
     hyperparameter's importance under ``"importance"`` (None before 2 trials have finished), and its
     retrains (``tuner export --retrain --seeds K``) under ``"retrain_runs"``."""
     loaded = load_study(study, storage)
+    if len(loaded.directions) > 1:
+        raise TunerError(f"study {study!r} has several objectives ({loaded.user_attrs.get('objective')}): "
+                         "it has a front, not one best trial; see tuner best --pareto")
     complete = loaded.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
         raise TunerError(f"study {study!r} has no finished trial yet ({len(loaded.trials)} trials in all)")
-    record = trial_record(loaded.best_trial)
+    ranked = ranked_trials(loaded)
+    if not ranked:
+        raise TunerError(f"study {study!r} has no finished trial within its budgets "
+                         f"({loaded.user_attrs.get('settings', {}).get('limits')})")
+    record = trial_record(ranked[0])
     record["study"] = {"name": loaded.study_name, "direction": loaded.direction.name.lower(),
                        **loaded.user_attrs}
     record["retrain_runs"] = loaded.user_attrs.get("retrain_runs", {}).get(str(record["number"]), [])
@@ -80,11 +97,11 @@ def list_studies(storage: str | None = None) -> list[dict[str, Any]]:
         counts = {state.name: 0 for state in TrialState}
         for t in trials:
             counts[t.state.name] += 1
-        complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+        complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values and feasible(t)]
         best = None
-        if complete:
+        if complete and len(frozen.directions) == 1:
             pick = max if frozen.direction.name == "MAXIMIZE" else min
-            best = pick(complete, key=lambda t: float(t.value))  # type: ignore[arg-type]
+            best = pick(complete, key=lambda t: float(t.values[0]))
         attrs = frozen.user_attrs
         rows.append({
             "name": frozen.study_name,
@@ -92,7 +109,7 @@ def list_studies(storage: str | None = None) -> list[dict[str, Any]]:
             "dataset": attrs.get("dataset"),
             "backend": attrs.get("backend"),
             "objective": attrs.get("objective"),
-            "direction": frozen.direction.name.lower(),
+            "direction": ",".join(d.name.lower() for d in frozen.directions),
             "trials": len(trials),
             "complete": counts["COMPLETE"],
             "pruned": counts["PRUNED"],
@@ -102,6 +119,43 @@ def list_studies(storage: str | None = None) -> list[dict[str, Any]]:
             "best_trial": None if best is None else best.number,
         })
     return rows
+
+
+# What a deployer compares, beside the objectives, in a front's table.
+DEPLOY_METRICS = ("test_accuracy", "param_count", "model_bytes", "latency_ms")
+
+
+def pareto(study: str, storage: str | None = None) -> dict[str, Any]:
+    """The trade-offs a study found: its Pareto front, best first by its first objective.
+
+    Of a multi-objective study, its own front (the feasible COMPLETE trials no other dominates).
+    Of a single-objective study, the front of its objective against ``param_count`` (and
+    ``latency_ms`` where every trial has it): the most accurate model is often many times larger
+    than one a point below it. Each point gives its objectives, test accuracy, size, latency,
+    whether its model was kept, and its trial number (``tuner export --trial N`` exports it).
+    """
+    loaded = load_study(study, storage)
+    objectives = (loaded.metric_names or [loaded.user_attrs.get("objective", "val_accuracy")])
+    trials = [t for t in loaded.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if feasible(t)]
+    if len(loaded.directions) > 1:
+        front = front_trials(loaded)
+        rows = [(t, dict(zip(objectives, t.values, strict=True))) for t in front]
+    else:
+        objectives = [objectives[0], "param_count"]
+        if trials and all("latency_ms" in t.user_attrs for t in trials):
+            objectives.append("latency_ms")
+        points = [(t.number, (t.values[0], *(t.user_attrs.get(m, math.inf) for m in objectives[1:])))
+                  for t in trials]
+        numbers, by_number = set(front_of(points, objectives)), dict(points)
+        rows = [(t, dict(zip(objectives, by_number[t.number], strict=True))) for t in trials if t.number in numbers]
+    kept = {entry[0] for entry in loaded.user_attrs.get(KEPT_ATTR, [])}
+    sign = 1.0 if DIRECTIONS.get(objectives[0]) == "maximize" else -1.0
+    rows.sort(key=lambda row: (-sign * row[1][objectives[0]], row[0].number))
+    found = [{"number": t.number, **{k: int(v) if k == "param_count" else _number(v) for k, v in values.items()},
+               **{m: _number(t.user_attrs.get(m)) for m in DEPLOY_METRICS if m not in values},
+               "kept": t.number in kept} for t, values in rows]
+    return {"study": loaded.study_name, "objectives": objectives, "multi_objective": len(loaded.directions) > 1,
+            "finished_trials": len(trials), "front": found}
 
 
 # The best values of a hyperparameter are those of the top quarter of the finished trials (at least 2).
@@ -136,7 +190,9 @@ def importance_of(loaded: optuna.Study) -> dict[str, Any] | None:
         return None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        importances = optuna.importance.get_param_importances(loaded)
+        # Of a multi-objective study, importance for its first objective.
+        target = (lambda t: t.values[0]) if len(loaded.directions) > 1 else None
+        importances = optuna.importance.get_param_importances(loaded, target=target)
     top = ranked[:max(MIN_TOP, math.ceil(TOP_FRACTION * len(ranked)))]
     rows = [{"name": name, "importance": float(value), "best_value": ranked[0].params.get(name),
              "top_values": _value_range([t.params[name] for t in top if name in t.params])}

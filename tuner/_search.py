@@ -25,9 +25,9 @@ from storage import open_study
 from tuner._device import accelerator
 from tuner._device import resolve_precision
 from tuner._models import ModelKeeper
+from tuner._objectives import DIRECTIONS
 from tuner._progress import SearchProgress
 from tuner._request import SearchRequest
-from tuner._training import DIRECTIONS
 from tuner._training import keep_callers_gradients
 from tuner._trial import TrialRunner
 from tuner._workers import run_workers
@@ -52,6 +52,7 @@ def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
         "gp": lambda: optuna.samplers.GPSampler(seed=seed),
         "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed),
         "qmc": lambda: optuna.samplers.QMCSampler(seed=seed),
+        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed),
     }
     return samplers[name]()
 
@@ -188,11 +189,12 @@ def prepare(request: SearchRequest, *, seed: int, process_trials: int | None = N
     study = open_study(
         store,
         request.study,
-        direction=DIRECTIONS[request.objective],
-        attrs=study_attrs(request.space, request.backend, request.objective, raw, data.describe(),
+        direction=[DIRECTIONS[name] for name in request.objectives],
+        attrs=study_attrs(request.space, request.backend, ",".join(request.objectives), raw, data.describe(),
                           request.algorithm),
         sampler=make_sampler(request.sampler, seed),
-        pruner=make_pruner(request.pruner, request.epochs),
+        # A multi-objective study prunes by its own rule (backends/_optuna.py: prune_multi_objective).
+        pruner=make_pruner("none" if request.multi_objective else request.pruner, request.epochs),
         # A new study first tries the space's defaults (a paper recipe): a known-good baseline.
         first_trial={spec.name: spec.default for spec in specs}
         if request.start_from_defaults and request.backend == "optuna" else None,
@@ -206,12 +208,12 @@ def prepare(request: SearchRequest, *, seed: int, process_trials: int | None = N
         if study.metric_names is None:  # optuna-dashboard then plots "val_accuracy", not "Objective 0"
             with warnings.catch_warnings():  # "experimental" since Optuna 3.2
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                study.set_metric_names([request.objective])
+                study.set_metric_names(list(request.objectives))
         study.set_user_attr("pixel_mean", mean)  # to rebuild a model from its parameters
         study.set_user_attr("pixel_variance", variance)
     deadline = request.deadline
     progress = SearchProgress(
-        enabled=bool(request.progress), objective=request.objective, epochs=request.epochs,
+        enabled=bool(request.progress), objective=",".join(request.objectives), epochs=request.epochs,
         live=False if request.progress == "lines" else None,
         started=None if deadline is None or request.timeout is None else deadline - request.timeout,
         deadline=deadline,
@@ -219,7 +221,7 @@ def prepare(request: SearchRequest, *, seed: int, process_trials: int | None = N
     recipe = {"batch_size": batch_size, "augment": augment, "precision": policy,
               "patience": request.patience, "max_epochs": request.epochs,
               "label_smoothing": request.label_smoothing}
-    runner = TrialRunner(hypermodel, data, batch_size, request.objective, precision=policy,
+    runner = TrialRunner(hypermodel, data, batch_size, request.curve_objective, precision=policy,
                          patience=request.patience, deadline=deadline, progress=progress)
     return SearchJob(
         request=request, study=study, storage=store, runner=runner, progress=progress, overrides=narrowed,

@@ -18,11 +18,10 @@ from typing import Any
 import keras
 import numpy as np
 
+from tuner._objectives import DIRECTIONS
 from tuner.data import Dataset
 from tuner.errors import TunerError
 
-# The objectives a search can optimise, and which way.
-DIRECTIONS = {"val_accuracy": "maximize", "val_loss": "minimize"}
 # Training steps timed before a first epoch's end is projected (the first step traces the model).
 PROBE_STEPS = 8
 # Seconds kept, at a deadline, for writing the trial's model.
@@ -235,6 +234,8 @@ class TrialResult:
     model: Any = None  # the tested model, to keep: the trained one, or its inference form
     pruned: bool = False  # the caller's report stopped it (TrialRunner.fit)
     seed: int | None = None  # the weights' seed, where the caller records it (a retrain)
+    model_bytes: int | None = None  # the tested model as stored, and its batch-1 latency (TrialRunner.fit)
+    latency_ms: float | None = None
 
     def attrs(self) -> dict[str, float | int | str]:
         """The per-trial attributes stored in the study (losses and accuracies at the best epoch)."""
@@ -258,6 +259,10 @@ class TrialResult:
             attrs["trace_seconds_per_layer"] = round(self.trace_seconds_per_layer, 5)
         if self.stopped_by is not None:
             attrs["stopped_by"] = self.stopped_by
+        if self.model_bytes is not None:
+            attrs["model_bytes"] = self.model_bytes
+        if self.latency_ms is not None:
+            attrs["latency_ms"] = round(self.latency_ms, 3)
         return attrs
 
 

@@ -2,7 +2,8 @@
 
 A run starts clean (the last model's graph freed, the weights seeded, the precision policy set),
 builds the space's model for the values ``hp`` holds, fits it with a report after every epoch,
-restores its best epoch and tests it (``train_and_evaluate``: deadline, NaN guard, Ctrl-C).
+restores its best epoch and tests it (``train_and_evaluate``: deadline, NaN guard, Ctrl-C), then
+measures what the tested model costs a deployer: its size as stored and its batch-1 latency.
 Who chooses the values and who decides to stop (Optuna's pruner, Keras Tuner's Hyperband rounds,
 nobody when retraining) is the caller's business: it passes ``report``.
 """
@@ -18,6 +19,8 @@ from typing import Any
 import keras
 
 from search_spaces import TunableSpace
+from tuner._cost import latency_ms
+from tuner._cost import stored_bytes
 from tuner._progress import SearchProgress
 from tuner._training import EpochReport
 from tuner._training import TrialResult
@@ -84,4 +87,7 @@ class TrialRunner:
             on_step=None if progress is None else progress.on_step,
         )
         result.pruned = reports.stopped_early
+        if not result.pruned and result.stopped_by != "too_slow":  # what it costs a deployer
+            result.model_bytes = stored_bytes(result.model)
+            result.latency_ms = latency_ms(result.model, self.data.x_test[0])
         return result

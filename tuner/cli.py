@@ -45,7 +45,7 @@ def _fmt(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return f"{value:.0f}" if value.is_integer() and abs(value) >= 1e4 else f"{value:.4g}"
     return str(value)
 
 
@@ -65,6 +65,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             study=study, storage=args.storage, backend=args.backend, algorithm=args.algorithm,
             sampler=args.sampler, pruner=args.pruner, seed=args.seed,
             overrides=args.set, objective=args.objective, batch_size=args.batch_size,
+            max_params=args.max_params, max_latency_ms=args.max_latency_ms,
             patience=args.patience, augment=args.augment, precision=args.precision,
             label_smoothing=args.label_smoothing, keep=args.keep, artifacts=args.artifacts,
             max_failures=args.max_failures,
@@ -75,6 +76,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         interrupted = True
         print("interrupted: the trial in flight keeps its best epoch (failed if it had none)",
               file=sys.stderr)
+    if "," in args.objective:  # several objectives: the front, not one best trial
+        args.study, args.pareto = study, True
+        print_front(args)
+        return 130 if interrupted else 0
     try:
         best = best_trial(study, args.storage)
     except Exception as err:
@@ -157,7 +162,8 @@ def cmd_trials(args: argparse.Namespace) -> int:
     for column in ("#", "state", "value", "test_acc", "epochs", "seconds", "params"):
         table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(str(row["number"]), row["state"], _fmt(row["value"]),
+        value = ", ".join(_fmt(v) for v in row["values"]) if "values" in row else _fmt(row["value"])
+        table.add_row(str(row["number"]), row["state"], value,
                       _fmt(row.get("test_accuracy")), _fmt(row.get("epochs")),
                       _fmt(row.get("train_seconds")), format_params(row["params"]))
     _console().print(table)
@@ -216,11 +222,40 @@ def stored_model_path(args: argparse.Namespace, trial: dict[str, Any]) -> str | 
     return str(path) if path.is_file() else None
 
 
+def print_front(args: argparse.Namespace) -> int:
+    """``tuner best --pareto``: the front as a table, or JSON."""
+    from rich.table import Table
+
+    from tuner._results import pareto
+
+    found = pareto(args.study, args.storage)
+    if args.json:
+        _print_json(found)
+        return 0
+    kind = "" if found["multi_objective"] else f"{found['objectives'][0]} against size: "
+    table = Table(title=f"study {args.study}: {kind}Pareto front, {len(found['front'])} of "
+                        f"{found['finished_trials']} finished trials", title_justify="left")
+    deploy = ("test_accuracy", "param_count", "model_bytes", "latency_ms")
+    columns = ["number", *found["objectives"], *(m for m in deploy if m not in found["objectives"]), "kept"]
+    for column in columns:
+        table.add_column("trial" if column == "number" else column, justify="right")
+    for point in found["front"]:
+        table.add_row(*(("yes" if point[c] else "no") if c == "kept" else _fmt(point.get(c)) for c in columns))
+    _console().print(table)
+    storage_flag = f" --storage {args.storage}" if args.storage else ""
+    print(f"export a point: tuner export --study {args.study}{storage_flag}{_artifacts_flag(args)} "
+          "--trial N --output model.keras")
+    return 0
+
+
 def cmd_best(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from tuner._results import best_trial
+    from tuner._results import load_study
 
+    if args.pareto or len(load_study(args.study, args.storage).directions) > 1:
+        return print_front(args)
     best = best_trial(args.study, args.storage)
     best["model_file"] = stored_model_path(args, best)
     storage_flag = f" --storage {args.storage}" if args.storage else ""
@@ -233,7 +268,7 @@ def cmd_best(args: argparse.Namespace) -> int:
     table.add_column("field")
     table.add_column("value", overflow="fold")
     for key in ("test_accuracy", "val_accuracy", "val_loss", "train_accuracy", "train_loss",
-                "epochs", "best_epoch", "train_seconds", "param_count"):
+                "epochs", "best_epoch", "train_seconds", "param_count", "model_bytes", "latency_ms"):
         table.add_row(key, _fmt(best.get(key)))
     importance = best["importance"] or {}
     for key, value in best["params"].items():
@@ -369,8 +404,15 @@ def build_parser() -> ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="seed of the sampler and of each trial (default 0)")
     s.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="fix or narrow a hyperparameter: depth=20, learning_rate=1e-3..1e-1, optimizer=adam,sgd")
-    s.add_argument("--objective", choices=OBJECTIVES, default="val_accuracy",
-                   help="what to optimise (default val_accuracy)")
+    s.add_argument("--objective", default="val_accuracy", metavar="NAME[,NAME...]",
+                   help=f"what to optimise (default val_accuracy): one of {', '.join(OBJECTIVES)}, or two or "
+                        "three of them, comma-separated, for a Pareto front (val_accuracy,param_count)")
+    s.add_argument("--max-params", metavar="N",
+                   help="train no model over N parameters (250000, 250k, 1.5M): such configurations are "
+                        "rejected before training, and the best trial is the best within the budget")
+    s.add_argument("--max-latency-ms", type=float, metavar="MS",
+                   help="a trial whose batch-1 inference takes over MS milliseconds on this machine is "
+                        "infeasible: it keeps no model and is never the best")
     s.add_argument("--keep", type=int, default=3,
                    help="store the models of the best N complete trials (default 3; 0: none)")
     artifacts_option(s)
@@ -407,10 +449,15 @@ def build_parser() -> ArgumentParser:
         json_option(sub)
         if name in ("best", "export"):
             artifacts_option(sub)
+    commands.choices["best"].add_argument(
+        "--pareto", action="store_true",
+        help="the Pareto front instead: of the study's objectives, or of its objective against param_count "
+             "and latency_ms (default for a multi-objective study)")
     e = commands.choices["export"]
     e.add_argument("--output", metavar="PATH", required=True,
                    help="best.keras (whole model), best.weights.h5 (weights), or a folder (SavedModel)")
-    e.add_argument("--trial", type=int, metavar="N", help="trial number (default: the best trial)")
+    e.add_argument("--trial", type=int, metavar="N",
+                   help="trial number (default: the best trial; of a multi-objective study, a point of its front)")
     e.add_argument("--retrain", action="store_true",
                    help="train the configuration again from scratch as the search did (its seed, recipe and "
                         "splits), then export its best epoch")

@@ -119,11 +119,18 @@ class SearchJob:
 # A configuration not trained because its first epoch could not end before the deadline is stored
 # PRUNED with this attribute (so samplers learn it is too costly); it does not count as a trial.
 SKIPPED_ATTR = "skipped"
+# A configuration over --max-params, known from its built model and not trained: stored PRUNED with
+# this attribute and a violated constraint; it does not count as a trial either.
+REJECTED_ATTR = "rejected"
+# A trial over --max-latency-ms (timed after training): COMPLETE, infeasible, keeps no model.
+OVER_BUDGET_ATTR = "over_budget"
+# In a multi-objective study (no ``trial.report``): the curve objective after each epoch.
+CURVE_ATTR = "curve"
 
 
 def counted(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
-    """The trials that count towards ``--trials``: all but the skipped ones."""
-    return [t for t in trials if SKIPPED_ATTR not in t.user_attrs]
+    """The trials that count towards ``--trials``: all but the skipped and rejected ones."""
+    return [t for t in trials if SKIPPED_ATTR not in t.user_attrs and REJECTED_ATTR not in t.user_attrs]
 
 
 class SearchBackend(ABC):

@@ -32,7 +32,7 @@ from optuna.trial import TrialState
 
 from search_spaces import ParamSpec
 from tuner._names import ALGORITHMS
-from tuner._training import DIRECTIONS
+from tuner._objectives import DIRECTIONS
 from tuner._training import TrialResult
 from tuner._training import trial_error
 from tuner.backends._base import ConsecutiveFailures
@@ -59,8 +59,8 @@ def make_oracle(algorithm: str, job: SearchJob) -> keras_tuner.Oracle:
     Tuner's ``max_trials``, ends a search, so it counts the same finished trials as the Optuna backend.
     """
     request = job.request
-    direction = "max" if DIRECTIONS[request.objective] == "maximize" else "min"
-    objective = keras_tuner.Objective(request.objective, direction)
+    direction = "max" if DIRECTIONS[request.curve_objective] == "maximize" else "min"
+    objective = keras_tuner.Objective(request.curve_objective, direction)
     hp = keras_tuner.HyperParameters()
     for spec in job.overrides.values():
         spec.declare(hp)  # declared first, a narrowed spec wins over the space's own declaration
