@@ -96,7 +96,8 @@ def test_two_objectives_store_a_front_with_pruned_trials_and_best_lists_it(tiny_
     assert main(["export", "--study", "front", "--storage", sqlite_url, "--output", "m.keras"]) == 2
     assert "choose a point of its front with --trial N" in capsys.readouterr().err
     point = found["front"][-1]["number"]
-    assert main(["export", "--study", "front", "--storage", sqlite_url, "--trial", str(point), "--output", "m.keras"]) == 0
+    assert main(["export", "--study", "front", "--storage", sqlite_url, "--trial", str(point),
+                 "--output", "m.keras"]) == 0
 
 
 def test_pareto_of_a_single_objective_study_weighs_its_objective_against_size(trained_study, capsys):
@@ -105,3 +106,14 @@ def test_pareto_of_a_single_objective_study_weighs_its_objective_against_size(tr
     assert found["objectives"][:2] == ["val_accuracy", "param_count"] and not found["multi_objective"]
     assert found["front"][0]["number"] == tuner.best_trial("d", trained_study)["number"]
     assert all(point["kept"] for point in found["front"])
+
+
+def test_over_latency_budget_completes_infeasible_and_keeps_nothing(tiny_space, sqlite_url, tmp_path):
+    study = tuner.search(tiny_space, "digits", trials=2, epochs=1, storage=sqlite_url, study="slow",
+                         max_latency_ms=1e-6, keep=2)
+    for t in study.get_trials(deepcopy=False):
+        assert t.state == optuna.trial.TrialState.COMPLETE and t.constraints["latency_ms"] > 0
+        assert "over --max-latency-ms" in t.user_attrs["over_budget"] and "model_artifact" not in t.user_attrs
+    with pytest.raises(TunerError, match="no finished trial within its budgets"):
+        tuner.best_trial("slow", sqlite_url)
+    assert [p for p in (tmp_path / "tuner-artifacts").iterdir() if not p.name.startswith(".")] == []

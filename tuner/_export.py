@@ -67,8 +67,12 @@ def export(
     ensemble: int | None = None,
     seeds: int = 1,
     top: int | None = None,
+    quantize: str | None = None,
 ) -> dict[str, Any]:
-    """Write a trial's model to ``output`` (``.keras``, ``.weights.h5`` or a SavedModel folder).
+    """Write a trial's model to ``output``: ``.keras``, ``.weights.h5``, a SavedModel folder, or for
+    deployment ``.tflite`` (LiteRT; ``quantize`` ``float16`` or ``int8``) or ``.onnx``, which are
+    verified with their own runtime on the test split before the export succeeds (``tuner._deploy``;
+    the measurements are under ``"verified"``).
 
     Without ``trial`` the best trial. With ``retrain`` the configuration is trained again from
     scratch as the search trained it (``retrain_trial``), for ``epochs`` (default: the study's).
@@ -83,6 +87,10 @@ def export(
     from search_spaces import is_flip_averaged
     from storage import artifacts_path
     from storage import open_artifact_store
+    from tuner._deploy import DEPLOY_SUFFIXES
+    from tuner._deploy import check_deploy_format
+    from tuner._deploy import verify
+    from tuner._deploy import write_deployable
     from tuner._models import check_output
     from tuner._models import choose_trial
     from tuner._models import load_trial_model
@@ -102,11 +110,12 @@ def export(
             raise TunerError(f"--ensemble needs at least 2 models, got {ensemble}")
         if retrain or trial is not None:
             raise TunerError("--ensemble averages the best kept models: it takes no --trial or --retrain")
-        if output.endswith(".weights.h5"):
+        if output.endswith((".weights.h5", ".tflite", ".onnx")):
             raise TunerError("an ensemble exports as a whole model: use .keras or a SavedModel folder")
     loaded = load_study(study, storage)
     attrs = loaded.user_attrs
     out = check_output(output, overwrite)
+    check_deploy_format(out, quantize)
     store = open_artifact_store(artifacts_path(storage, artifacts), create=False)
     if ensemble is not None:
         return _export_ensemble(loaded, store, ensemble, out)
@@ -126,8 +135,18 @@ def export(
     else:
         chosen = choose_trial(loaded, store, trial)
         model, test_accuracy = load_trial_model(store, chosen), chosen.user_attrs.get("test_accuracy")
-    kind = write_model(model, out)
+    verified = None
+    if out.suffix in DEPLOY_SUFFIXES:
+        from tuner.data import load_dataset
+
+        data = load_dataset(attrs["dataset"])
+        kind = write_deployable(model, out, quantize=quantize, calibration=data.x_train)
+        verified = verify(out, model, data.x_test, data.y_test, quantize=quantize)
+    else:
+        kind = write_model(model, out)
     description = describe_export(loaded, chosen, test_accuracy, out, kind, retrained=retrain)
+    if verified is not None:
+        description["verified"] = verified
     if retrained:
         description["seed"] = result.seed
         description["retrained_runs"] = [{"trial": t.number, **summary} for t, _, summary in retrained]

@@ -35,7 +35,8 @@ MODEL_ATTR = "model_artifact"
 MODEL_FILENAME = "model.keras"
 KEPT_ATTR = "kept_models"  # on the study: [[trial number, value, artifact id], ...], best first
 LOCK_FILENAME = ".keeper.lock"  # in the artifact folder: one offer at a time, across workers
-FORMATS = ".keras (whole model), .weights.h5 (weights only) or a folder (TensorFlow SavedModel)"
+FORMATS = (".keras (whole model), .weights.h5 (weights only), a folder (TensorFlow SavedModel), "
+           ".tflite (LiteRT) or .onnx")
 logger = logging.getLogger(__name__)
 
 

@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 from typing import NoReturn
 
@@ -288,7 +289,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     description = export(args.study, args.output, trial=args.trial, storage=args.storage,
                          artifacts=args.artifacts, retrain=args.retrain, epochs=args.epochs,
-                         overwrite=args.overwrite, ensemble=args.ensemble, seeds=args.seeds, top=args.top)
+                         overwrite=args.overwrite, ensemble=args.ensemble, seeds=args.seeds, top=args.top,
+                         quantize=args.quantize)
     if args.json:
         _print_json(description)
         return 0
@@ -310,8 +312,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"wrote {description['output']} ({description['format']}): trial {description['trial']} "
           f"of study {description['study']}, {what}, test_accuracy={_fmt(description['test_accuracy'])}")
     print(f"  space {description['space']}: {json.dumps(description['hyperparameters'])}")
+    if "verified" in description:
+        v = description["verified"]
+        print(f"  verified with {v['runtime']} on {v['test_images']} test images: top-1 agreement "
+              f"{v['agreement']:.4f} with the Keras model, test_accuracy {v['test_accuracy']:.4f} (Keras "
+              f"{v['keras_test_accuracy']:.4f}); {v['bytes'] / 1e6:.2f} MB; batch-1 latency {v['latency_ms']:.3g} ms")
     if "rebuild" in description:
         print("  rebuild the model, then load the weights:\n" + description["rebuild"])
+    elif "verified" in description:
+        from tuner._deploy import LOAD_HINTS
+
+        print(f"  load it with: {LOAD_HINTS[Path(description['output']).suffix]}")
     else:
         print("  load it with: keras.saving.load_model(...) (takes raw pixels; normalisation is inside)")
     return 0
@@ -455,7 +466,8 @@ def build_parser() -> ArgumentParser:
              "and latency_ms (default for a multi-objective study)")
     e = commands.choices["export"]
     e.add_argument("--output", metavar="PATH", required=True,
-                   help="best.keras (whole model), best.weights.h5 (weights), or a folder (SavedModel)")
+                   help="best.keras (whole model), best.weights.h5 (weights), a folder (SavedModel), or for "
+                        "deployment best.tflite (LiteRT) or best.onnx, each verified by its runtime")
     e.add_argument("--trial", type=int, metavar="N",
                    help="trial number (default: the best trial; of a multi-objective study, a point of its front)")
     e.add_argument("--retrain", action="store_true",
@@ -470,6 +482,8 @@ def build_parser() -> ArgumentParser:
     e.add_argument("--ensemble", type=int, metavar="K",
                    help="one model averaging the class probabilities of the K best kept models (search with "
                         "--keep K or more)")
+    e.add_argument("--quantize", choices=("float16", "int8"),
+                   help="with a .tflite --output: float16 weights, or int8 calibrated on 200 training images")
     e.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     verbose_option(e)
     r = commands.choices["report"]
