@@ -15,9 +15,11 @@ import optuna
 from optuna.trial import TrialState
 
 from tuner._models import check_output
+from tuner._models import ranked_trials
 from tuner._results import describe_values
 from tuner._results import importance_of
 from tuner._results import load_study
+from tuner._results import pareto_of
 from tuner._results import trial_record
 from tuner.errors import TunerError
 
@@ -42,7 +44,7 @@ def report_figures(study: optuna.Study, objective: str) -> list[tuple[str, Any]]
     finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     plots: list[tuple[str, Callable[[], Any]]] = []
     if multi:
-        plots.append(("Pareto front", lambda: vis.plot_pareto_front(study)))
+        plots.append(("Pareto front", lambda: vis.plot_pareto_front(study, target_names=study.metric_names)))
     else:
         plots += [
             ("Optimisation history", lambda: vis.plot_optimization_history(study, target_name=objective)),
@@ -123,8 +125,18 @@ def render_report(study: optuna.Study) -> tuple[str, list[str]]:
                ("direction", ", ".join(d.name.lower() for d in study.directions)),
                ("trials", ", ".join(f"{n} {state.lower()}" for state, n in counts.items() if n))]
     parts = [f"<h1>Study {html.escape(study.study_name)}</h1>", _table(summary)]
-    if len(study.directions) == 1:
-        best = trial_record(study.best_trial)
+    ranked = ranked_trials(study)
+    if len(study.directions) > 1:
+        found_front = pareto_of(study)
+        objectives = found_front["objectives"]
+        columns = ("trial", *objectives,
+                   *(m for m in ("test_accuracy", "param_count", "model_bytes", "latency_ms") if m not in objectives),
+                   "kept")
+        parts += [f"<h2>Pareto front: {len(found_front['front'])} trials</h2>",
+                  _table([tuple(point.get("number" if c == "trial" else c) for c in columns)
+                          for point in found_front["front"]], columns)]
+    elif ranked:
+        best = trial_record(ranked[0])
         parts += [f"<h2>Best trial: {best['number']}</h2>",
                   _table([(k, best.get(k)) for k in BEST_FIELDS if best.get(k) is not None]
                          + [(f"param {k}", v) for k, v in best["params"].items()])]

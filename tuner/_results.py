@@ -134,7 +134,11 @@ def pareto(study: str, storage: str | None = None) -> dict[str, Any]:
     than one a point below it. Each point gives its objectives, test accuracy, size, latency,
     whether its model was kept, and its trial number (``tuner export --trial N`` exports it).
     """
-    loaded = load_study(study, storage)
+    return pareto_of(load_study(study, storage))
+
+
+def pareto_of(loaded: optuna.Study) -> dict[str, Any]:
+    """``pareto`` of a loaded study."""
     objectives = (loaded.metric_names or [loaded.user_attrs.get("objective", "val_accuracy")])
     trials = [t for t in loaded.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if feasible(t)]
     if len(loaded.directions) > 1:
