@@ -14,6 +14,7 @@ import importlib
 from typing import TYPE_CHECKING
 from typing import Any
 
+from search_spaces._declarations import smallest_values
 from search_spaces._errors import SpaceError
 from search_spaces._params import Declarations
 from search_spaces._params import ParamSpec
@@ -54,6 +55,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "smallest_values",
     "Declarations",
     "ParamSpec",
     "SpaceEntry",

@@ -177,14 +177,14 @@ def open_study(
     attrs: Mapping[str, Any],
     sampler: optuna.samplers.BaseSampler | None = None,
     pruner: optuna.pruners.BasePruner | None = None,
-    first_trial: Mapping[str, Any] | None = None,
+    first_trials: Sequence[Mapping[str, Any]] = (),
 ) -> optuna.Study:
     """Create the study ``name`` with ``attrs``, or continue it if it was made for the same search.
 
     A study made for another space, dataset, objective, direction or backend raises
     ``StudyMismatchError`` instead of silently mixing trials; so does a study tuner did not create.
     ``direction`` is one direction, or one per objective of a multi-objective study.
-    Only the process that creates the study enqueues ``first_trial``, so commands started at the
+    Only the process that creates the study enqueues ``first_trials``, so commands started at the
     same moment on a new study run it once. A process that joins an existing study reseeds
     ``sampler``: seeded afresh, it would propose the start-up values the study already tried.
     """
@@ -198,8 +198,8 @@ def open_study(
         if sampler is not None:
             sampler.reseed_rng()
         return study
-    if first_trial:
-        study.enqueue_trial(dict(first_trial))
+    for values in first_trials:
+        study.enqueue_trial(dict(values))
     # The identity goes last, "space" (the mark of a tuner study) last of all: a process that
     # finds "space" finds the whole identity and the first trial too.
     for key, value in sorted(attrs.items(), key=lambda item: item[0] == "space"):

@@ -122,7 +122,7 @@ def _open_and_run_trials(url: str, name: str, worker: int, start: float, queue) 
     while time.time() < start:  # every process opens the new study at the same instant
         time.sleep(0.001)
     try:
-        study = open_study(store, name, direction="maximize", attrs=ATTRS, first_trial={"x": 1.0},
+        study = open_study(store, name, direction="maximize", attrs=ATTRS, first_trials=[{"x": 1.0}],
                            sampler=optuna.samplers.RandomSampler())
         study.enqueue_trial({"x": worker / 10})
         for _ in range(2):

@@ -12,6 +12,7 @@ import math
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -114,12 +115,17 @@ def latency_ms(model: Any, image: Any) -> float:
     """Median milliseconds of one batch-1 inference of ``model`` on this machine, after a warm-up: what
     a deployer serving one request at a time waits (``predict_on_batch``, the backend's compiled step)."""
     batch = image[None]
-    for _ in range(LATENCY_WARMUP):
-        model.predict_on_batch(batch)
+    return median_ms(lambda: model.predict_on_batch(batch), LATENCY_WARMUP, LATENCY_RUNS)
+
+
+def median_ms(call: Callable[[], Any], warmup: int, runs: int) -> float:
+    """The median of ``runs`` timed calls of ``call``, in milliseconds, after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        call()
     times = []
-    for _ in range(LATENCY_RUNS):
+    for _ in range(runs):
         start = time.perf_counter()
-        model.predict_on_batch(batch)
+        call()
         times.append(time.perf_counter() - start)
     return statistics.median(times) * 1000.0
 

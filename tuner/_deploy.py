@@ -12,8 +12,6 @@ The converters and runtimes are optional (``pip install 'tuner[export]'``) and i
 
 from __future__ import annotations
 
-import statistics
-import time
 from abc import ABC
 from abc import abstractmethod
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from tuner._cost import median_ms
 from tuner.errors import TunerError
 
 DEPLOY_SUFFIXES = (".tflite", ".onnx")
@@ -187,7 +186,7 @@ def verify(output: Path, model: Any, x_test: np.ndarray, y_test: np.ndarray, *, 
         "test_accuracy": float((top == labels).mean()),
         "keras_test_accuracy": float((keras_top == labels).mean()),
         "bytes": output.stat().st_size,
-        "latency_ms": _latency_ms(runtime, x[:1]),
+        "latency_ms": median_ms(lambda: runtime.predict(x[:1]), LATENCY_WARMUP, LATENCY_RUNS),
     }
     if quantize == "int8":
         passed = float(found["keras_test_accuracy"]) - float(found["test_accuracy"]) <= MAX_INT8_ACCURACY_DROP
@@ -201,14 +200,3 @@ def verify(output: Path, model: Any, x_test: np.ndarray, y_test: np.ndarray, *, 
                          f"test accuracy {found['test_accuracy']:.4f} vs {found['keras_test_accuracy']:.4f}; "
                          "the file was removed")
     return found
-
-
-def _latency_ms(runtime: Runtime, image: np.ndarray) -> float:
-    for _ in range(LATENCY_WARMUP):
-        runtime.predict(image)
-    times = []
-    for _ in range(LATENCY_RUNS):
-        start = time.perf_counter()
-        runtime.predict(image)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000.0

@@ -16,6 +16,7 @@ import optuna
 from search_spaces import get_space
 from search_spaces import parse_assignments
 from search_spaces import resolve_overrides
+from search_spaces import smallest_values
 from storage import artifacts_path
 from storage import fail_orphaned_trials
 from storage import keras_tuner_path
@@ -25,6 +26,7 @@ from storage import open_study
 from tuner._device import accelerator
 from tuner._device import resolve_precision
 from tuner._models import ModelKeeper
+from tuner._objectives import COST_BEFORE_TRAINING
 from tuner._objectives import DIRECTIONS
 from tuner._progress import SearchProgress
 from tuner._request import SearchRequest
@@ -195,9 +197,8 @@ def prepare(request: SearchRequest, *, seed: int, process_trials: int | None = N
         sampler=make_sampler(request.sampler, seed),
         # A multi-objective study prunes by its own rule (backends/_optuna.py: prune_multi_objective).
         pruner=make_pruner("none" if request.multi_objective else request.pruner, request.epochs),
-        # A new study first tries the space's defaults (a paper recipe): a known-good baseline.
-        first_trial={spec.name: spec.default for spec in specs}
-        if request.start_from_defaults and request.backend == "optuna" else None,
+        first_trials=first_trials(request, specs) if request.start_from_defaults and request.backend == "optuna"
+        else (),
     )
     check_space_unchanged(study, specs)
     keeper = None
@@ -228,6 +229,16 @@ def prepare(request: SearchRequest, *, seed: int, process_trials: int | None = N
         recipe=recipe, seed=seed, keeper=keeper, process_trials=process_trials,
         workdir=str(keras_tuner_path(request.storage)) if request.backend == "keras-tuner" else None,
     )
+
+
+def first_trials(request: SearchRequest, specs: Sequence[Any]) -> list[dict[str, Any]]:
+    """What a new study tries first: the space's defaults (a paper recipe, a known-good baseline); and
+    in a Pareto search with a cost objective, also its smallest model (``smallest_values``), so the
+    front has its cheap end from the start instead of after the sampler's random start-up trials."""
+    defaults = {spec.name: spec.default for spec in specs}
+    smallest = smallest_values(specs)
+    costly = any(name in COST_BEFORE_TRAINING for name in request.objectives)
+    return [defaults, smallest] if costly and smallest != defaults else [defaults]
 
 
 def auto_batch_size(train_images: int, device: str = "cpu") -> int:

@@ -164,7 +164,8 @@ def cmd_trials(args: argparse.Namespace) -> int:
         table.add_column(column, overflow="fold")
     for row in rows:
         value = ", ".join(_fmt(v) for v in row["values"]) if "values" in row else _fmt(row["value"])
-        table.add_row(str(row["number"]), row["state"], value,
+        why = next((f" ({key})" for key in ("rejected", "skipped", "over_budget") if key in row), "")
+        table.add_row(str(row["number"]), row["state"] + why, value,
                       _fmt(row.get("test_accuracy")), _fmt(row.get("epochs")),
                       _fmt(row.get("train_seconds")), format_params(row["params"]))
     _console().print(table)
