@@ -117,3 +117,16 @@ def test_over_latency_budget_completes_infeasible_and_keeps_nothing(tiny_space, 
     with pytest.raises(TunerError, match="no finished trial within its budgets"):
         tuner.best_trial("slow", sqlite_url)
     assert [p for p in (tmp_path / "tuner-artifacts").iterdir() if not p.name.startswith(".")] == []
+
+
+def test_a_pareto_search_for_size_starts_from_both_ends():
+    from search_spaces import get_space
+    from tuner._request import SearchRequest
+    from tuner._search import first_trials
+
+    specs = get_space("resnet").hyperparameters()
+    single = first_trials(SearchRequest().checked(), specs)
+    pareto = first_trials(SearchRequest(objective="val_accuracy,latency_ms").checked(), specs)
+    assert single == pareto[:1] and single[0]["filters"] == 32
+    assert {k: pareto[1][k] for k in ("depth", "filters", "kernel_size")} == {"depth": 8, "filters": 16, "kernel_size": 3}
+    assert pareto[1]["learning_rate"] == single[0]["learning_rate"]  # only size hyperparameters move
