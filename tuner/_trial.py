@@ -87,7 +87,8 @@ class TrialRunner:
             on_step=None if progress is None else progress.on_step,
         )
         result.pruned = reports.stopped_early
-        if not result.pruned and result.stopped_by != "too_slow":  # what it costs a deployer
+        # What it costs a deployer; not after Ctrl-C (the user is waiting) or for an untested model.
+        if result.model is not None and not result.pruned and result.stopped_by not in ("too_slow", "interrupt"):
             result.model_bytes = stored_bytes(result.model)
             result.latency_ms = latency_ms(result.model, self.data.x_test[0])
         return result

@@ -155,8 +155,9 @@ def run_trial(job: SearchJob, trial: optuna.Trial) -> float | tuple[float, ...]:
         trial.set_user_attr(key, value)
     if result.pruned:
         raise optuna.TrialPruned(f"pruned after epoch {result.epochs}")
-    values = tuple(float(result.value if name == runner.objective else attrs[name]) for name in request.objectives)
-    over = over_limit(trial, "latency_ms", float(attrs["latency_ms"]), limits)
+    values = tuple(float(result.value if name == runner.objective else attrs.get(name, math.nan))
+                   for name in request.objectives)
+    over = over_limit(trial, "latency_ms", float(attrs.get("latency_ms", math.nan)), limits)
     if over is not None:
         trial.set_user_attr(OVER_BUDGET_ATTR, over)
     elif job.keeper is not None:
@@ -168,7 +169,7 @@ def run_trial(job: SearchJob, trial: optuna.Trial) -> float | tuple[float, ...]:
 
 def over_limit(trial: optuna.Trial, metric: str, value: float, limits: Mapping[str, float]) -> str | None:
     """Record ``metric``'s budget as the trial's constraint (feasible at 0 or less); why it is over, or None."""
-    if metric not in limits:
+    if metric not in limits or not math.isfinite(value):  # not measured: a trial cut short by Ctrl-C
         return None
     trial.set_constraint(metric, value - limits[metric])
     if value <= limits[metric]:
