@@ -111,21 +111,17 @@ def epoch_seconds(flops: int, rate: float, *, train_images: int, eval_images: in
 LATENCY_WARMUP, LATENCY_RUNS = 3, 20
 
 
-def latency_ms(model: Any, image: Any) -> float:
-    """Median milliseconds of one batch-1 inference of ``model`` on this machine, after a warm-up: what
-    a deployer serving one request at a time waits (``predict_on_batch``, the backend's compiled step)."""
+def latency_ms(predict: Callable[[Any], Any], image: Any) -> float:
+    """Median milliseconds of ``predict`` on a batch of one ``image`` on this machine, after a warm-up:
+    what a deployer serving one request at a time waits. ``predict`` is a Keras model's
+    ``predict_on_batch`` (the backend's compiled step), or an exported file's runtime."""
     batch = image[None]
-    return median_ms(lambda: model.predict_on_batch(batch), LATENCY_WARMUP, LATENCY_RUNS)
-
-
-def median_ms(call: Callable[[], Any], warmup: int, runs: int) -> float:
-    """The median of ``runs`` timed calls of ``call``, in milliseconds, after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        call()
+    for _ in range(LATENCY_WARMUP):
+        predict(batch)
     times = []
-    for _ in range(runs):
+    for _ in range(LATENCY_RUNS):
         start = time.perf_counter()
-        call()
+        predict(batch)
         times.append(time.perf_counter() - start)
     return statistics.median(times) * 1000.0
 

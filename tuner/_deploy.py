@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from tuner._cost import median_ms
+from tuner._cost import latency_ms
 from tuner.errors import TunerError
 
 DEPLOY_SUFFIXES = (".tflite", ".onnx")
@@ -28,7 +28,6 @@ INSTALL_HINT = "pip install 'tuner[export]'"
 MIN_AGREEMENT = 0.99  # top-1 agreement of a float export with the Keras model
 MAX_INT8_ACCURACY_DROP = 0.01  # test accuracy an int8 export may lose
 CALIBRATION_IMAGES = 200  # training images that calibrate int8 quantization
-LATENCY_WARMUP, LATENCY_RUNS = 5, 50
 # What each format needs: (module, package) for the converter and the runtime, per Keras backend.
 NEEDS = {
     ".tflite": {"tensorflow": [("ai_edge_litert", "ai-edge-litert")]},
@@ -186,7 +185,7 @@ def verify(output: Path, model: Any, x_test: np.ndarray, y_test: np.ndarray, *, 
         "test_accuracy": float((top == labels).mean()),
         "keras_test_accuracy": float((keras_top == labels).mean()),
         "bytes": output.stat().st_size,
-        "latency_ms": median_ms(lambda: runtime.predict(x[:1]), LATENCY_WARMUP, LATENCY_RUNS),
+        "latency_ms": latency_ms(runtime.predict, x[0]),
     }
     if quantize == "int8":
         passed = float(found["keras_test_accuracy"]) - float(found["test_accuracy"]) <= MAX_INT8_ACCURACY_DROP

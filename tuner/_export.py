@@ -173,7 +173,8 @@ def retrain_trial(attrs: dict[str, Any], trial: Any, epochs: int | None, seeds: 
     batch_size = settings.get("batch_size") or 64
     space, hp = trial_space(attrs, trial.params, train_steps=epochs * math.ceil(len(data.y_train) / batch_size))
     runner = TrialRunner(space, data, batch_size, study_curve_objective(attrs),
-                         precision=settings.get("precision", "float32"), patience=settings.get("patience"))
+                         precision=settings.get("precision", "float32"), patience=settings.get("patience"),
+                         deploy_costs=False)  # a retrain records no size or latency
     first = trial.user_attrs.get("seed", settings.get("seed", 0) + trial.number)  # older trials: as searched
     results = []
     for seed in range(first, first + seeds):

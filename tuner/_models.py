@@ -55,14 +55,6 @@ def directions_signs(study: optuna.Study) -> tuple[float, ...]:
     return tuple(1.0 if d == optuna.study.StudyDirection.MAXIMIZE else -1.0 for d in study.directions)
 
 
-def front_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """The feasible COMPLETE trials no other one dominates, in trial order (Optuna's ``best_trials``
-    for a multi-objective study)."""
-    trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if feasible(t)]
-    sign = directions_signs(study)
-    return [t for t in trials if not any(dominates(o.values, t.values, sign) for o in trials)]
-
-
 def has_file(store: FileSystemArtifactStore, artifact_id: str) -> bool:
     try:
         store.open_reader(artifact_id).close()
@@ -163,7 +155,7 @@ class ModelKeeper:
             stored = [t for t in study.get_trials(deepcopy=False) if MODEL_ATTR in t.user_attrs]
             kept = kept_trials(study, self.store)
             if multi:
-                front = {t.number for t in front_trials(study)}
+                front = {t.number for t in study.best_trials}  # Optuna's front: feasible, non-dominated
                 best = [t for t in kept if t.number in front]
             else:
                 best = kept[:self.keep]

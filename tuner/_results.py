@@ -10,7 +10,6 @@ from optuna.trial import TrialState
 
 from tuner._models import KEPT_ATTR
 from tuner._models import feasible
-from tuner._models import front_trials
 from tuner._models import ranked_trials
 from tuner._objectives import DIRECTIONS
 from tuner._objectives import pareto_front as front_of
@@ -142,8 +141,7 @@ def pareto_of(loaded: optuna.Study) -> dict[str, Any]:
     objectives = (loaded.metric_names or [loaded.user_attrs.get("objective", "val_accuracy")])
     trials = [t for t in loaded.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if feasible(t)]
     if len(loaded.directions) > 1:
-        front = front_trials(loaded)
-        rows = [(t, dict(zip(objectives, t.values, strict=True))) for t in front]
+        rows = [(t, dict(zip(objectives, t.values, strict=True))) for t in loaded.best_trials]
     else:
         objectives = [objectives[0], "param_count"]
         if trials and all("latency_ms" in t.user_attrs for t in trials):

@@ -38,7 +38,8 @@ class TrialRunner:
 
     ``precision`` is a Keras dtype policy; ``patience`` stops a trial after that many epochs without
     a better ``objective`` (None: never); ``deadline`` (a ``time.time()``) ends a trial in time to
-    test and store it; ``progress`` shows each trial's start, epochs and steps.
+    test and store it; ``progress`` shows each trial's start, epochs and steps; ``deploy_costs``
+    measures each tested model's stored size and batch-1 latency.
     """
 
     hypermodel: TunableSpace
@@ -49,6 +50,7 @@ class TrialRunner:
     patience: int | None = None
     deadline: float | None = None
     progress: SearchProgress | None = None
+    deploy_costs: bool = True  # measure each tested model's size and latency (a search records them)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -88,7 +90,8 @@ class TrialRunner:
         )
         result.pruned = reports.stopped_early
         # What it costs a deployer; not after Ctrl-C (the user is waiting) or for an untested model.
-        if result.model is not None and not result.pruned and result.stopped_by not in ("too_slow", "interrupt"):
+        if (self.deploy_costs and result.model is not None and not result.pruned
+                and result.stopped_by not in ("too_slow", "interrupt")):
             result.model_bytes = stored_bytes(result.model)
-            result.latency_ms = latency_ms(result.model, self.data.x_test[0])
+            result.latency_ms = latency_ms(result.model.predict_on_batch, self.data.x_test[0])
         return result
