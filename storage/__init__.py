@@ -7,6 +7,7 @@ CLI read it unchanged. What tuner adds is kept in Optuna's study and trial user 
 from __future__ import annotations
 
 from storage._artifacts import artifacts_path
+from storage._artifacts import cache_path
 from storage._artifacts import keras_tuner_path
 from storage._artifacts import open_artifact_store
 from storage._owners import fail_orphaned_trials
@@ -22,6 +23,7 @@ from storage._store import study_names
 
 __all__ = [
     "artifacts_path",
+    "cache_path",
     "keras_tuner_path",
     "open_artifact_store",
     "fail_orphaned_trials",

@@ -26,6 +26,15 @@ def artifacts_path(url: str | None = None, artifacts: str | None = None) -> Path
     return Path("tuner-artifacts")
 
 
+def cache_path(url: str | None = None) -> Path:
+    """Decoded image files (``tuner/_images.py``): ``<db name>-cache/`` beside a SQLite file, else
+    ``./tuner-cache``."""
+    path = sqlite_path(storage_url(url))
+    if path is not None:
+        return path.with_name(f"{path.stem}-cache")
+    return Path("tuner-cache")
+
+
 def keras_tuner_path(url: str | None = None) -> Path:
     """Keras Tuner's working folders (one per study): ``<db name>-keras-tuner/`` beside a SQLite file,
     else ``./tuner-keras-tuner``."""

@@ -101,7 +101,8 @@ def _all_layers(model: Any) -> list[Any]:
 def write_deployable(model: Any, output: Path, *, quantize: str | None, calibration: np.ndarray) -> str:
     """Write ``model`` as ``output`` (``.tflite`` or ``.onnx``); returns the format's name."""
     deployable = for_inference(model)
-    deployable.predict_on_batch(calibration[:1].astype("float32"))  # a model that has run (Keras's ONNX export asks)
+    # A model that has run (Keras's ONNX export asks).
+    deployable.predict_on_batch(np.asarray(calibration[:1], "float32"))
     if output.suffix == ".onnx":
         deployable.export(str(output), format="onnx", verbose=False)
         return "onnx"
@@ -113,7 +114,7 @@ def write_deployable(model: Any, output: Path, *, quantize: str | None, calibrat
         if quantize == "float16":
             options["target_spec"] = {"supported_types": [tf.float16]}
         else:  # int8 weights and activations, calibrated; float input and output for the caller
-            sample = calibration[:CALIBRATION_IMAGES].astype("float32")
+            sample = np.asarray(calibration[:CALIBRATION_IMAGES], "float32")
             options["representative_dataset"] = lambda: ([image[None]] for image in sample)
     deployable.export(str(output), format="litert", verbose=False, **options)
     return "tflite" if quantize is None else f"tflite-{quantize}"
@@ -173,19 +174,20 @@ def verify(output: Path, model: Any, x_test: np.ndarray, y_test: np.ndarray, *, 
     ``MAX_INT8_ACCURACY_DROP`` of test accuracy.
     """
     runtime = RUNTIMES[output.suffix](output)  # type: ignore[call-arg]
-    x = x_test.astype("float32")
-    keras_top = np.concatenate([np.asarray(model.predict_on_batch(x[i:i + batch_size])).argmax(-1)
-                                for i in range(0, len(x), batch_size)])
-    top = np.concatenate([runtime.predict(x[i:i + batch_size]).argmax(-1) for i in range(0, len(x), batch_size)])
+    keras_top, top = [], []
+    for i in range(0, len(x_test), batch_size):  # a batch at a time: the test split may be streamed
+        x = np.asarray(x_test[i:i + batch_size], "float32")
+        keras_top.append(np.asarray(model.predict_on_batch(x)).argmax(-1))
+        top.append(runtime.predict(x).argmax(-1))
     labels = np.asarray(y_test).reshape(-1)
     found: dict[str, Any] = {
         "runtime": type(runtime).__name__,
-        "test_images": len(x),
-        "agreement": float((top == keras_top).mean()),
-        "test_accuracy": float((top == labels).mean()),
-        "keras_test_accuracy": float((keras_top == labels).mean()),
+        "test_images": len(x_test),
+        "agreement": float((np.concatenate(top) == np.concatenate(keras_top)).mean()),
+        "test_accuracy": float((np.concatenate(top) == labels).mean()),
+        "keras_test_accuracy": float((np.concatenate(keras_top) == labels).mean()),
         "bytes": output.stat().st_size,
-        "latency_ms": latency_ms(runtime.predict, x[0]),
+        "latency_ms": latency_ms(runtime.predict, np.asarray(x_test[0], "float32")),
     }
     if quantize == "int8":
         passed = float(found["keras_test_accuracy"]) - float(found["test_accuracy"]) <= MAX_INT8_ACCURACY_DROP

@@ -37,6 +37,14 @@ def trial_space(attrs: dict[str, Any], params: dict[str, Any], *, train_steps: i
     return space, hp
 
 
+def study_data(attrs: dict[str, Any]) -> Any:
+    """The study's dataset, split as the search split it; image files at the recorded size, from its cache."""
+    from tuner.data import load_dataset
+
+    return load_dataset(attrs.get("path", attrs["dataset"]), image_size=attrs.get("image_size"),
+                        resize=attrs.get("resize", "crop"), cache_dir=attrs.get("cache"))
+
+
 def rebuild_recipe(attrs: dict[str, Any], params: dict[str, Any], weights: str, *, averaged: bool) -> str:
     """Python that rebuilds the architecture and loads ``weights`` (for .weights.h5 exports);
     ``averaged``: the weights are of a flip-averaged model (``TunableSpace.inference_model``)."""
@@ -137,9 +145,7 @@ def export(
         model, test_accuracy = load_trial_model(store, chosen), chosen.user_attrs.get("test_accuracy")
     verified = None
     if out.suffix in DEPLOY_SUFFIXES:
-        from tuner.data import load_dataset
-
-        data = load_dataset(attrs["dataset"])
+        data = study_data(attrs)
         kind = write_deployable(model, out, quantize=quantize, calibration=data.x_train)
         verified = verify(out, model, data.x_test, data.y_test, quantize=quantize)
     else:
@@ -163,13 +169,12 @@ def retrain_trial(attrs: dict[str, Any], trial: Any, epochs: int | None, seeds: 
     trial's own seed (it reproduces the trial), the others the next seeds. Returns the
     ``TrialResult`` of each run, each with its ``seed`` set."""
     from tuner._trial import TrialRunner
-    from tuner.data import load_dataset
 
     settings = attrs.get("settings", {})
     epochs = epochs or settings.get("max_epochs") or 10
     if epochs <= 0:
         raise TunerError(f"--epochs must be a positive number, got {epochs}")
-    data = load_dataset(attrs["dataset"])
+    data = study_data(attrs)
     batch_size = settings.get("batch_size") or 64
     space, hp = trial_space(attrs, trial.params, train_steps=epochs * math.ceil(len(data.y_train) / batch_size))
     runner = TrialRunner(space, data, batch_size, study_curve_objective(attrs),
@@ -238,7 +243,7 @@ def _export_ensemble(loaded: Any, store: Any, k: int, out: Any) -> dict[str, Any
     from tuner._models import kept_trials
     from tuner._models import load_trial_model
     from tuner._models import write_model
-    from tuner.data import load_dataset
+    from tuner._training import predict_classes
 
     kept = kept_trials(loaded, store)
     if len(kept) < k:
@@ -247,8 +252,8 @@ def _export_ensemble(loaded: Any, store: Any, k: int, out: Any) -> dict[str, Any
     members = kept[:k]
     model = ensemble_model([load_trial_model(store, t) for t in members], [f"trial_{t.number}" for t in members])
     attrs = loaded.user_attrs
-    data = load_dataset(attrs["dataset"])
-    predicted = np.argmax(model.predict(data.x_test, verbose=0), axis=-1)
+    data = study_data(attrs)
+    predicted = predict_classes(model, data.x_test)
     test_accuracy = float(np.mean(predicted == data.y_test.reshape(-1)))
     kind = write_model(model, out)
     best_single = members[0].user_attrs.get("test_accuracy")

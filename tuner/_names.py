@@ -11,3 +11,4 @@ OBJECTIVES = (*CURVE_OBJECTIVES, "param_count", "latency_ms")  # one, or several
 BACKENDS = ("optuna", "keras-tuner")
 ALGORITHMS = ("random", "bayesian", "hyperband", "grid")  # Keras Tuner's tuners
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+RESIZE_MODES = ("crop", "pad")  # how an image of another aspect ratio is fitted to --image-size

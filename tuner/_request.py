@@ -16,11 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tuner._images import parse_image_size
 from tuner._names import ALGORITHMS
 from tuner._names import AUGMENT_CHOICES
 from tuner._names import BACKENDS
 from tuner._names import PRECISIONS
 from tuner._names import PRUNERS
+from tuner._names import RESIZE_MODES
 from tuner._names import SAMPLERS
 from tuner._objectives import curve_objective
 from tuner._objectives import parse_count
@@ -62,6 +64,8 @@ class SearchRequest:
     deadline: float | None = None
     max_params: int | str | None = None
     max_latency_ms: float | None = None
+    image_size: int | str | Sequence[int] | None = None  # image files: N or HxW; None: from the data
+    resize: str = "crop"
 
     @property
     def objectives(self) -> tuple[str, ...]:
@@ -101,6 +105,8 @@ class SearchRequest:
         if not 0.0 <= self.label_smoothing < 1.0:
             raise TunerError(f"--label-smoothing must be at least 0 and below 1, got {self.label_smoothing}")
         _known("precision", self.precision, PRECISIONS)
+        _known("resize mode", self.resize, RESIZE_MODES)
+        size = parse_image_size(self.image_size)
         _known("sampler", self.sampler, SAMPLERS)
         _known("pruner", self.pruner, PRUNERS)
         _known("backend", self.backend, BACKENDS)
@@ -126,6 +132,7 @@ class SearchRequest:
             patience=self.patience or None, algorithm=check_algorithm(self.backend, self.algorithm),
             deadline=deadline, overrides=overrides, recycle_after=self.recycle_after or None,
             objective=",".join(objectives), max_params=max_params,
+            image_size=None if size is None else f"{size[0]}x{size[1]}",
         )
 
     def settings(self) -> dict[str, Any]:

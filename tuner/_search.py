@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import platform
+import sys
 import warnings
 from collections.abc import Mapping
 from collections.abc import Sequence
@@ -18,6 +20,7 @@ from search_spaces import parse_assignments
 from search_spaces import resolve_overrides
 from search_spaces import smallest_values
 from storage import artifacts_path
+from storage import cache_path
 from storage import fail_orphaned_trials
 from storage import keras_tuner_path
 from storage import open_artifact_store
@@ -25,6 +28,7 @@ from storage import open_storage
 from storage import open_study
 from tuner._device import accelerator
 from tuner._device import resolve_precision
+from tuner._images import SHOWN_SKIPPED
 from tuner._models import ModelKeeper
 from tuner._objectives import COST_BEFORE_TRAINING
 from tuner._objectives import DIRECTIONS
@@ -36,8 +40,10 @@ from tuner._workers import run_workers
 from tuner.backends import SearchJob
 from tuner.backends import get_backend
 from tuner.backends._base import to_distribution
+from tuner.data import MAX_AUTO_SIDE
 from tuner.data import auto_augmentation
 from tuner.data import load_dataset
+from tuner.data import save_arrays
 from tuner.errors import TunerError
 
 # The automatic batch size (auto_batch_size): a power of two from MIN_AUTO_BATCH to the device's
@@ -82,8 +88,13 @@ def versions() -> dict[str, str]:
     return found
 
 
-def search(space: str = "resnet", dataset: str = "digits", **options: Any) -> optuna.Study:
+def search(space: str = "resnet", dataset: Any = "digits", **options: Any) -> optuna.Study:
     """Search ``space`` on ``dataset`` and store every trial in the Optuna study ``study``.
+
+    ``dataset`` is a name or path (see ``load_dataset``: image folders and CSVs take ``image_size``
+    and ``resize``), or the data itself: ``(x, y)`` arrays, a ``tf.data.Dataset`` or a
+    ``keras.utils.PyDataset``, written once into the cache beside the store (``save_arrays``) so that
+    workers and ``tuner export`` read the same images; its study is named ``<space>-arrays``.
 
     Options (keywords, the fields of ``SearchRequest``): ``trials=10``, ``epochs=10``,
     ``timeout=None``, ``study`` (default ``<space>-<dataset>``), ``storage``, ``sampler="tpe"``,
@@ -121,11 +132,16 @@ def search(space: str = "resnet", dataset: str = "digits", **options: Any) -> op
     Everything the user can get wrong is checked before anything is created on disk, and raised as
     a ``TunerError`` (``SpaceError``, ``StoreError`` and ``DataError`` among them). Returns the study.
     """
+    given = dataset if isinstance(dataset, (str, os.PathLike)) else None
     try:
-        request = SearchRequest(space, dataset, **options)
+        request = SearchRequest(space, "arrays" if given is None else str(dataset), **options).checked()
     except TypeError as err:  # an unknown keyword
         raise TunerError(f"search() {err}") from None
-    return run_search(request.checked())
+    if given is None:  # checked first: nothing is written for a request that is refused
+        get_space(request.space)
+        open_storage(request.storage)
+        request = dataclasses.replace(request, dataset=str(save_arrays(dataset, cache_path(request.storage))))
+    return run_search(request)
 
 
 def run_search(request: SearchRequest) -> optuna.Study:
@@ -140,6 +156,9 @@ def run_search(request: SearchRequest) -> optuna.Study:
     for number in fail_orphaned_trials(job.study):
         job.progress.print(f"trial {number} FAIL  its process on this machine no longer runs (retried once)")
     if request.workers > 1 or request.recycle_after:
+        size = job.runner.data.files.get("image_size")
+        if size:  # the size chosen from the data, as this process chose it
+            request = dataclasses.replace(request, image_size=f"{size[0]}x{size[1]}")
         run_workers(run_in_worker, request, job.finished_trials)
     else:
         with job.progress:
@@ -176,7 +195,15 @@ def prepare(request: SearchRequest, *, seed: int, process_trials: int | None = N
     overrides = request.overrides
     raw = dict(overrides) if isinstance(overrides, Mapping) else parse_assignments(overrides or [])
     narrowed = resolve_overrides(space_cls.hyperparameters(), raw)
-    data = load_dataset(request.dataset)  # before the store: a missing dataset must leave no new file behind
+    # The data before the store: a missing dataset must leave no new file behind.
+    data = load_dataset(request.dataset, image_size=request.image_size, resize=request.resize,
+                        cache_dir=cache_path(request.storage), max_side=MAX_AUTO_SIDE[accelerator()],
+                        progress=bool(request.progress) and creating)
+    if creating and data.files.get("skipped_files"):
+        skipped = data.files["skipped_files"]
+        shown = ", ".join(skipped[:SHOWN_SKIPPED]) + (", ..." if len(skipped) > SHOWN_SKIPPED else "")
+        print(f"skipped {len(skipped)} unreadable image(s) (all named in the study's skipped_files): {shown}",
+              file=sys.stderr)
     store = open_storage(request.storage, heartbeat=True)
     mean, variance = data.pixel_stats()
     augment = request.augment

@@ -30,6 +30,47 @@ SAVE_SECONDS = 2.0
 OOM_MARKERS = ("out of memory", "resource_exhausted", "resourceexhausted", "oom when allocating")
 
 
+# Threads that read a streamed dataset's next batches while the model trains on the current one.
+READ_THREADS = 2
+
+
+class Batches(keras.utils.PyDataset):
+    """Batches of a streamed split (``ImageArray``), read from the cache as training asks for them:
+    shuffled anew each epoch for training, in order otherwise. Memory holds a few batches, not the split."""
+
+    def __init__(self, x: Any, y: np.ndarray | None, batch_size: int, *, shuffle: bool = False, seed: int = 0):
+        super().__init__(workers=READ_THREADS, use_multiprocessing=False, max_queue_size=4)
+        self.x, self.y, self.batch_size, self.shuffle = x, y, batch_size, shuffle
+        self.rng = np.random.default_rng(seed)
+        self.order = self.rng.permutation(len(x)) if shuffle else np.arange(len(x))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.x) / self.batch_size)
+
+    def __getitem__(self, index: int) -> Any:
+        # Sorted within the batch: neighbouring rows are read in one call; a batch's order does not matter.
+        rows = np.sort(self.order[index * self.batch_size:(index + 1) * self.batch_size])
+        return self.x[rows] if self.y is None else (self.x[rows], self.y[rows])
+
+    def on_epoch_end(self) -> None:
+        if self.shuffle:
+            self.order = self.rng.permutation(len(self.x))
+
+
+def _inputs(x: Any, y: np.ndarray, batch_size: int, *, shuffle: bool = False) -> dict[str, Any]:
+    """``fit``/``evaluate`` arguments for one split: the arrays, or ``Batches`` of a streamed one."""
+    if isinstance(x, np.ndarray):
+        return {"x": x, "y": y, "batch_size": batch_size}
+    return {"x": Batches(x, y, batch_size, shuffle=shuffle, seed=int(np.random.randint(2**31)))}
+
+
+def predict_classes(model: keras.Model, x: Any, batch_size: int = 256) -> np.ndarray:
+    """The class ``model`` predicts for each image of ``x`` (arrays, or a streamed split)."""
+    if isinstance(x, np.ndarray):
+        return np.argmax(model.predict(x, batch_size=batch_size, verbose=0), axis=-1)
+    return np.argmax(model.predict(Batches(x, None, batch_size), verbose=0), axis=-1)
+
+
 def start_trial(seed: int, precision: str) -> None:
     """A clean slate for the next model: free the last one's graph, seed its weights, set its dtypes."""
     keras.backend.clear_session()
@@ -308,13 +349,12 @@ def train_and_evaluate(
     start = time.perf_counter()
     stopped_by = None
     try:
+        val = _inputs(data.x_val, data.y_val, batch_size)
         model.fit(
-            data.x_train,
-            data.y_train,
-            validation_data=(data.x_val, data.y_val),
+            **_inputs(data.x_train, data.y_train, batch_size, shuffle=True),
+            validation_data=val["x"] if "y" not in val else (val["x"], val["y"]),
             epochs=epochs,
             initial_epoch=initial_epoch,
-            batch_size=batch_size,
             callbacks=[keras.callbacks.TerminateOnNaN(), clock, best, *callbacks],
             verbose=0,
         )
@@ -334,8 +374,7 @@ def train_and_evaluate(
     if clock.stopped_by != "too_slow":  # a discarded configuration is not tested
         model.set_weights(best.best_weights)
         tested = inference(model) if inference else model
-        test_loss, test_accuracy = tested.evaluate(data.x_test, data.y_test, batch_size=batch_size,
-                                                   verbose=0)[:2]
+        test_loss, test_accuracy = tested.evaluate(**_inputs(data.x_test, data.y_test, batch_size), verbose=0)[:2]
     return TrialResult(
         value=best.sign * best.best_value,
         best_epoch=best.best_epoch,

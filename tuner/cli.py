@@ -68,6 +68,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             overrides=args.set, objective=args.objective, batch_size=args.batch_size,
             max_params=args.max_params, max_latency_ms=args.max_latency_ms,
             patience=args.patience, augment=args.augment, precision=args.precision,
+            image_size=args.image_size, resize=args.resize,
             label_smoothing=args.label_smoothing, keep=args.keep, artifacts=args.artifacts,
             max_failures=args.max_failures,
             workers=args.workers, gpus=args.gpus, recycle_after=args.recycle_after or None,
@@ -357,6 +358,7 @@ def build_parser() -> ArgumentParser:
     from tuner._names import OBJECTIVES
     from tuner._names import PRECISIONS
     from tuner._names import PRUNERS
+    from tuner._names import RESIZE_MODES
     from tuner._names import SAMPLERS
 
     parser = ArgumentParser(prog="tuner", description="Hyperparameter search for Keras CNN classifiers.")
@@ -386,7 +388,13 @@ def build_parser() -> ArgumentParser:
     s = add("search", "run (or continue) a search and store every trial", cmd_search)
     s.add_argument("--space", default="resnet", help="search space: resnet, densenet (see `tuner spaces`)")
     s.add_argument("--dataset", default="digits",
-                   help="digits, cifar10, cifar100, mnist, fashion_mnist, a .npz file or an image folder")
+                   help="digits, cifar10, cifar100, mnist, fashion_mnist, a .npz file, an image folder "
+                        "(<class>/<image> or {train,val,test}/<class>/<image>) or a .csv of path,label")
+    s.add_argument("--image-size", metavar="N|HxW",
+                   help="image files are resized to this (default: their median size, at most 128 px on a "
+                        "CPU and 224 px on a GPU), keeping their aspect ratio")
+    s.add_argument("--resize", choices=RESIZE_MODES, default="crop",
+                   help="fit images of another aspect ratio by a centre crop (default) or by padding")
     s.add_argument("--trials", type=int, default=10, help="finished trials the study should hold (default 10)")
     s.add_argument("--timeout", type=float,
                    help="end the search after this many seconds: the trial in flight stops in time and "

@@ -1,22 +1,45 @@
-"""Datasets: scikit-learn's embedded digits, Keras datasets, ``.npz`` files and image folders.
+"""Datasets: scikit-learn's embedded digits, Keras datasets, ``.npz`` files, image folders and CSVs,
+and arrays or ``tf.data`` / ``PyDataset`` objects a library caller passes.
 
 Every loader returns a ``Dataset`` of raw images (uint8 where the source is integer pixels), integer
 labels 0..C-1, and fixed train/validation/test splits. Splits are stratified and deterministic for a
-given ``split_seed``; the test split is never used for selection.
+given ``split_seed``; the test split is never used for selection. Image files are decoded once into a
+cache (``tuner/_images.py``); a decoded dataset over ``IN_MEMORY_BYTES`` stays there and is read in
+batches (``ImageArray``), a smaller one is loaded into memory.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
+from dataclasses import field
 from pathlib import Path
+from typing import Any
+from typing import Union
 
 import numpy as np
 
+from tuner._images import ImageArray
+from tuner._images import load_cached
+from tuner._images import parse_image_size
 from tuner.errors import DataError
+
+# A split's images: in memory, or rows of an on-disk cache read in batches.
+Images = Union[np.ndarray, ImageArray]  # noqa: UP007 - a runtime alias, Python 3.10
 
 KERAS_DATASETS = ("cifar10", "cifar100", "mnist", "fashion_mnist")
 BUILTIN_DATASETS = ("digits", *KERAS_DATASETS)
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+# Decoded image files up to this size are held in memory; larger ones are streamed from the cache.
+IN_MEMORY_BYTES = 1 << 30
+# The images pixel statistics are computed from, at most, for a streamed dataset (in chunks of STATS_CHUNK).
+STATS_IMAGES, STATS_CHUNK = 10_000, 256
+# What the default --image-size is capped at (the longer side), by device.
+MAX_AUTO_SIDE = {"cpu": 128, "gpu": 224}
+ARRAYS_INDEX = "arrays.json"
 # Fractions carved out of the training data when a source has no validation or test split.
 VAL_FRACTION = 0.1
 TEST_FRACTION = 0.1
@@ -45,13 +68,21 @@ class Dataset:
     """Images as ``(N, H, W, C)`` arrays and integer labels, already split."""
 
     name: str
-    x_train: np.ndarray
+    x_train: Images
     y_train: np.ndarray
-    x_val: np.ndarray
+    x_val: Images
     y_val: np.ndarray
-    x_test: np.ndarray
+    x_test: Images
     y_test: np.ndarray
     class_names: list[str]
+    # For files: their path; for image files also image_size [h, w], resize, skipped_files
+    # (unreadable, left out) and the cache they were decoded into.
+    files: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def streamed(self) -> bool:
+        """True when the images stay on disk and are read a batch at a time."""
+        return isinstance(self.x_train, ImageArray)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -63,8 +94,10 @@ class Dataset:
 
     def pixel_stats(self) -> tuple[list[float], list[float]]:
         """Per-channel mean and variance of the training images, for normalisation in the model."""
+        if isinstance(self.x_train, ImageArray):
+            return _streamed_stats(self.x_train)
         axes = (0, 1, 2)
-        x = self.x_train.astype(np.float64)
+        x = np.asarray(self.x_train).astype(np.float64)
         variance = np.maximum(x.var(axis=axes), 1e-6)
         return x.mean(axis=axes).tolist(), variance.tolist()
 
@@ -76,7 +109,22 @@ class Dataset:
             "classes": self.classes,
             "class_names": self.class_names,
             "splits": {"train": len(self.y_train), "val": len(self.y_val), "test": len(self.y_test)},
+            **self.files,
         }
+
+
+def _streamed_stats(x: ImageArray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and variance from up to ``STATS_IMAGES`` evenly spaced images, a chunk at a time."""
+    picked = np.unique(np.linspace(0, len(x) - 1, min(len(x), STATS_IMAGES)).astype(np.int64))
+    total = np.zeros(x.image_shape[-1])
+    squares = np.zeros(x.image_shape[-1])
+    for k in range(0, len(picked), STATS_CHUNK):
+        chunk = x[picked[k:k + STATS_CHUNK]].astype(np.float64)
+        total += chunk.sum(axis=(0, 1, 2))
+        squares += (chunk ** 2).sum(axis=(0, 1, 2))
+    count = len(picked) * x.image_shape[0] * x.image_shape[1]
+    mean = total / count
+    return mean.tolist(), np.maximum(squares / count - mean ** 2, 1e-6).tolist()
 
 
 def auto_augmentation(name: str, train_images: int, epochs: int) -> str:
@@ -93,8 +141,19 @@ def auto_augmentation(name: str, train_images: int, epochs: int) -> str:
             (False, False): "none"}[(shift, flip)]
 
 
-def load_dataset(name: str, *, split_seed: int = 0) -> Dataset:
-    """Load ``name``: ``digits``, a Keras dataset name, a ``.npz`` file or a folder of class folders."""
+def load_dataset(
+    name: str, *, split_seed: int = 0, image_size: Any = None, resize: str = "crop",
+    cache_dir: str | Path | None = None, max_side: int = MAX_AUTO_SIDE["cpu"], progress: bool = False,
+) -> Dataset:
+    """Load ``name``: ``digits``, a Keras dataset name, a ``.npz`` file, a folder of images (class
+    folders, or train/val/test folders of class folders), a ``.csv`` of ``path,label[,split]``, or a
+    folder ``save_arrays`` wrote.
+
+    Image files are resized to ``image_size`` (``N`` or ``HxW``; default: their median size, capped at
+    ``max_side``) keeping their aspect ratio, then centre-cropped (``resize="crop"``) or padded
+    (``"pad"``), and decoded once into ``cache_dir`` (default ``./tuner-cache``); ``progress`` shows
+    a progress bar while they decode.
+    """
     if name == "digits":
         return _digits(split_seed)
     if name in KERAS_DATASETS:
@@ -102,11 +161,16 @@ def load_dataset(name: str, *, split_seed: int = 0) -> Dataset:
     path = Path(name).expanduser()
     if path.suffix == ".npz" and path.is_file():
         return _npz(path, split_seed)
-    if path.is_dir():
-        return _folder(path, split_seed)
+    if (path / ARRAYS_INDEX).is_file():
+        return _saved_arrays(path, split_seed)
+    if path.is_dir() or (path.suffix.lower() == ".csv" and path.is_file()):
+        if resize not in ("crop", "pad"):
+            raise DataError(f"unknown --resize {resize!r}; choose one of: crop, pad")
+        return _image_files(path, split_seed, parse_image_size(image_size), resize,
+                            Path(cache_dir or "tuner-cache"), max_side, progress)
     raise DataError(
         f"unknown dataset {name!r}; choose one of: {', '.join(BUILTIN_DATASETS)}, "
-        "a .npz file, or a folder of class sub-folders"
+        "a .npz file, a .csv of path,label, or a folder of class sub-folders"
     )
 
 
@@ -172,40 +236,134 @@ def _npz(path: Path, split_seed: int) -> Dataset:
     for split in ("val", "test"):
         if (f"x_{split}" in arrays) != (f"y_{split}" in arrays):
             raise DataError(f"{path} has only one of x_{split} and y_{split}")
-    return from_arrays(path.name, **arrays, split_seed=split_seed)
+    data = from_arrays(path.name, **arrays, split_seed=split_seed)
+    data.files = {"path": str(path.resolve())}
+    return data
 
 
-def _folder(path: Path, split_seed: int) -> Dataset:
-    from PIL import Image
+def _image_files(path: Path, split_seed: int, size: tuple[int, int] | None, resize: str, cache_dir: Path,
+                 max_side: int, progress: bool) -> Dataset:
+    cached = load_cached(path, cache_dir, size=size, resize=resize, max_side=max_side, progress=progress)
+    images: Images = cached.images
+    if cached.images.nbytes <= IN_MEMORY_BYTES:
+        images = cached.images[:]
+    files = {"path": str(path.resolve()), "image_size": list(cached.size), "resize": cached.resize,
+             "skipped_files": cached.skipped, "cache": str(cache_dir.resolve())}
+    if cached.splits is None:
+        data = from_arrays(path.name, images, cached.labels, class_names=cached.class_names, split_seed=split_seed)
+    else:
+        given: dict[str, Any] = {}
+        for number, split in enumerate(("train", "val", "test")):
+            chosen = np.flatnonzero(cached.splits == number)
+            if len(chosen):
+                given[f"x_{split}"], given[f"y_{split}"] = _take(images, chosen), cached.labels[chosen]
+        data = from_arrays(path.name, **given, class_names=cached.class_names, split_seed=split_seed)
+    data.files = files
+    return data
 
-    classes = sorted(p for p in path.iterdir() if p.is_dir())
-    files = [(f, i) for i, c in enumerate(classes) for f in sorted(c.iterdir())
-             if f.suffix.lower() in IMAGE_SUFFIXES]
-    if not files:
-        raise DataError(f"{path} has no images in class sub-folders ({path}/<class>/<image>.png)")
-    images, labels, size, mode = [], [], None, None
-    for file, label in files:
-        try:
-            with Image.open(file) as img:
-                mode = mode or ("L" if img.mode in ("L", "1", "I;16") else "RGB")
-                size = size or img.size  # every image is resized to the size of the first one
-                images.append(np.asarray(img.convert(mode).resize(size)))
-        except OSError as err:
-            raise DataError(f"cannot read image {file}: {err}") from None
-        labels.append(label)
-    x = np.stack(images)
-    return from_arrays(path.name, x, np.array(labels), class_names=[c.name for c in classes],
-                       split_seed=split_seed)
+
+def save_arrays(data: Any, cache_dir: str | Path) -> Path:
+    """Write the images and labels of ``data`` once into a folder of ``cache_dir`` that
+    ``load_dataset`` reads, so that worker processes and ``tuner export`` see the same data.
+
+    ``data``: ``(x, y)`` arrays, a ``tf.data.Dataset`` of ``(image, label)`` elements or batches, or a
+    ``keras.utils.PyDataset`` of ``(images, labels)`` batches. The folder is named by a hash of the
+    content: the same arrays give the same folder.
+    """
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache_dir / f".arrays-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    digest = hashlib.sha256()
+    labels: list[np.ndarray] = []
+    shape, dtype = None, None
+    try:
+        with open(tmp / "images.raw", "wb") as f:
+            for x, y in _batches(data):
+                if shape is None:
+                    dtype = np.uint8 if _is_pixels(x) else np.float32
+                    shape = x.shape[1:]
+                if x.shape[1:] != shape:
+                    raise DataError(f"every image must have one shape: {shape} and {x.shape[1:]} found")
+                if dtype == np.uint8 and not _is_pixels(x):
+                    raise DataError("images must be all integer pixels 0..255 or all floats")
+                block = np.ascontiguousarray(x, dtype=dtype)
+                f.write(block.tobytes())
+                digest.update(block.tobytes())
+                labels.append(np.asarray(y).reshape(len(x), -1)[:, 0] if np.ndim(y) > 1 else np.asarray(y))
+        if shape is None:
+            raise DataError("the dataset passed holds no images")
+        y_all = np.concatenate(labels)
+        if not np.issubdtype(y_all.dtype, np.integer):
+            raise DataError(f"labels must be integers, got {y_all.dtype}")
+        digest.update(y_all.astype(np.int64).tobytes())
+        index = {"shape": [len(y_all), *shape], "dtype": np.dtype(dtype).name}
+        np.save(tmp / "labels.npy", y_all.astype(np.int64))
+        (tmp / ARRAYS_INDEX).write_text(json.dumps(index))
+        folder = cache_dir / f"arrays-{digest.hexdigest()[:16]}"
+        if folder.exists():
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, folder)
+        return folder.resolve()
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _is_pixels(x: np.ndarray) -> bool:
+    return bool(np.issubdtype(x.dtype, np.integer) and (x.size == 0 or (x.min() >= 0 and x.max() <= 255)))
+
+
+def _batches(data: Any) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(images, labels)`` blocks of ``data`` as numpy arrays, images with a channel axis."""
+    def block(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+        x, y = np.asarray(x), np.asarray(y)
+        if y.ndim == 0:  # one element, not a batch
+            x, y = x[None], y[None]
+        if x.ndim == 3:
+            x = x[..., None]
+        if x.ndim != 4 or len(x) != len(y):
+            raise DataError(f"expected images (N, H, W[, C]) and N labels, got {x.shape} and {y.shape}")
+        return x, y
+
+    if isinstance(data, tuple) and len(data) == 2:
+        x, y = data
+        if len(x) != len(y):
+            raise DataError(f"x has {len(x)} images but y has {len(y)} labels")
+        for k in range(0, len(x), 4096):
+            yield block(x[k:k + 4096], np.asarray(y[k:k + 4096]))
+    elif hasattr(data, "as_numpy_iterator"):  # tf.data.Dataset
+        for element in data.as_numpy_iterator():
+            yield block(element[0], element[1])
+    elif hasattr(data, "__getitem__") and hasattr(data, "__len__"):  # keras.utils.PyDataset
+        for i in range(len(data)):
+            element = data[i]
+            yield block(element[0], element[1])
+    else:
+        raise DataError(f"cannot read a dataset from {type(data).__name__}: pass (x, y) arrays, a "
+                        "tf.data.Dataset or a keras.utils.PyDataset, or a dataset name or path")
+
+
+def _saved_arrays(path: Path, split_seed: int) -> Dataset:
+    index = json.loads((path / ARRAYS_INDEX).read_text())
+    images: Images = ImageArray(path / "images.raw", index["shape"], index["dtype"])
+    if images.nbytes <= IN_MEMORY_BYTES:
+        images = images[:]
+    data = from_arrays("arrays", images, np.load(path / "labels.npy"), split_seed=split_seed)
+    data.files = {"path": str(path.resolve())}
+    return data
 
 
 def from_arrays(
     name: str,
-    x_train: np.ndarray,
+    x_train: Images,
     y_train: np.ndarray,
     *,
-    x_val: np.ndarray | None = None,
+    x_val: Images | None = None,
     y_val: np.ndarray | None = None,
-    x_test: np.ndarray | None = None,
+    x_test: Images | None = None,
     y_test: np.ndarray | None = None,
     class_names: list[str] | None = None,
     split_seed: int = 0,
@@ -233,8 +391,8 @@ def from_arrays(
     return Dataset(name, x_train, index(y_train), x_val, index(y_val), x_test, index(y_test), names)
 
 
-def _check_split(split: str, x: np.ndarray | None, y: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    x, y = np.asarray(x), np.asarray(y)
+def _check_split(split: str, x: Images | None, y: np.ndarray | None) -> tuple[Images, np.ndarray]:
+    x, y = (x if isinstance(x, ImageArray) else np.asarray(x)), np.asarray(y)
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim != 4:
@@ -247,6 +405,8 @@ def _check_split(split: str, x: np.ndarray | None, y: np.ndarray | None) -> tupl
         raise DataError(f"x_{split} has {len(x)} images but y_{split} has {len(y)} labels")
     if len(x) == 0:
         raise DataError(f"the {split} split is empty")
+    if isinstance(x, ImageArray):
+        return x, y
     if not np.issubdtype(x.dtype, np.number):
         raise DataError(f"x_{split} must be numeric pixels, got {x.dtype}")
     if np.issubdtype(x.dtype, np.integer) and x.min() >= 0 and x.max() <= 255:
@@ -256,7 +416,7 @@ def _check_split(split: str, x: np.ndarray | None, y: np.ndarray | None) -> tupl
     return x, y
 
 
-def _split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int):
+def _split(x: Images, y: np.ndarray, fraction: float, seed: int) -> tuple[Images, Images, np.ndarray, np.ndarray]:
     """Stratified split (plain when a class is too rare to stratify), deterministic for ``seed``."""
     from sklearn.model_selection import train_test_split
 
@@ -264,7 +424,13 @@ def _split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int):
         raise DataError(f"too few images ({len(x)}) to split off validation and test data")
     _, counts = np.unique(y, return_counts=True)
     stratify = y if counts.min() >= 2 else None
+    order = np.arange(len(y))
     try:
-        return train_test_split(x, y, test_size=fraction, random_state=seed, stratify=stratify)
+        kept, held = train_test_split(order, test_size=fraction, random_state=seed, stratify=stratify)
     except ValueError:
-        return train_test_split(x, y, test_size=fraction, random_state=seed)
+        kept, held = train_test_split(order, test_size=fraction, random_state=seed)
+    return _take(x, kept), _take(x, held), y[kept], y[held]
+
+
+def _take(x: Images, index: np.ndarray) -> Images:
+    return x.take(index) if isinstance(x, ImageArray) else x[index]
