@@ -70,22 +70,22 @@ def test_bad_npz_is_a_clear_error(tmp_path, arrays, message):
         load_dataset(_save(tmp_path / "bad.npz", **arrays))
 
 
-def test_image_folder(tmp_path):
+def test_image_folder_takes_the_median_size(tmp_path):
     from PIL import Image
 
     for label, shade in (("cats", 30), ("dogs", 220)):
         (tmp_path / "pets" / label).mkdir(parents=True)
         for i in range(10):
-            size = (16, 12) if i else (20, 20)  # odd sizes are resized to the first image's
+            size = (16, 12) if i else (20, 20)  # the odd one is resized to the median size
             Image.new("RGB", size, (shade, i, 0)).save(tmp_path / "pets" / label / f"{i}.png")
     data = load_dataset(str(tmp_path / "pets"))
     assert data.class_names == ["cats", "dogs"]
-    assert data.input_shape == (20, 20, 3) and data.x_train.dtype == np.uint8
+    assert data.input_shape == (12, 16, 3) and data.x_train.dtype == np.uint8
 
 
 def test_empty_folder_and_unknown_name_are_clear_errors(tmp_path):
     (tmp_path / "empty" / "a").mkdir(parents=True)
-    with pytest.raises(DataError, match="no images in class sub-folders"):
+    with pytest.raises(DataError, match="class .a. has no images"):
         load_dataset(str(tmp_path / "empty"))
     with pytest.raises(DataError, match="choose one of: digits, cifar10, cifar100, mnist, fashion_mnist"):
         load_dataset("imagenet")

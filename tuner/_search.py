@@ -139,7 +139,6 @@ def search(space: str = "resnet", dataset: Any = "digits", **options: Any) -> op
         raise TunerError(f"search() {err}") from None
     if given is None:  # checked first: nothing is written for a request that is refused
         get_space(request.space)
-        open_storage(request.storage)
         request = dataclasses.replace(request, dataset=str(save_arrays(dataset, cache_path(request.storage))))
     return run_search(request)
 

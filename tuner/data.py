@@ -11,6 +11,7 @@ batches (``ImageArray``), a smaller one is loaded into memory.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -93,13 +94,28 @@ class Dataset:
         return len(self.class_names)
 
     def pixel_stats(self) -> tuple[list[float], list[float]]:
-        """Per-channel mean and variance of the training images, for normalisation in the model."""
-        if isinstance(self.x_train, ImageArray):
-            return _streamed_stats(self.x_train)
-        axes = (0, 1, 2)
-        x = np.asarray(self.x_train).astype(np.float64)
-        variance = np.maximum(x.var(axis=axes), 1e-6)
-        return x.mean(axis=axes).tolist(), variance.tolist()
+        """Per-channel mean and variance of the training images, for normalisation in the model.
+
+        uint8 images are counted by value (a 256-bin histogram per channel: exact, and no float
+        copy of the split); a streamed split from up to ``STATS_IMAGES`` evenly spaced images."""
+        x = self.x_train
+        if x.dtype != np.uint8:
+            axes = (0, 1, 2)
+            values = np.asarray(x).astype(np.float64)
+            return values.mean(axis=axes).tolist(), np.maximum(values.var(axis=axes), 1e-6).tolist()
+        picked = np.arange(len(x))
+        if isinstance(x, ImageArray):
+            picked = np.unique(np.linspace(0, len(x) - 1, min(len(x), STATS_IMAGES)).astype(np.int64))
+        counts = np.zeros((x.shape[-1], 256), np.int64)
+        for k in range(0, len(picked), STATS_CHUNK):
+            chunk = x[picked[k:k + STATS_CHUNK]]
+            for channel in range(x.shape[-1]):
+                counts[channel] += np.bincount(chunk[..., channel].ravel(), minlength=256)
+        levels = np.arange(256, dtype=np.float64)
+        total = counts.sum(axis=1)
+        mean = counts @ levels / total
+        variance = counts @ levels**2 / total - mean**2
+        return mean.tolist(), np.maximum(variance, 1e-6).tolist()
 
     def describe(self) -> dict[str, object]:
         """What the study records about its data."""
@@ -111,20 +127,6 @@ class Dataset:
             "splits": {"train": len(self.y_train), "val": len(self.y_val), "test": len(self.y_test)},
             **self.files,
         }
-
-
-def _streamed_stats(x: ImageArray) -> tuple[list[float], list[float]]:
-    """Per-channel mean and variance from up to ``STATS_IMAGES`` evenly spaced images, a chunk at a time."""
-    picked = np.unique(np.linspace(0, len(x) - 1, min(len(x), STATS_IMAGES)).astype(np.int64))
-    total = np.zeros(x.image_shape[-1])
-    squares = np.zeros(x.image_shape[-1])
-    for k in range(0, len(picked), STATS_CHUNK):
-        chunk = x[picked[k:k + STATS_CHUNK]].astype(np.float64)
-        total += chunk.sum(axis=(0, 1, 2))
-        squares += (chunk ** 2).sum(axis=(0, 1, 2))
-    count = len(picked) * x.image_shape[0] * x.image_shape[1]
-    mean = total / count
-    return mean.tolist(), np.maximum(squares / count - mean ** 2, 1e-6).tolist()
 
 
 def auto_augmentation(name: str, train_images: int, epochs: int) -> str:
@@ -270,6 +272,10 @@ def save_arrays(data: Any, cache_dir: str | Path) -> Path:
     ``keras.utils.PyDataset`` of ``(images, labels)`` batches. The folder is named by a hash of the
     content: the same arrays give the same folder.
     """
+    blocks = _batches(data)
+    first = next(blocks, None)  # refused before anything is written
+    if first is None:
+        raise DataError("the dataset passed holds no images")
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = cache_dir / f".arrays-{os.getpid()}"
@@ -277,13 +283,11 @@ def save_arrays(data: Any, cache_dir: str | Path) -> Path:
     tmp.mkdir()
     digest = hashlib.sha256()
     labels: list[np.ndarray] = []
-    shape, dtype = None, None
+    dtype = np.uint8 if _is_pixels(first[0]) else np.float32
+    shape = first[0].shape[1:]
     try:
         with open(tmp / "images.raw", "wb") as f:
-            for x, y in _batches(data):
-                if shape is None:
-                    dtype = np.uint8 if _is_pixels(x) else np.float32
-                    shape = x.shape[1:]
+            for x, y in itertools.chain([first], blocks):
                 if x.shape[1:] != shape:
                     raise DataError(f"every image must have one shape: {shape} and {x.shape[1:]} found")
                 if dtype == np.uint8 and not _is_pixels(x):
@@ -292,8 +296,6 @@ def save_arrays(data: Any, cache_dir: str | Path) -> Path:
                 f.write(block.tobytes())
                 digest.update(block.tobytes())
                 labels.append(np.asarray(y).reshape(len(x), -1)[:, 0] if np.ndim(y) > 1 else np.asarray(y))
-        if shape is None:
-            raise DataError("the dataset passed holds no images")
         y_all = np.concatenate(labels)
         if not np.issubdtype(y_all.dtype, np.integer):
             raise DataError(f"labels must be integers, got {y_all.dtype}")
