@@ -201,3 +201,25 @@ def test_arrays_and_tf_data_passed_to_search(tmp_path, tiny_space):
     assert again.trials[0].values[0] >= 0.9
     with pytest.raises(DataError, match="cannot read a dataset from int"):
         tuner.search(tiny_space, 3, storage=url)
+
+
+def test_a_py_dataset_is_written_once_and_read_back(tmp_path):
+    import keras
+
+    from tuner.data import save_arrays
+
+    class Pairs(keras.utils.PyDataset):
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            return np.full((10, 8, 8, 1), 40 * i, np.uint8), np.full(10, i % 2)
+
+    folder = save_arrays(Pairs(), tmp_path / "cache")
+    assert save_arrays(Pairs(), tmp_path / "cache") == folder  # the same content: the same folder
+    data = load_dataset(str(folder))
+    assert data.input_shape == (8, 8, 1) and len(data.y_train) + len(data.y_val) + len(data.y_test) == 30
+    assert sorted(np.unique(np.concatenate([data.x_train, data.x_val, data.x_test]))) == [0, 40, 80]
+    with pytest.raises(DataError, match="one shape"):
+        save_arrays([(np.zeros((2, 8, 8)), np.zeros(2, int)), (np.zeros((2, 9, 9)), np.zeros(2, int))],
+                    tmp_path / "c2")

@@ -280,6 +280,7 @@ def describe_export(loaded: Any, chosen: Any, test_accuracy: float | None, out: 
         "space": attrs["space"],
         "hyperparameters": dict(chosen.params),
         "input_shape": attrs["input_shape"],
+        **({"resize": attrs["resize"]} if attrs.get("resize") else {}),
         "classes": attrs["classes"],
         "class_names": attrs.get("class_names"),
         "output": str(out),

@@ -314,6 +314,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"wrote {description['output']} ({description['format']}): trial {description['trial']} "
           f"of study {description['study']}, {what}, test_accuracy={_fmt(description['test_accuracy'])}")
     print(f"  space {description['space']}: {json.dumps(description['hyperparameters'])}")
+    shape = "x".join(str(v) for v in description["input_shape"])
+    fitted = {"crop": "centre-cropped", "pad": "padded"}.get(description.get("resize", ""))
+    resize = f" (images resized keeping their aspect ratio, then {fitted})" if fitted else ""
+    print(f"  input: {shape} raw pixels{resize}; {description['classes']} classes")
     if "verified" in description:
         v = description["verified"]
         print(f"  verified with {v['runtime']} on {v['test_images']} test images: top-1 agreement "
