@@ -42,7 +42,8 @@ CLASSES = 10
 
 def write_jpegs(args: tuple[Path, int, int]) -> int:
     """``count`` JPEGs into ``folder``, seeded by ``start``: a coarse random field upsampled (photo-like
-    smoothness, so they compress like photos) plus fine noise."""
+    smoothness, so they compress like photos) plus fine noise, tinted by its class (a learnable signal,
+    so a search shows that images and labels stay together)."""
     from PIL import Image
 
     folder, start, count = args
@@ -51,7 +52,8 @@ def write_jpegs(args: tuple[Path, int, int]) -> int:
         w, h = (int(v) for v in rng.integers(200, 601, 2))
         coarse = rng.integers(0, 256, (max(2, h // 40), max(2, w // 40), 3), dtype=np.uint8)
         img = Image.fromarray(coarse).resize((w, h), Image.Resampling.BICUBIC)
-        pixels = np.asarray(img, dtype=np.int16) + rng.integers(-12, 13, (h, w, 3))
+        tint = 60 * np.array([np.cos(2 * np.pi * i / CLASSES), np.sin(2 * np.pi * i / CLASSES), (i % 2) - 0.5])
+        pixels = np.asarray(img, dtype=np.int16) // 2 + 64 + tint.astype(np.int16) + rng.integers(-12, 13, (h, w, 3))
         target = folder / f"class_{i % CLASSES}" / f"{i:06d}.jpg"
         Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(target, quality=90)
     return count
@@ -175,13 +177,14 @@ def main() -> None:
     parser.add_argument("--train-limit", type=int, default=8192, help="training images timed per feed")
     parser.add_argument("--search-seconds", type=int, default=600)
     parser.add_argument("--workdir", type=Path, help="keep the folder and caches here (default: a temp dir)")
+    parser.add_argument("--regenerate", action="store_true", help="write the JPEGs again in --workdir")
     parser.add_argument("--skip-big", action="store_true", help="leave out the peak-RSS search")
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="folder-pipeline-"))
     work.mkdir(parents=True, exist_ok=True)
     folder = work / "photos"
     results: dict[str, object] = {"machine": f"{os.cpu_count()} cores, {cpu_name()}", "images": args.images}
-    if not folder.is_dir() or sum(1 for _ in folder.rglob("*.jpg")) != args.images:
+    if not folder.is_dir() or sum(1 for _ in folder.rglob("*.jpg")) != args.images or args.regenerate:
         shutil.rmtree(folder, ignore_errors=True)
         results["generate_seconds"] = make_folder(folder, args.images)
     results["jpeg_bytes"] = sum(f.stat().st_size for f in folder.rglob("*.jpg"))
