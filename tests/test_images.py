@@ -159,6 +159,7 @@ def test_the_cache_is_reused_and_a_changed_folder_decodes_only_what_changed(tmp_
     assert load_cached(root, tmp_path / "c", size=(8, 8), workers=2).decoded == 0
 
 
+@pytest.mark.core
 def test_a_large_dataset_is_streamed_from_the_cache_and_learns(tmp_path, monkeypatch, tiny_space):
     import tuner
     from tuner._images import ImageArray
@@ -223,3 +224,9 @@ def test_a_py_dataset_is_written_once_and_read_back(tmp_path):
     with pytest.raises(DataError, match="one shape"):
         save_arrays([(np.zeros((2, 8, 8)), np.zeros(2, int)), (np.zeros((2, 9, 9)), np.zeros(2, int))],
                     tmp_path / "c2")
+
+
+def test_an_explicit_size_leaves_the_default_size_alone(tmp_path):
+    root = class_folder(tmp_path / "p", {"a": shades(5, 10, (30, 20)), "b": shades(5, 200, (30, 20))})
+    assert load_dataset(str(root), image_size=8, cache_dir=tmp_path / "c").input_shape == (8, 8, 3)
+    assert load_dataset(str(root), cache_dir=tmp_path / "c").input_shape == (20, 30, 3)

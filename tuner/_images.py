@@ -17,6 +17,7 @@ rather than a memory map, so a process's resident memory holds only the batches 
 from __future__ import annotations
 
 import csv
+import fcntl
 import hashlib
 import json
 import os
@@ -390,12 +391,33 @@ def load_cached(
     stats = _stats(source)
     origin = str(path.resolve())
     pointer = cache_dir / f"{_slug(path.name)}-auto-{_key(origin, resize, max_side)}.json"
-    if size is None and pointer.is_file():  # the size chosen when this source was first decoded
-        size = tuple(json.loads(pointer.read_text())["size"])  # type: ignore[assignment]
-    entry = cache_dir / f"{_slug(path.name)}-{_key(origin, resize, size)}" if size else None
-    old = _read_index(entry) if entry else None
+
+    def look_up() -> tuple[tuple[int, int] | None, Path | None, dict[str, Any] | None]:
+        chosen = size
+        if chosen is None and pointer.is_file():  # the size chosen when this source was first decoded
+            chosen = tuple(json.loads(pointer.read_text())["size"])  # type: ignore[assignment]
+        entry = cache_dir / f"{_slug(path.name)}-{_key(origin, resize, chosen)}" if chosen else None
+        return chosen, entry, _read_index(entry)
+
+    size, entry, old = look_up()
     if old is not None and old["files"] == source.files and old["stats"] == stats:
         return _cached(entry, old, source, 0, started)  # type: ignore[arg-type]
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with open(cache_dir / ".lock", "a") as lock:  # one process decodes; the others wait, then read
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        size, entry, old = look_up()
+        if old is not None and old["files"] == source.files and old["stats"] == stats:
+            return _cached(entry, old, source, 0, started)  # type: ignore[arg-type]
+        return _decode_into(cache_dir, path, source, stats, size, entry, old, pointer, resize, max_side,
+                            progress, workers, started)
+
+
+def _decode_into(cache_dir: Path, path: Path, source: Source, stats: list[list[int]], size: tuple[int, int] | None,
+                 entry: Path | None, old: dict[str, Any] | None, pointer: Path, resize: str, max_side: int,
+                 progress: bool, workers: int | None, started: float) -> Cached:
+    """Decode what the cache lacks (every file, or the new and changed ones) and write the new index."""
+    origin = str(path.resolve())
+    chosen_here = size is None
     with _pool(workers) as pool:
         paths = [str(source.root / f) for f in source.files]
         reused = _reusable(old, source.files, stats)
@@ -432,7 +454,8 @@ def load_cached(
     index = {"version": CACHE_VERSION, "source": origin, "files": source.files, "stats": stats,
              "size": list(size), "channels": channels, "resize": resize, "images": name, "ok": ok}
     _write_json(entry / "index.json", index)
-    _write_json(pointer, {"size": list(size)})
+    if chosen_here:
+        _write_json(pointer, {"size": list(size)})
     if old is not None and old.get("images") != name:
         (entry / old["images"]).unlink(missing_ok=True)
     return _cached(entry, index, source, len(todo), started)
