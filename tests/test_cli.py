@@ -288,8 +288,11 @@ def test_ctrl_c_ends_a_search_with_tuners_own_lines_only(tmp_path):
     url = f"sqlite:///{tmp_path / 'ctrl-c.db'}"
     command = [sys.executable, "-m", "tuner", "search", "--trials", "3", "--epochs", "50", "--study", "c",
                "--storage", url, *(f"--set={item}" for item in TINY["resnet"])]
+    # SIGINT as a terminal has it, even where this test's own process ignores it (a job started with
+    # `&`, some test runners' workers): Python installs its Ctrl-C handler only if SIGINT is not ignored.
     search = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              cwd=tmp_path, start_new_session=True)
+                              cwd=tmp_path, start_new_session=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and search.poll() is None:
         time.sleep(0.2)
