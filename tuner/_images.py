@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from collections.abc import Iterator
@@ -260,6 +261,9 @@ def create_npy(path: Path, rows: int, shape: Sequence[int], dtype: Any = np.uint
     return offset
 
 
+_OPENING = threading.Lock()
+
+
 class ImageArray:
     """Rows of a cached ``.npy`` file, read on demand: indexing returns a numpy array of just those
     images (``preadv`` into a fresh buffer, no memory map), ``take`` a lazy subset (a split)."""
@@ -320,7 +324,9 @@ class ImageArray:
 
     def _read(self, rows: np.ndarray) -> np.ndarray:
         if self._fd is None:  # per process, opened on first read (reading threads share it: preadv)
-            self._fd = os.open(self.path, os.O_RDONLY)
+            with _OPENING:
+                if self._fd is None:
+                    self._fd = os.open(self.path, os.O_RDONLY)
         out = np.empty((len(rows), *self.image_shape), self.dtype)
         flat = out.reshape(len(rows), -1)
         start = 0
