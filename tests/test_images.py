@@ -104,6 +104,10 @@ def test_train_val_test_folders_are_kept_as_given(tmp_path):
     class_folder(tmp_path / "t" / "test", {"a": shades(2, 10), "c": shades(2, 90)})
     with pytest.raises(DataError, match="classes that .*train lacks: c"):
         load_dataset(str(tmp_path / "t"), cache_dir=tmp_path / "c")
+    for image in (tmp_path / "s" / "train" / "b").iterdir():
+        image.write_bytes(b"not an image any more")
+    with pytest.raises(DataError, match="class 'b' has no readable image in train"):
+        load_dataset(str(tmp_path / "s"), cache_dir=tmp_path / "c")
 
 
 def test_a_csv_of_paths_and_labels(tmp_path):

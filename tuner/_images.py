@@ -471,10 +471,12 @@ def _cached(entry: Path, index: dict[str, Any], source: Source, decoded: int, st
     ok = np.array(index["ok"], bool)
     images = ImageArray.from_npy(entry / index["images"]).take(np.flatnonzero(ok))
     skipped = [f for f, good in zip(source.files, index["ok"], strict=True) if not good]
-    counts = np.bincount(source.labels[ok], minlength=len(source.class_names))
+    training = ok if source.splits is None else ok & (source.splits == 0)  # a class needs training images
+    counts = np.bincount(source.labels[training], minlength=len(source.class_names))
     empty = [n for n, c in zip(source.class_names, counts, strict=True) if c == 0]
     if empty:
-        raise DataError(f"class {empty[0]!r} has no readable image" +
+        where = "" if source.splits is None else " in train"
+        raise DataError(f"class {empty[0]!r} has no readable image{where}" +
                         (f" (nor {', '.join(repr(e) for e in empty[1:])})" if len(empty) > 1 else ""))
     return Cached(images, source.labels[ok], None if source.splits is None else source.splits[ok],
                   source.class_names, tuple(index["size"]), index["channels"], index["resize"],  # type: ignore[arg-type]
