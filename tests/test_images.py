@@ -234,3 +234,45 @@ def test_an_explicit_size_leaves_the_default_size_alone(tmp_path):
     root = class_folder(tmp_path / "p", {"a": shades(5, 10, (30, 20)), "b": shades(5, 200, (30, 20))})
     assert load_dataset(str(root), image_size=8, cache_dir=tmp_path / "c").input_shape == (8, 8, 3)
     assert load_dataset(str(root), cache_dir=tmp_path / "c").input_shape == (20, 30, 3)
+
+
+def test_sixteen_bit_greys_are_scaled_not_clipped(tmp_path):
+    ramp = (np.arange(16 * 16, dtype=np.uint16).reshape(16, 16) * 257).astype(np.uint16)  # 0..65535
+    root = tmp_path / "deep"
+    for label, flip in (("a", False), ("b", True)):
+        (root / label).mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray(ramp[::-1] if flip else ramp).save(root / label / f"{i}.png")
+    data = load_dataset(str(root), image_size=16, cache_dir=tmp_path / "c")
+    assert data.input_shape == (16, 16, 1)
+    image = data.x_train[data.y_train == 0][0][..., 0].astype(int)
+    assert image[0, 0] <= 2 and image[-1, -1] >= 253 and len(np.unique(image)) > 200  # the whole range
+
+
+def test_arrays_with_one_hot_labels_and_reshaped_arrays_are_told_apart(tmp_path):
+    from tuner.data import save_arrays
+
+    x = np.random.default_rng(0).integers(0, 256, (40, 8, 8, 1), dtype=np.uint8)
+    y = np.arange(40) % 4
+    folder = save_arrays((x, np.eye(4, dtype=int)[y]), tmp_path / "c")
+    data = load_dataset(str(folder))
+    assert data.classes == 4
+    assert save_arrays((x.reshape(40, 4, 16, 1), y), tmp_path / "c") != folder  # same bytes, other images
+    with pytest.raises(DataError, match="must be one-hot"):
+        save_arrays((x, np.full((40, 4), 2)), tmp_path / "c")
+
+
+def test_an_auto_size_run_after_an_explicit_one_of_that_size_keeps_the_images(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "p"
+    for label in ("a", "b"):
+        (root / label).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / label / f"{i}.png")
+    first = load_cached(root, tmp_path / "c", size=(32, 32), workers=1)
+    mean = first.images[:].mean()
+    assert mean > 100
+    again = load_cached(root, tmp_path / "c", size=None, workers=1)  # the median is 32x32: the same entry
+    assert again.decoded == 0 and again.images[:].mean() == mean
+    wider = load_cached(root, tmp_path / "c", size=None, max_side=224, workers=1)  # another cap, same size
+    assert wider.images[:].mean() == mean

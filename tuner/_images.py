@@ -40,7 +40,8 @@ from tuner.errors import DataError
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SPLIT_FOLDERS = {"train": 0, "val": 1, "validation": 1, "test": 2}
 CACHE_VERSION = 1
-GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "F"}  # grayscale with more than 8 bits: scaled down
 BACKGROUND = 255  # transparent pixels become white; --resize pad fills with black
 MIN_SIDE = 8
 # Files per task handed to a decoding process: large enough to amortise the hand-over.
@@ -205,6 +206,8 @@ def decode(path: str, size: tuple[int, int], channels: int, resize: str) -> np.n
         # JPEG: let the decoder itself downscale by 2, 4 or 8 while staying above the needed size.
         img.draft(mode, (max(1, round(w * scale)), max(1, round(h * scale))))
         img = ImageOps.exif_transpose(img)
+        if img.mode in WIDE_MODES:
+            img = _to_8_bits(img)
         if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
             rgba = img.convert("RGBA")
             flat = Image.new("RGBA", rgba.size, (BACKGROUND,) * 4)
@@ -223,6 +226,26 @@ def decode(path: str, size: tuple[int, int], channels: int, resize: str) -> np.n
             img = canvas
         pixels = np.asarray(img, dtype=np.uint8)
     return pixels.reshape(th, tw, channels)
+
+
+def _to_8_bits(img: Any) -> Any:
+    """A 16-bit, 32-bit or float grayscale image as 8 bits, scaled rather than clipped: 16-bit modes
+    (medical and scientific PNGs and TIFFs) by 255/65535; 32-bit integers and floats by 255/65535 when
+    their values fit 16 bits, by their maximum when wider, not at all when they fit 8 bits; floats
+    within 0..1 by 255."""
+    from PIL import Image
+
+    values = np.asarray(img, dtype=np.float64)
+    top = float(values.max()) if values.size else 0.0
+    if img.mode.startswith("I;16"):
+        scale = 255.0 / 65535
+    elif img.mode == "F" and top <= 1.0:
+        scale = 255.0
+    elif top <= 255:
+        scale = 1.0
+    else:
+        scale = 255.0 / (65535 if top <= 65535 else top)
+    return Image.fromarray(np.clip(np.rint(values * scale), 0, 255).astype(np.uint8), "L")
 
 
 def _headers_task(paths: list[str]) -> list[tuple[int, int, bool] | None]:
@@ -264,9 +287,20 @@ def create_npy(path: Path, rows: int, shape: Sequence[int], dtype: Any = np.uint
 _OPENING = threading.Lock()
 
 
+class _Opened:
+    """A read-only descriptor, closed when the last ``ImageArray`` sharing it goes."""
+
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def __del__(self) -> None:
+        os.close(self.fd)
+
+
 class ImageArray:
     """Rows of a cached ``.npy`` file, read on demand: indexing returns a numpy array of just those
-    images (``preadv`` into a fresh buffer, no memory map), ``take`` a lazy subset (a split)."""
+    images (``preadv`` into a fresh buffer, no memory map), ``take`` a lazy subset (a split) that
+    shares the open file. A cache opened with ``from_npy`` stays readable after a rebuild removes it."""
 
     def __init__(self, path: Path, shape: Sequence[int], dtype: Any = np.uint8, offset: int = 0,
                  rows: np.ndarray | None = None) -> None:
@@ -276,14 +310,16 @@ class ImageArray:
         self.image_shape = tuple(int(s) for s in shape[1:])
         self.row_bytes = int(np.prod(self.image_shape)) * self.dtype.itemsize
         self.rows = np.arange(shape[0], dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
-        self._fd: int | None = None
+        self._file: _Opened | None = None
 
     @classmethod
     def from_npy(cls, path: Path) -> ImageArray:
         mapped = np.load(path, mmap_mode="r")  # the header only: no page is touched
         shape, dtype, offset = mapped.shape, mapped.dtype, int(mapped.offset)
         del mapped
-        return cls(path, shape, dtype, offset)
+        found = cls(path, shape, dtype, offset)
+        found._file = _Opened(path)
+        return found
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -301,15 +337,11 @@ class ImageArray:
         return len(self.rows)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_fd": None}  # each process opens its own descriptor
-
-    def __del__(self) -> None:
-        if getattr(self, "_fd", None) is not None:
-            os.close(self._fd)  # type: ignore[arg-type]
+        return {**self.__dict__, "_file": None}  # another process opens the file again
 
     def take(self, index: Any) -> ImageArray:
         subset = ImageArray.__new__(ImageArray)
-        subset.__dict__.update(self.__getstate__())
+        subset.__dict__.update(self.__dict__)
         subset.rows = self.rows[index]
         return subset
 
@@ -323,21 +355,31 @@ class ImageArray:
         return out if dtype is None else out.astype(dtype)
 
     def _read(self, rows: np.ndarray) -> np.ndarray:
-        if self._fd is None:  # per process, opened on first read (reading threads share it: preadv)
+        if self._file is None:  # unpickled in another process: opened on first read
             with _OPENING:
-                if self._fd is None:
-                    self._fd = os.open(self.path, os.O_RDONLY)
+                if self._file is None:
+                    self._file = _Opened(self.path)
         out = np.empty((len(rows), *self.image_shape), self.dtype)
-        flat = out.reshape(len(rows), -1)
+        flat = out.reshape(-1).view(np.uint8)
         start = 0
         while start < len(rows):  # one read per run of consecutive rows
             end = start + 1
             while end < len(rows) and rows[end] == rows[end - 1] + 1:
                 end += 1
-            os.preadv(self._fd, [memoryview(flat[start:end]).cast("B")],  # type: ignore[arg-type]
-                       self.offset + int(rows[start]) * self.row_bytes)
+            _read_exactly(self._file.fd, flat[start * self.row_bytes:end * self.row_bytes],
+                          self.offset + int(rows[start]) * self.row_bytes, self.path)
             start = end
         return out
+
+
+def _read_exactly(fd: int, into: np.ndarray, offset: int, path: Path) -> None:
+    """Fill ``into`` from ``offset``: a read returns at most ~2 GiB on Linux, so read until it is full."""
+    done = 0
+    while done < len(into):
+        got = os.preadv(fd, [memoryview(into[done:])], offset + done)  # type: ignore[arg-type]
+        if got <= 0:
+            raise DataError(f"{path} ends early: the cache is damaged; delete it and run again")
+        done += got
 
 
 @dataclass
@@ -433,6 +475,9 @@ def _decode_into(cache_dir: Path, path: Path, source: Source, stats: list[list[i
             size = auto_size(headers, max_side)
             entry = cache_dir / f"{_slug(path.name)}-{_key(origin, resize, size)}"
             old = _read_index(entry)
+            if old is not None and old["files"] == source.files and old["stats"] == stats:
+                _write_json(pointer, {"size": list(size)})  # decoded at this size before, with another cap
+                return _cached(entry, old, source, 0, started)
             reused = _reusable(old, source.files, stats)
         channels = 1 if all(h[2] for h in headers) else 3
         if old is not None and reused:
@@ -442,20 +487,25 @@ def _decode_into(cache_dir: Path, path: Path, source: Source, stats: list[list[i
         assert entry is not None
         entry.mkdir(parents=True, exist_ok=True)
         name = f"images-{_key(source.files, stats, channels)}.npy"
-        target = entry / name
-        offset = create_npy(target, len(paths), (*size, channels))
-        row_bytes = size[0] * size[1] * channels
-        if reused:
-            assert old is not None
-            _copy_rows(entry / old["images"], target, offset, row_bytes, reused)
-        todo = [i for i in range(len(paths)) if i not in reused]
-        failed: set[int] = set()
-        tasks = [(str(target), offset, row_bytes, size, channels, resize,
-                  [(i, paths[i]) for i in todo[k:k + CHUNK]]) for k in range(0, len(todo), CHUNK)]
-        with _bar(progress, len(todo), "decoding images") as advance:
-            for result, task in zip(pool.map(_decode_task, tasks), tasks, strict=True):
-                failed.update(result)
-                advance(len(task[-1]))
+        target = entry / f".{name}.{os.getpid()}"  # written aside, then put in place: readers never see half
+        try:
+            offset = create_npy(target, len(paths), (*size, channels))
+            row_bytes = size[0] * size[1] * channels
+            if reused:
+                assert old is not None
+                _copy_rows(entry / old["images"], target, offset, row_bytes, reused)
+            todo = [i for i in range(len(paths)) if i not in reused]
+            failed: set[int] = set()
+            tasks = [(str(target), offset, row_bytes, size, channels, resize,
+                      [(i, paths[i]) for i in todo[k:k + CHUNK]]) for k in range(0, len(todo), CHUNK)]
+            with _bar(progress, len(todo), "decoding images") as advance:
+                for result, task in zip(pool.map(_decode_task, tasks), tasks, strict=True):
+                    failed.update(result)
+                    advance(len(task[-1]))
+        except BaseException:  # Ctrl-C, a full disk: no half-written file is left behind
+            target.unlink(missing_ok=True)
+            raise
+    os.replace(target, entry / name)
     ok = [i not in failed and (i not in reused or reused[i][1]) for i in range(len(paths))]
     index = {"version": CACHE_VERSION, "source": origin, "files": source.files, "stats": stats,
              "size": list(size), "channels": channels, "resize": resize, "images": name, "ok": ok}

@@ -295,12 +295,13 @@ def save_arrays(data: Any, cache_dir: str | Path) -> Path:
                 block = np.ascontiguousarray(x, dtype=dtype)
                 f.write(block.tobytes())
                 digest.update(block.tobytes())
-                labels.append(np.asarray(y).reshape(len(x), -1)[:, 0] if np.ndim(y) > 1 else np.asarray(y))
+                labels.append(_class_labels(y))
         y_all = np.concatenate(labels)
         if not np.issubdtype(y_all.dtype, np.integer):
             raise DataError(f"labels must be integers, got {y_all.dtype}")
         digest.update(y_all.astype(np.int64).tobytes())
         index = {"shape": [len(y_all), *shape], "dtype": np.dtype(dtype).name}
+        digest.update(json.dumps(index).encode())  # the same bytes in another shape are other images
         np.save(tmp / "labels.npy", y_all.astype(np.int64))
         (tmp / ARRAYS_INDEX).write_text(json.dumps(index))
         folder = cache_dir / f"arrays-{digest.hexdigest()[:16]}"
@@ -312,6 +313,20 @@ def save_arrays(data: Any, cache_dir: str | Path) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _class_labels(y: np.ndarray) -> np.ndarray:
+    """Integer labels from labels as given: one per image, ``(N, 1)``, or one-hot ``(N, C)``."""
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        return y[:, 0]
+    if y.ndim == 2:
+        if not (np.isin(y, (0, 1)).all() and (y.sum(axis=1) == 1).all()):
+            raise DataError(f"labels of shape {y.shape} must be one-hot (a single 1 per row), or one integer per image")
+        return y.argmax(axis=1)
+    if y.ndim != 1:
+        raise DataError(f"labels must be one integer per image, got shape {y.shape}")
+    return y
 
 
 def _is_pixels(x: np.ndarray) -> bool:
