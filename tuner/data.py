@@ -97,15 +97,20 @@ class Dataset:
         """Per-channel mean and variance of the training images, for normalisation in the model.
 
         uint8 images are counted by value (a 256-bin histogram per channel: exact, and no float
-        copy of the split); a streamed split from up to ``STATS_IMAGES`` evenly spaced images."""
+        copy of the split), floats summed a chunk at a time; a streamed split from up to
+        ``STATS_IMAGES`` evenly spaced images."""
         x = self.x_train
-        if x.dtype != np.uint8:
-            axes = (0, 1, 2)
-            values = np.asarray(x).astype(np.float64)
-            return values.mean(axis=axes).tolist(), np.maximum(values.var(axis=axes), 1e-6).tolist()
         picked = np.arange(len(x))
         if isinstance(x, ImageArray):
             picked = np.unique(np.linspace(0, len(x) - 1, min(len(x), STATS_IMAGES)).astype(np.int64))
+        if x.dtype != np.uint8:  # floats: sums of values and squares, a chunk at a time
+            sums = np.zeros((2, x.shape[-1]))
+            for k in range(0, len(picked), STATS_CHUNK):
+                values = np.asarray(x[picked[k:k + STATS_CHUNK]], np.float64)
+                sums += [values.sum(axis=(0, 1, 2)), (values**2).sum(axis=(0, 1, 2))]
+            count = len(picked) * x.shape[1] * x.shape[2]
+            mean = sums[0] / count
+            return mean.tolist(), np.maximum(sums[1] / count - mean**2, 1e-6).tolist()
         counts = np.zeros((x.shape[-1], 256), np.int64)
         for k in range(0, len(picked), STATS_CHUNK):
             chunk = x[picked[k:k + STATS_CHUNK]]
