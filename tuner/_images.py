@@ -54,8 +54,7 @@ SHOWN_SKIPPED = 5
 class Source:
     """The image files of a dataset and their labels, before any is opened."""
 
-    path: Path  # the folder or CSV the user named
-    root: Path  # what ``files`` are relative to
+    root: Path  # what ``files`` are relative to: the folder, or the CSV's folder
     files: list[str]
     labels: np.ndarray
     splits: np.ndarray | None  # 0 train, 1 val, 2 test per file, where the layout gives them
@@ -116,7 +115,7 @@ def list_source(path: Path) -> Source:
             raise DataError(f"class {folder.name!r} has no images ({folder})")
         files += found
         labels += [label] * len(found)
-    return Source(path, path, [f.relative_to(path).as_posix() for f in files], np.array(labels, np.int64),
+    return Source(path, [f.relative_to(path).as_posix() for f in files], np.array(labels, np.int64),
                   None, [f.name for f in folders])
 
 
@@ -137,7 +136,7 @@ def _split_source(path: Path, folders: list[Path]) -> Source:
             splits += [SPLIT_FOLDERS[split]] * len(found)
     if not names:
         raise DataError(f"{path}/train has no class sub-folders")
-    return Source(path, path, files, np.array(labels, np.int64), np.array(splits, np.int8), names)
+    return Source(path, files, np.array(labels, np.int64), np.array(splits, np.int8), names)
 
 
 def _csv_source(path: Path) -> Source:
@@ -165,7 +164,7 @@ def _csv_source(path: Path) -> Source:
         splits = np.array([SPLIT_FOLDERS[r[2].strip()] for r in rows], np.int8)
     files = [r[0].strip() for r in rows]  # relative to the CSV's folder, or absolute
     index = {n: i for i, n in enumerate(names)}
-    return Source(path, path.parent, files, np.array([index[t] for t in texts], np.int64), splits, names)
+    return Source(path.parent, files, np.array([index[t] for t in texts], np.int64), splits, names)
 
 
 # --- decoding (runs in the decoding processes) ---
@@ -395,7 +394,6 @@ class Cached:
     resize: str
     skipped: list[str]
     decoded: int  # images decoded by this call (0: read from the cache as it was)
-    seconds: float
 
 
 def _key(*parts: object) -> str:
@@ -417,6 +415,16 @@ def _stats(source: Source) -> list[list[int]]:
     return found
 
 
+def _entry(cache_dir: Path, path: Path, resize: str, size: tuple[int, int]) -> Path:
+    """The cache folder of ``path`` decoded at ``size`` with ``resize``."""
+    return cache_dir / f"{_slug(path.name)}-{_key(str(path.resolve()), resize, size)}"
+
+
+def _current(index: dict[str, Any] | None, source: Source, stats: list[list[int]]) -> bool:
+    """Whether a cache ``index`` holds exactly these files, unchanged."""
+    return index is not None and index["files"] == source.files and index["stats"] == stats
+
+
 def auto_size(headers: Sequence[tuple[int, int, bool] | None], max_side: int) -> tuple[int, int]:
     """The median height and width of the readable images, scaled down to ``max_side`` on the longer side."""
     sizes = [h for h in headers if h is not None]
@@ -434,7 +442,6 @@ def load_cached(
 ) -> Cached:
     """Decode the images ``path`` lists into the cache under ``cache_dir`` (only those not cached
     yet), and return them. ``size`` None: the median image size, capped at ``max_side``."""
-    started = time.perf_counter()
     source = list_source(path)
     stats = _stats(source)
     origin = str(path.resolve())
@@ -444,25 +451,25 @@ def load_cached(
         chosen = size
         if chosen is None and pointer.is_file():  # the size chosen when this source was first decoded
             chosen = tuple(json.loads(pointer.read_text())["size"])  # type: ignore[assignment]
-        entry = cache_dir / f"{_slug(path.name)}-{_key(origin, resize, chosen)}" if chosen else None
+        entry = _entry(cache_dir, path, resize, chosen) if chosen else None
         return chosen, entry, _read_index(entry)
 
     size, entry, old = look_up()
-    if old is not None and old["files"] == source.files and old["stats"] == stats:
-        return _cached(entry, old, source, 0, started)  # type: ignore[arg-type]
+    if _current(old, source, stats):
+        return _cached(entry, old, source, 0)  # type: ignore[arg-type]
     cache_dir.mkdir(parents=True, exist_ok=True)
     with open(cache_dir / ".lock", "a") as lock:  # one process decodes; the others wait, then read
         fcntl.flock(lock, fcntl.LOCK_EX)
         size, entry, old = look_up()
-        if old is not None and old["files"] == source.files and old["stats"] == stats:
-            return _cached(entry, old, source, 0, started)  # type: ignore[arg-type]
+        if _current(old, source, stats):
+            return _cached(entry, old, source, 0)  # type: ignore[arg-type]
         return _decode_into(cache_dir, path, source, stats, size, entry, old, pointer, resize, max_side,
-                            progress, workers, started)
+                            progress, workers)
 
 
 def _decode_into(cache_dir: Path, path: Path, source: Source, stats: list[list[int]], size: tuple[int, int] | None,
                  entry: Path | None, old: dict[str, Any] | None, pointer: Path, resize: str, max_side: int,
-                 progress: bool, workers: int | None, started: float) -> Cached:
+                 progress: bool, workers: int | None) -> Cached:
     """Decode what the cache lacks (every file, or the new and changed ones) and write the new index."""
     origin = str(path.resolve())
     chosen_here = size is None
@@ -473,11 +480,11 @@ def _decode_into(cache_dir: Path, path: Path, source: Source, stats: list[list[i
         headers = [h for h in _map(pool, _headers_task, [paths[i] for i in looked_at]) if h is not None]
         if size is None:  # a new source: every file's header was read
             size = auto_size(headers, max_side)
-            entry = cache_dir / f"{_slug(path.name)}-{_key(origin, resize, size)}"
+            entry = _entry(cache_dir, path, resize, size)
             old = _read_index(entry)
-            if old is not None and old["files"] == source.files and old["stats"] == stats:
+            if _current(old, source, stats):
                 _write_json(pointer, {"size": list(size)})  # decoded at this size before, with another cap
-                return _cached(entry, old, source, 0, started)
+                return _cached(entry, old, source, 0)  # type: ignore[arg-type]
             reused = _reusable(old, source.files, stats)
         channels = 1 if all(h[2] for h in headers) else 3
         if old is not None and reused:
@@ -514,10 +521,10 @@ def _decode_into(cache_dir: Path, path: Path, source: Source, stats: list[list[i
         _write_json(pointer, {"size": list(size)})
     if old is not None and old.get("images") != name:
         (entry / old["images"]).unlink(missing_ok=True)
-    return _cached(entry, index, source, len(todo), started)
+    return _cached(entry, index, source, len(todo))
 
 
-def _cached(entry: Path, index: dict[str, Any], source: Source, decoded: int, started: float) -> Cached:
+def _cached(entry: Path, index: dict[str, Any], source: Source, decoded: int) -> Cached:
     ok = np.array(index["ok"], bool)
     images = ImageArray.from_npy(entry / index["images"]).take(np.flatnonzero(ok))
     skipped = [f for f, good in zip(source.files, index["ok"], strict=True) if not good]
@@ -530,7 +537,7 @@ def _cached(entry: Path, index: dict[str, Any], source: Source, decoded: int, st
                         (f" (nor {', '.join(repr(e) for e in empty[1:])})" if len(empty) > 1 else ""))
     return Cached(images, source.labels[ok], None if source.splits is None else source.splits[ok],
                   source.class_names, tuple(index["size"]), index["channels"], index["resize"],  # type: ignore[arg-type]
-                  skipped, decoded, time.perf_counter() - started)
+                  skipped, decoded)
 
 
 def _read_index(entry: Path | None) -> dict[str, Any] | None:

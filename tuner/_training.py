@@ -57,13 +57,6 @@ class Batches(keras.utils.PyDataset):
             self.order = self.rng.permutation(len(self.x))
 
 
-def _inputs(x: Any, y: np.ndarray, batch_size: int, *, shuffle: bool = False) -> dict[str, Any]:
-    """``fit``/``evaluate`` arguments for one split: the arrays, or ``Batches`` of a streamed one."""
-    if isinstance(x, np.ndarray):
-        return {"x": x, "y": y, "batch_size": batch_size}
-    return {"x": Batches(x, y, batch_size, shuffle=shuffle, seed=int(np.random.randint(2**31)))}
-
-
 def predict_classes(model: keras.Model, x: Any, batch_size: int = 256) -> np.ndarray:
     """The class ``model`` predicts for each image of ``x`` (arrays, or a streamed split)."""
     if isinstance(x, np.ndarray):
@@ -349,10 +342,16 @@ def train_and_evaluate(
     start = time.perf_counter()
     stopped_by = None
     try:
-        val = _inputs(data.x_val, data.y_val, batch_size)
+        if data.streamed:  # batches read from the cache; Keras takes no batch_size with them
+            seed = int(np.random.randint(2**31))  # seeded by start_trial
+            train: dict[str, Any] = {"x": Batches(data.x_train, data.y_train, batch_size, shuffle=True, seed=seed)}
+            validation: Any = Batches(data.x_val, data.y_val, batch_size)
+        else:
+            train = {"x": data.x_train, "y": data.y_train, "batch_size": batch_size}
+            validation = (data.x_val, data.y_val)
         model.fit(
-            **_inputs(data.x_train, data.y_train, batch_size, shuffle=True),
-            validation_data=val["x"] if "y" not in val else (val["x"], val["y"]),
+            **train,
+            validation_data=validation,
             epochs=epochs,
             initial_epoch=initial_epoch,
             callbacks=[keras.callbacks.TerminateOnNaN(), clock, best, *callbacks],
@@ -374,7 +373,9 @@ def train_and_evaluate(
     if clock.stopped_by != "too_slow":  # a discarded configuration is not tested
         model.set_weights(best.best_weights)
         tested = inference(model) if inference else model
-        test_loss, test_accuracy = tested.evaluate(**_inputs(data.x_test, data.y_test, batch_size), verbose=0)[:2]
+        test = {"x": Batches(data.x_test, data.y_test, batch_size)} if data.streamed else \
+            {"x": data.x_test, "y": data.y_test, "batch_size": batch_size}
+        test_loss, test_accuracy = tested.evaluate(**test, verbose=0)[:2]
     return TrialResult(
         value=best.sign * best.best_value,
         best_epoch=best.best_epoch,

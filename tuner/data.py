@@ -27,6 +27,7 @@ import numpy as np
 from tuner._images import ImageArray
 from tuner._images import load_cached
 from tuner._images import parse_image_size
+from tuner._names import RESIZE_MODES
 from tuner.errors import DataError
 
 # A split's images: in memory, or rows of an on-disk cache read in batches.
@@ -101,7 +102,7 @@ class Dataset:
         ``STATS_IMAGES`` evenly spaced images."""
         x = self.x_train
         picked = np.arange(len(x))
-        if isinstance(x, ImageArray):
+        if self.streamed:
             picked = np.unique(np.linspace(0, len(x) - 1, min(len(x), STATS_IMAGES)).astype(np.int64))
         if x.dtype != np.uint8:  # floats: sums of values and squares, a chunk at a time
             sums = np.zeros((2, x.shape[-1]))
@@ -171,8 +172,8 @@ def load_dataset(
     if (path / ARRAYS_INDEX).is_file():
         return _saved_arrays(path, split_seed)
     if path.is_dir() or (path.suffix.lower() == ".csv" and path.is_file()):
-        if resize not in ("crop", "pad"):
-            raise DataError(f"unknown --resize {resize!r}; choose one of: crop, pad")
+        if resize not in RESIZE_MODES:
+            raise DataError(f"unknown --resize {resize!r}; choose one of: {', '.join(RESIZE_MODES)}")
         return _image_files(path, split_seed, parse_image_size(image_size), resize,
                             Path(cache_dir or "tuner-cache"), max_side, progress)
     raise DataError(
@@ -298,8 +299,8 @@ def save_arrays(data: Any, cache_dir: str | Path) -> Path:
                 if dtype == np.uint8 and not _is_pixels(x):
                     raise DataError("images must be all integer pixels 0..255 or all floats")
                 block = np.ascontiguousarray(x, dtype=dtype)
-                f.write(block.tobytes())
-                digest.update(block.tobytes())
+                f.write(block.data)
+                digest.update(block.data)
                 labels.append(_class_labels(y))
         y_all = np.concatenate(labels)
         if not np.issubdtype(y_all.dtype, np.integer):
