@@ -9,6 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# One thread per TensorFlow op: pytest-xdist already runs one test process per core, and the tests'
+# models are too small to gain from more (inherited by the searches tests start as subprocesses).
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 
 import numpy as np
 import optuna
@@ -98,12 +102,27 @@ def tiny_space() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def _trained_folder(tmp_path_factory) -> Path:
     """One real search, trained once per session: study ``d``, three ResNet-8 trials of two epochs on
-    digits with label smoothing (a custom loss every export must handle), all three models kept."""
+    digits with label smoothing (a custom loss every export must handle), all three models kept.
+
+    Under pytest-xdist the test processes share it: the first to need it trains it while holding a
+    lock in the run's temporary folder, the others wait for it and read it."""
+    import fcntl
+
     import tuner
 
-    folder = tmp_path_factory.mktemp("trained")
-    tuner.search("resnet", "digits", trials=3, epochs=2, study="d", storage=f"sqlite:///{folder / 'tuner.db'}",
-                 overrides=TINY["resnet"], label_smoothing=0.1, pruner="none", batch_size=32, seed=1, keep=3)
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # this run's folder, above each test process's own
+    folder = root / "trained"
+    with open(root / "trained.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / "trained.done").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            tuner.search("resnet", "digits", trials=3, epochs=2, study="d",
+                         storage=f"sqlite:///{folder / 'tuner.db'}", overrides=TINY["resnet"], label_smoothing=0.1,
+                         pruner="none", batch_size=32, seed=1, keep=3)
+            (root / "trained.done").touch()
     return folder
 
 

@@ -241,8 +241,9 @@ def test_after_kill_9_the_same_command_fails_the_killed_trial_at_once_and_retrie
     import optuna
 
     url = f"sqlite:///{tmp_path / 'killed.db'}"
-    command = [sys.executable, "-m", "tuner", "search", "--trials", "3", "--epochs", "2", "--recycle-after", "0",
-               "--pruner", "none", "--study", "killed", "--storage", url, *(f"--set={item}" for item in TINY["resnet"])]
+    command = [sys.executable, "-m", "tuner", "search", "--trials", "3", "--epochs", "2", "--batch-size", "32",
+               "--recycle-after", "0", "--pruner", "none", "--study", "killed", "--storage", url,
+               *(f"--set={item}" for item in TINY["resnet"])]
     first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path,
                              env=user_env())
     try:
@@ -286,8 +287,8 @@ def test_ctrl_c_ends_a_search_with_tuners_own_lines_only(tmp_path):
     import optuna
 
     url = f"sqlite:///{tmp_path / 'ctrl-c.db'}"
-    command = [sys.executable, "-m", "tuner", "search", "--trials", "3", "--epochs", "50", "--study", "c",
-               "--storage", url, *(f"--set={item}" for item in TINY["resnet"])]
+    command = [sys.executable, "-m", "tuner", "search", "--trials", "3", "--epochs", "50", "--batch-size", "32",
+               "--study", "c", "--storage", url, *(f"--set={item}" for item in TINY["resnet"])]
     # SIGINT as a terminal has it, even where this test's own process ignores it (a job started with
     # `&`, some test runners' workers): Python installs its Ctrl-C handler only if SIGINT is not ignored.
     search = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -70,10 +70,12 @@ def test_keras_tuner_states(status, epochs, expected):
     assert optuna_state(status, epochs, 4) == expected
 
 
-def kt_search(url, **kwargs):
+def kt_search(url, space="resnet", **kwargs):
+    """A small Keras Tuner search: the smallest ResNet by default; ``space="tiny"`` (with the
+    ``tiny_space`` fixture) for bookkeeping tests, whose models build in a fraction of the time."""
     settings = dict(trials=3, epochs=2, study="kt", storage=url, backend="keras-tuner", algorithm="random",
-                    overrides=TINY["resnet"], keep=0)
-    return tuner.search("resnet", "digits", **{**settings, **kwargs})
+                    overrides=TINY["resnet"] if space == "resnet" else [], keep=0)
+    return tuner.search(space, "digits", **{**settings, **kwargs})
 
 
 def test_random_search_mirrors_every_trial(sqlite_url, monkeypatch):
@@ -92,9 +94,9 @@ def test_random_search_mirrors_every_trial(sqlite_url, monkeypatch):
     assert len(kt_search(sqlite_url, trials=4).trials) == 4
 
 
-def test_hyperband_rounds_are_pruned_and_continued(sqlite_url, monkeypatch):
+def test_hyperband_rounds_are_pruned_and_continued(sqlite_url, monkeypatch, tiny_space):
     monkeypatch.setattr("tuner._trial.train_and_evaluate", fake_training)
-    study = kt_search(sqlite_url, algorithm="hyperband", trials=8, epochs=3)
+    study = kt_search(sqlite_url, tiny_space, algorithm="hyperband", trials=8, epochs=3)
     trials = study.get_trials()
     assert len(trials) == 8
     states = {t.state for t in trials}
@@ -125,7 +127,7 @@ def test_hyperband_rounds_are_pruned_and_continued(sqlite_url, monkeypatch):
                zip(pruned, (t.user_attrs["tuner_epochs"] for t in trials if t.state == TrialState.PRUNED), strict=True))
 
 
-def test_a_failing_trial_is_recorded_and_the_search_goes_on(sqlite_url, monkeypatch):
+def test_a_failing_trial_is_recorded_and_the_search_goes_on(sqlite_url, monkeypatch, tiny_space):
     calls = []
 
     def sometimes_broken(*args, **kwargs):
@@ -135,7 +137,7 @@ def test_a_failing_trial_is_recorded_and_the_search_goes_on(sqlite_url, monkeypa
         return fake_training(*args, **kwargs)
 
     monkeypatch.setattr("tuner._trial.train_and_evaluate", sometimes_broken)
-    study = kt_search(sqlite_url)
+    study = kt_search(sqlite_url, tiny_space)
     states = [t.state for t in study.get_trials()]
     assert states.count(TrialState.FAIL) == 1 and states.count(TrialState.COMPLETE) == 3
     failed = study.get_trials(states=(TrialState.FAIL,))[0]
@@ -143,7 +145,7 @@ def test_a_failing_trial_is_recorded_and_the_search_goes_on(sqlite_url, monkeypa
     assert failed.user_attrs["error"].endswith("RuntimeError: out of memory (simulated)")
 
 
-def test_resume_after_a_kill_adds_no_duplicate(sqlite_url, monkeypatch):
+def test_resume_after_a_kill_adds_no_duplicate(sqlite_url, monkeypatch, tiny_space):
     """A process dying mid-trial, or between storing a trial and Keras Tuner recording it."""
     calls = []
 
@@ -155,7 +157,7 @@ def test_resume_after_a_kill_adds_no_duplicate(sqlite_url, monkeypatch):
 
     monkeypatch.setattr("tuner._trial.train_and_evaluate", killed_in_second_trial)
     with pytest.raises(KeyboardInterrupt):
-        kt_search(sqlite_url)
+        kt_search(sqlite_url, tiny_space)
     study = optuna.load_study(study_name="kt", storage=sqlite_url)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE]  # nothing left RUNNING
 
@@ -168,25 +170,24 @@ def test_resume_after_a_kill_adds_no_duplicate(sqlite_url, monkeypatch):
     monkeypatch.setattr("tuner._trial.train_and_evaluate", fake_training)
     monkeypatch.setattr(kt_backend.MirroredTuner, "on_trial_end", killed_after_storing)
     with pytest.raises(KeyboardInterrupt):
-        kt_search(sqlite_url)
+        kt_search(sqlite_url, tiny_space)
     assert len(study.trials) == 2
 
     monkeypatch.setattr(kt_backend.MirroredTuner, "on_trial_end", original)
-    kt_search(sqlite_url)
+    kt_search(sqlite_url, tiny_space)
     trials = study.get_trials()
     ids = [int(t.user_attrs[TRIAL_ID_ATTR]) for t in trials]
     assert len(trials) == 3 and sorted(ids) == [0, 1, 2]
     assert all(t.state == TrialState.COMPLETE for t in trials)
 
 
-def test_backends_and_algorithms_do_not_mix(sqlite_url, monkeypatch):
+def test_backends_and_algorithms_do_not_mix(sqlite_url, monkeypatch, tiny_space):
     monkeypatch.setattr("tuner._trial.train_and_evaluate", fake_training)
-    kt_search(sqlite_url, trials=1)
+    kt_search(sqlite_url, tiny_space, trials=1)
     with pytest.raises(StudyMismatchError, match="backend"):
-        tuner.search("resnet", "digits", trials=1, epochs=1, study="kt", storage=sqlite_url,
-                     overrides=TINY["resnet"])
+        tuner.search(tiny_space, "digits", trials=1, epochs=1, study="kt", storage=sqlite_url)
     with pytest.raises(StudyMismatchError, match="algorithm"):
-        kt_search(sqlite_url, algorithm="bayesian")
+        kt_search(sqlite_url, tiny_space, algorithm="bayesian")
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -199,21 +200,26 @@ def test_bad_keras_tuner_requests_fail_before_any_trial(sqlite_url, kwargs, mess
         kt_search(sqlite_url, **kwargs)
 
 
-def test_missing_keras_tuner_folder_is_refused(sqlite_url, tmp_path, monkeypatch):
+def test_missing_keras_tuner_folder_is_refused(sqlite_url, tmp_path, monkeypatch, tiny_space):
     import shutil
 
     monkeypatch.setattr("tuner._trial.train_and_evaluate", fake_training)
-    kt_search(sqlite_url, trials=1)
+    kt_search(sqlite_url, tiny_space, trials=1)
     shutil.rmtree(tmp_path / "tuner-keras-tuner" / "kt")
     with pytest.raises(TunerError, match="Keras Tuner folder .* is missing"):
-        kt_search(sqlite_url, trials=2)
+        kt_search(sqlite_url, tiny_space, trials=2)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algorithm", ["bayesian", "grid", pytest.param("hyperband", marks=pytest.mark.core)])
-def test_every_algorithm_trains_real_models(sqlite_url, algorithm):
-    study = kt_search(sqlite_url, algorithm=algorithm, trials=2, epochs=1, keep=1,
-                      overrides=[*TINY["resnet"], "learning_rate=1e-3..1e-2"])
+@pytest.mark.parametrize("algorithm,space", [("bayesian", "tiny"), ("grid", "tiny"),
+                                             pytest.param("hyperband", "resnet", marks=pytest.mark.core)])
+def test_every_algorithm_trains_real_models(sqlite_url, algorithm, space, request):
+    """Each algorithm trains, mirrors and exports real models: the ResNet space under Hyperband, the
+    one-layer ``tiny`` space (``conftest.tiny_space``, a second a trial) under the others."""
+    if space == "tiny":
+        request.getfixturevalue("tiny_space")
+    overrides = [*TINY["resnet"], "learning_rate=1e-3..1e-2"] if space == "resnet" else ["learning_rate=1e-3..1e-2"]
+    study = kt_search(sqlite_url, space, algorithm=algorithm, trials=2, epochs=1, keep=1, overrides=overrides)
     trials = study.get_trials()
     assert len(trials) == 2 and all(t.state == TrialState.COMPLETE for t in trials)
     for trial in trials:
@@ -234,8 +240,8 @@ def test_kill_9_mid_study_then_the_same_command_completes_it(sqlite_url, tmp_pat
     from tuner.cli import main
 
     args = ["search", "--space", "resnet", "--backend", "keras-tuner", "--algorithm", "random",
-            "--trials", "3", "--epochs", "2", "--study", "kt", "--storage", sqlite_url, "--keep", "0",
-            "--recycle-after", "0", "--quiet", *(f"--set={item}" for item in TINY["resnet"])]
+            "--trials", "3", "--epochs", "2", "--batch-size", "32", "--study", "kt", "--storage", sqlite_url,
+            "--keep", "0", "--recycle-after", "0", "--quiet", *(f"--set={item}" for item in TINY["resnet"])]
     process = subprocess.Popen([sys.executable, "-m", "tuner", *args], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, env={**os.environ, "TUNER_STORAGE": ""})
     second = tmp_path / "tuner-keras-tuner" / "kt" / "trial_0001"

@@ -88,11 +88,9 @@ def test_search_stores_every_trial_and_continues(sqlite_url):
     assert attrs["settings"]["max_epochs"] == 2 and attrs["settings"]["pruner"] == "none"
     assert attrs["overrides"]["depth"] == "8"
 
-    # The same call again has nothing left to do; a larger budget continues the same study.
+    # The same call again has nothing left to do (a larger budget continues: test_backends.py).
     assert len(tuner.search("resnet", "digits", trials=2, epochs=2, study="s", storage=sqlite_url,
                             overrides=TINY["resnet"]).trials) == 2
-    assert len(tuner.search("resnet", "digits", trials=3, epochs=1, study="s", storage=sqlite_url,
-                            overrides=TINY["resnet"], pruner="none").trials) == 3
 
     with pytest.raises(StudyMismatchError, match="space="):
         tuner.search("densenet", "digits", trials=3, study="s", storage=sqlite_url,
@@ -108,7 +106,7 @@ def test_search_stores_every_trial_and_continues(sqlite_url):
     listed = _call(app, "/api/studies")["study_summaries"]
     assert [s["study_name"] for s in listed] == ["s"]
     detail = _call(app, f"/api/studies/{listed[0]['study_id']}")
-    assert len(detail["trials"]) == 3
+    assert len(detail["trials"]) == 2
     assert len(detail["trials"][0]["intermediate_values"]) == 2
     assert {p["name"] for p in detail["trials"][0]["params"]} >= {"depth", "learning_rate"}
 
@@ -126,7 +124,7 @@ def test_densenet_search_minimising_val_loss(sqlite_url):
 
 @pytest.mark.parametrize("error", [MemoryError("host"), RuntimeError("CUDA out of memory. Tried to allocate 2 GiB"),
                                    ValueError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate")])
-def test_out_of_memory_fails_that_trial_and_the_study_goes_on(sqlite_url, monkeypatch, error):
+def test_out_of_memory_fails_that_trial_and_the_study_goes_on(sqlite_url, monkeypatch, error, tiny_space):
     from tuner._training import TrialResult
 
     calls = []
@@ -139,20 +137,19 @@ def test_out_of_memory_fails_that_trial_and_the_study_goes_on(sqlite_url, monkey
                            test_loss=1.0, test_accuracy=0.5)
 
     monkeypatch.setattr("tuner._trial.train_and_evaluate", first_runs_out)
-    study = tuner.search("resnet", "digits", trials=2, study="oom", storage=sqlite_url, overrides=TINY["resnet"],
-                         keep=0)
+    study = tuner.search(tiny_space, "digits", trials=2, study="oom", storage=sqlite_url, keep=0)
     assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE", "COMPLETE"]
     reason = study.trials[0].user_attrs["error"]
     assert reason.startswith("out of memory (try a smaller --batch-size") and type(error).__name__ in reason
 
 
-def test_same_seed_same_suggestions(sqlite_url, monkeypatch):
+def test_same_seed_same_suggestions(sqlite_url, monkeypatch, tiny_space):
 
     monkeypatch.setattr("tuner._trial.train_and_evaluate", lambda *a, **k: (_ for _ in ()).throw(ValueError("x")))
     for name in ("a", "b"):
         with pytest.raises(SearchAborted):
-            tuner.search("densenet", "digits", trials=3, study=name, storage=sqlite_url, seed=7,
-                         max_failures=3, overrides=["depth=10"])
+            tuner.search(tiny_space, "digits", trials=3, study=name, storage=sqlite_url, seed=7,
+                         max_failures=3)
     a, b = (optuna.load_study(study_name=n, storage=sqlite_url).trials for n in ("a", "b"))
     assert [t.params for t in a] == [t.params for t in b]
 
@@ -184,26 +181,26 @@ def test_pruned_trial_keeps_its_learning_curve(sqlite_url, monkeypatch):
     assert trial.user_attrs["augment"] == "shift" and trial.user_attrs["batch_size"] == 16  # automatic, for digits
 
 
-def test_interrupt_leaves_no_trial_running(sqlite_url, monkeypatch):
+def test_interrupt_leaves_no_trial_running(sqlite_url, monkeypatch, tiny_space):
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr("tuner._trial.train_and_evaluate", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        tuner.search("resnet", "digits", trials=3, study="i", storage=sqlite_url, overrides=TINY["resnet"])
+        tuner.search(tiny_space, "digits", trials=3, study="i", storage=sqlite_url)
     assert [t.state.name for t in optuna.load_study(study_name="i", storage=sqlite_url).trials] == ["FAIL"]
 
 
-def test_continuing_a_study_does_not_repeat_its_configurations(sqlite_url, monkeypatch):
+def test_continuing_a_study_does_not_repeat_its_configurations(sqlite_url, monkeypatch, tiny_space):
     from tuner._training import TrialResult
 
     monkeypatch.setattr("tuner._trial.train_and_evaluate", lambda *a, **k: TrialResult(
         value=0.5, best_epoch=1, epochs=1, train_seconds=0.1, params=1, best_logs={}, test_loss=1.0,
         test_accuracy=0.5))
-    settings = dict(study="c", storage=sqlite_url, overrides=TINY["resnet"], keep=0, start_from_defaults=False)
-    tuner.search("resnet", "digits", trials=2, **settings)
-    study = tuner.search("resnet", "digits", trials=4, **settings)  # the same command, continued
+    settings = dict(study="c", storage=sqlite_url, keep=0, start_from_defaults=False)
+    tuner.search(tiny_space, "digits", trials=2, **settings)
+    study = tuner.search(tiny_space, "digits", trials=4, **settings)  # the same command, continued
     configurations = {tuple(sorted(t.params.items())) for t in study.trials}
     assert len(study.trials) == 4 and len(configurations) == 4
 
@@ -216,8 +213,8 @@ def test_sigterm_records_the_trial_in_flight_as_failed(sqlite_url):
     import sys
     import time
 
-    command = [sys.executable, "-m", "tuner", "search", "--trials", "3", "--epochs", "50", "--study", "t",
-               "--storage", sqlite_url, "--recycle-after", "0", "--pruner", "none", "--quiet",
+    command = [sys.executable, "-m", "tuner", "search", "--trials", "3", "--epochs", "50", "--batch-size", "32",
+               "--study", "t", "--storage", sqlite_url, "--recycle-after", "0", "--pruner", "none", "--quiet",
                *(f"--set={item}" for item in TINY["resnet"])]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "TUNER_STORAGE": ""})

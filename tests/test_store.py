@@ -53,7 +53,9 @@ def test_reusing_a_name_with_the_other_direction_is_refused(storage_url, unique_
 
 
 def test_a_study_tuner_did_not_create_is_refused(storage_url, unique_name):
-    optuna.create_study(storage=storage_url, study_name=unique_name)
+    # With a trial of its own, so it is refused at once; an empty one is waited for: its creator may
+    # be a tuner process that has not written its identity yet.
+    optuna.create_study(storage=storage_url, study_name=unique_name).optimize(lambda t: 0.0, n_trials=1)
     with pytest.raises(StudyMismatchError, match="not created by tuner"):
         open_study(open_storage(storage_url), unique_name, direction="maximize", attrs=ATTRS)
 

@@ -66,8 +66,8 @@ def predict_classes(model: keras.Model, x: Any, batch_size: int = 256) -> np.nda
 
 def start_trial(seed: int, precision: str) -> None:
     """A clean slate for the next model: free the last one's graph, seed its weights, set its dtypes."""
-    keras.backend.clear_session()
     forget_custom_gradients()
+    keras.backend.clear_session()  # after the registry lets go of the last graph: its collection frees it
     keras.utils.set_random_seed(seed)
     keras.config.set_dtype_policy(precision)
 

@@ -91,7 +91,6 @@ class OptunaBackend(SearchBackend):
             timeout=None if job.deadline is None else max(job.deadline - time.time(), 0.0),
             catch=(Exception,),
             callbacks=[budget, failures, job.progress.trial_finished],
-            gc_after_trial=True,
         )
         if budget.interrupted:
             raise KeyboardInterrupt
