@@ -61,7 +61,7 @@ def test_pruning_rule_stops_a_trial_only_for_cheaper_better_ones():
 
 def test_max_params_rejects_before_training_and_the_best_is_within_budget(tiny_space, sqlite_url):
     """``tiny`` has 32, 16 or 8 hidden units: ~2.4k, ~1.2k, ~0.6k parameters on digits; 1.5k keeps two."""
-    study = tuner.search(tiny_space, "digits", trials=6, epochs=3, storage=sqlite_url, study="budget",
+    study = tuner.search(tiny_space, "digits", trials=4, epochs=2, storage=sqlite_url, study="budget",
                          max_params="1.5k", sampler="random", pruner="hyperband", seed=3)
     trials = study.get_trials(deepcopy=False)
     rejected = [t for t in trials if "rejected" in t.user_attrs]
@@ -70,7 +70,7 @@ def test_max_params_rejects_before_training_and_the_best_is_within_budget(tiny_s
     for t in rejected:  # never trained, recorded as over budget
         assert t.state == optuna.trial.TrialState.PRUNED and t.params["units"] == 32
         assert t.user_attrs["param_count"] > 1500 and "epochs" not in t.user_attrs and t.constraints["param_count"] > 0
-    assert len([t for t in trained if t.state.is_finished()]) == 6  # rejected ones do not count as trials
+    assert len([t for t in trained if t.state.is_finished()]) == 4  # rejected ones do not count as trials
     assert all(t.user_attrs["param_count"] <= 1500 and t.constraints["param_count"] <= 0 for t in trained)
     best = tuner.best_trial("budget", sqlite_url)
     assert best["param_count"] <= 1500 and best["feasible"] is True
