@@ -316,6 +316,34 @@ def test_the_default_batch_size_leaves_enough_steps_per_epoch():
             assert n / size >= 64 and (size == largest or n / (2 * size) < 64)
 
 
+def test_a_trial_traces_its_train_step_once():
+    """Keras on TensorFlow creates the optimizer's and metrics' variables while tracing the first train
+    step, which makes TensorFlow trace it twice; ``build_training_state`` creates them first."""
+    import numpy as np
+
+    from tuner._training import build_training_state
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("TensorFlow's tracing")
+    x, y = np.random.rand(40, 8).astype("float32"), np.arange(40) % 3
+
+    def traces(prebuild: bool) -> int:
+        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3, activation="softmax")])
+        model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+        traced = []
+        train_step = model.train_step
+        model.train_step = lambda data: traced.append(1) or train_step(data)
+        if prebuild:
+            build_training_state(model, x[:2], y[:2])
+            counts = [float(v) for m in model.metrics for v in m.variables]
+            assert counts and not any(counts)  # built, then reset: fit starts from zero
+        model.fit(x, y, batch_size=16, epochs=2, verbose=0)
+        return len(traced)
+
+    assert traces(prebuild=False) == 2  # if Keras stops doing this, build_training_state can go
+    assert traces(prebuild=True) == 1
+
+
 def test_a_new_trial_frees_the_graphs_tensorflow_registers_for_the_last_one():
     """TensorFlow registers a gradient function per traced train step and never drops it; it held
     every past trial's graph (~35 MB a trial). ``start_trial`` forgets them, except those a library

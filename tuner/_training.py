@@ -300,6 +300,25 @@ class TrialResult:
         return attrs
 
 
+def build_training_state(model: keras.Model, x: Any, y: Any) -> None:
+    """Create the optimizer's and the compiled metrics' variables from one small batch before ``fit``.
+
+    Without a distribution strategy, Keras on TensorFlow creates them while tracing the first train
+    step, and a ``tf.function`` that creates variables is traced twice: building them first halves
+    the train step's tracing, a trial's largest fixed cost on a CPU (ResNet-8: ~1.6 s a trial;
+    DenseNet-40: ~7 s). Other backends build them symbolically already; nothing to do there.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return
+    if model.optimizer is not None and not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    x, y = np.asarray(x), np.asarray(y)
+    y_pred = model(x, training=False)
+    model.compute_loss(x=x, y=y, y_pred=y_pred)
+    model.compute_metrics(x, y, y_pred, sample_weight=None)
+    model.reset_metrics()
+
+
 def train_and_evaluate(
     model: keras.Model,
     data: Dataset,
@@ -340,6 +359,7 @@ def train_and_evaluate(
     if on_step is not None:
         callbacks = [*callbacks, StepReport(on_step, steps)]
     start = time.perf_counter()
+    build_training_state(model, data.x_train[:2], data.y_train[:2])
     stopped_by = None
     try:
         if data.streamed:  # batches read from the cache; Keras takes no batch_size with them
