@@ -32,9 +32,12 @@ def main() -> None:
     args = parser.parse_args()
 
     import keras
+    import optuna
 
     import tuner
     import tuner._training as training
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     if keras.backend.backend() != "tensorflow":
         raise SystemExit("this measures TensorFlow's tracing: run it with KERAS_BACKEND=tensorflow")

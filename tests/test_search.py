@@ -169,12 +169,12 @@ def test_bad_requests_fail_before_any_trial(sqlite_url, kwargs, error, message):
 
 
 @pytest.mark.auto_batch
-def test_pruned_trial_keeps_its_learning_curve(sqlite_url, monkeypatch):
+def test_pruned_trial_keeps_its_learning_curve(sqlite_url, monkeypatch, tiny_space):
     import tuner._search
 
     # A pruner that rejects every trial after its first epoch.
     monkeypatch.setattr(tuner._search, "make_pruner", lambda name, epochs: optuna.pruners.ThresholdPruner(lower=2.0))
-    study = tuner.search("resnet", "digits", trials=1, epochs=3, storage=sqlite_url, overrides=TINY["resnet"])
+    study = tuner.search(tiny_space, "digits", trials=1, epochs=3, storage=sqlite_url)
     (trial,) = study.trials
     assert trial.state.name == "PRUNED"
     assert list(trial.intermediate_values) == [1] and trial.user_attrs["epochs"] == 1
@@ -248,7 +248,7 @@ def test_two_workers_share_one_trial_budget(sqlite_url):
 
 
 @pytest.mark.core
-def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(sqlite_url, monkeypatch):
+def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(sqlite_url, monkeypatch, tiny_space):
     import keras
 
     import search_spaces._base as base
@@ -262,7 +262,7 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(sqlite_ur
         return keras.optimizers.SGD(learning_rate=1e12) if len(built) == 1 else original(name, lr, *args)
 
     monkeypatch.setattr(base, "make_optimizer", first_diverges)
-    study = tuner.search("resnet", "digits", trials=1, epochs=2, storage=sqlite_url, overrides=TINY["resnet"],
+    study = tuner.search(tiny_space, "digits", trials=1, epochs=2, storage=sqlite_url,
                          pruner="none", keep=0)
     assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
     assert re.search("loss became (nan|inf)", study.trials[0].user_attrs["error"])
