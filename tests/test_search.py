@@ -213,8 +213,8 @@ def test_sigterm_records_the_trial_in_flight_as_failed(sqlite_url):
     import sys
     import time
 
-    command = [sys.executable, "-m", "tuner", "search", "--trials", "3", "--epochs", "50", "--batch-size", "32",
-               "--study", "t", "--storage", sqlite_url, "--recycle-after", "0", "--pruner", "none", "--quiet",
+    command = [sys.executable, "-m", "tuner", "search", "--trials", "3", "--epochs", "50", "--study", "t",
+               "--storage", sqlite_url, "--recycle-after", "0", "--pruner", "none", "--quiet",
                *(f"--set={item}" for item in TINY["resnet"])]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "TUNER_STORAGE": ""})
@@ -228,9 +228,10 @@ def test_sigterm_records_the_trial_in_flight_as_failed(sqlite_url):
         except KeyError:  # the study is not created yet
             pass
     assert running, "no trial started"
-    time.sleep(3)  # well inside training
+    time.sleep(1.5)  # inside the trial (building or tracing its model), before its first epoch ends
     process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=60) == 130, process.stderr.read()[-2000:]
+    code = process.wait(timeout=60)
+    assert code == 130, process.stderr.read()[-8000:]
     assert [t.state.name for t in study.get_trials()] == ["FAIL"]
 
 
