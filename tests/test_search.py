@@ -249,7 +249,7 @@ def test_two_workers_share_one_trial_budget(sqlite_url):
 
 
 @pytest.mark.core
-def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(sqlite_url, monkeypatch, tiny_space):
+def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(sqlite_url, monkeypatch):
     import keras
 
     import search_spaces._base as base
@@ -263,7 +263,7 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(sqlite_ur
         return keras.optimizers.SGD(learning_rate=1e12) if len(built) == 1 else original(name, lr, *args)
 
     monkeypatch.setattr(base, "make_optimizer", first_diverges)
-    study = tuner.search(tiny_space, "digits", trials=1, epochs=2, storage=sqlite_url,
+    study = tuner.search("resnet", "digits", trials=1, epochs=2, storage=sqlite_url, overrides=TINY["resnet"],
                          pruner="none", keep=0)
     assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
     assert re.search("loss became (nan|inf)", study.trials[0].user_attrs["error"])
