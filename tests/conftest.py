@@ -101,7 +101,7 @@ def tiny_space() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def _trained_folder(tmp_path_factory) -> Path:
-    """One real search, trained once per session: study ``d``, three ResNet-8 trials of two epochs on
+    """One real search, trained once per test run: study ``d``, three ResNet-8 trials of two epochs on
     digits with label smoothing (a custom loss every export must handle), all three models kept.
 
     Under pytest-xdist the test processes share it: the first to need it trains it while holding a
