@@ -6,6 +6,7 @@ import io
 import json
 import re
 import wsgiref.util
+from collections.abc import Iterator
 
 import keras
 import optuna
@@ -203,6 +204,84 @@ def test_continuing_a_study_does_not_repeat_its_configurations(sqlite_url, monke
     study = tuner.search(tiny_space, "digits", trials=4, **settings)  # the same command, continued
     configurations = {tuple(sorted(t.params.items())) for t in study.trials}
     assert len(study.trials) == 4 and len(configurations) == 4
+
+
+@pytest.fixture
+def stop_signals(monkeypatch) -> Iterator[list[int]]:
+    """Ctrl-C and SIGTERM handled as the CLI handles them (``stop_on_signals``), restored afterwards;
+    yields the train steps that ``train_tiny`` runs."""
+    import signal
+    import threading
+
+    import tuner._process as process
+
+    assert threading.current_thread() is threading.main_thread()  # else SIGTERM would end pytest
+    for name in ("received", "repeats_ignored", "holding", "pending"):
+        monkeypatch.setattr(process._Signals, name, getattr(process._Signals, name))
+    previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    process.stop_on_signals()
+    yield []
+    for number, handler in previous.items():
+        signal.signal(number, handler)
+
+
+def train_tiny(steps: list[int], *layers: keras.layers.Layer, callbacks=()) -> None:
+    """Two epochs of a one-layer model on digits, ``layers`` first, through the trial runner."""
+    from tuner._training import train_and_evaluate
+
+    data = tuner.load_dataset("digits")
+    model = keras.Sequential([keras.Input(data.x_train.shape[1:]), *layers, keras.layers.Flatten(),
+                              keras.layers.Dense(10, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    train_and_evaluate(model, data, epochs=2, batch_size=32, objective="val_accuracy", callbacks=callbacks,
+                       on_step=lambda step, total, logs: steps.append(step))
+
+
+def test_a_signal_while_the_train_step_is_traced_is_raised_after_that_step(stop_signals):
+    """SIGTERM that lands while the framework traces (or runs) the first train step is held until
+    the step ends. Raised inside TensorFlow's tracing it once came back as a ``RuntimeError``
+    (pybind11's "MISMATCH of original and normalized active exception types") that failed only that
+    trial, and the search went on."""
+    import os
+    import signal
+
+    armed, signalled = [], []
+
+    class SignalsOnce(keras.layers.Layer):
+        def call(self, x):
+            if armed and not signalled:
+                signalled.append(1)
+                os.kill(os.getpid(), signal.SIGTERM)
+            return x
+
+    class Arm(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            armed.append(1)  # the next call of the layer is in the first train step
+
+    with pytest.raises(KeyboardInterrupt):
+        train_tiny(stop_signals, SignalsOnce(), callbacks=[Arm()])
+    assert signalled and stop_signals == [1]  # the step the signal landed in ran to its end, and no other
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped interrupt
+def test_an_interrupt_lost_in_a_finaliser_stops_the_next_training(stop_signals):
+    """A signal that lands in a finaliser (here a weakref callback; on JAX, SQLAlchemy's during a
+    garbage collection) has its ``KeyboardInterrupt`` printed as "Exception ignored" and dropped:
+    the search used to go on to its end and exit 0. The next training raises it before a step."""
+    import os
+    import signal
+    import weakref
+
+    class Thing:
+        pass
+
+    thing = Thing()
+    ref = weakref.ref(thing, lambda _: os.kill(os.getpid(), signal.SIGTERM))
+    del thing  # the callback runs here, and the handler's KeyboardInterrupt is dropped with it
+    assert ref() is None
+    with pytest.raises(KeyboardInterrupt):
+        train_tiny(stop_signals)
+    assert stop_signals == []
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import sys
 import tempfile
 import threading
@@ -110,14 +111,76 @@ def quiet_interrupts() -> None:
             handler.addFilter(_NoInterruptedTrials())
 
 
-def stop_on_sigterm() -> None:
-    """Make SIGTERM (``kill``, a job scheduler's stop) stop a search as Ctrl-C does: the trial in
-    flight keeps its best epoch (or is recorded as failed before its first), is never left RUNNING,
-    and the process exits with 130."""
-    import signal
+class _Signals:
+    """What Ctrl-C and SIGTERM have done in this process (``stop_on_signals``, ``interrupts_held``)."""
 
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
+    received = 0  # signals so far
+    repeats_ignored = False  # a worker: after the first, none can cut its trial's wrap-up short
+    holding = False  # a trial is training: a first signal waits for the step in flight to end
+    pending = False  # a signal not yet raised where tuner's own code runs
 
+
+def _interrupt(signum: int, frame: Any) -> None:
+    """The handler of Ctrl-C and SIGTERM: ``KeyboardInterrupt`` now, or, inside ``interrupts_held``,
+    when the training step ends (a second signal does not wait)."""
+    _Signals.received += 1
+    if _Signals.repeats_ignored and _Signals.received > 1:
+        return
+    if _Signals.holding and not _Signals.pending:
+        _Signals.pending = True
+        return
+    # Pending as well: raised inside a finaliser (a weakref callback during garbage collection) the
+    # interrupt is printed as "Exception ignored" and lost; the next trial's training raises it.
+    _Signals.pending = True
+    raise KeyboardInterrupt
+
+
+def stop_on_signals(*, ignore_repeats: bool = False) -> None:
+    """Make Ctrl-C and SIGTERM (``kill``, a job scheduler's stop) stop a search: the trial in flight
+    keeps its best epoch (or is recorded as failed before its first), is never left RUNNING, and the
+    process exits with 130. ``ignore_repeats``: only the first signal counts (a worker process, whose
+    parent forwards the terminal's Ctrl-C to it as well)."""
     if threading.current_thread() is threading.main_thread():  # the only thread that may set one
-        signal.signal(signal.SIGTERM, interrupt)
+        _Signals.repeats_ignored = ignore_repeats
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, _interrupt)
+
+
+@contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Hold Ctrl-C (and SIGTERM, after ``stop_on_signals``) while a trial trains, until
+    ``raise_held_interrupt`` (called between training steps) or ``take_held_interrupt`` handles it;
+    one still held at the end is raised then, and one that was lost earlier is raised on entry.
+
+    Python raises ``KeyboardInterrupt`` at whatever line runs when the signal lands, and in a trial
+    that is mostly framework code: raised inside TensorFlow's tracing, while its C++ was building an
+    exception of its own, it came back as a ``RuntimeError`` ("MISMATCH of original and normalized
+    active exception types") that failed the trial, and the search went on.
+    Only in the main thread, and Ctrl-C only where it has Python's default handler or tuner's."""
+    if _Signals.holding or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    raise_held_interrupt()
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _interrupt)
+    _Signals.holding = True
+    try:
+        yield
+    finally:
+        _Signals.holding = False
+        if previous is signal.default_int_handler:
+            signal.signal(signal.SIGINT, previous)
+        raise_held_interrupt()
+
+
+def take_held_interrupt() -> bool:
+    """Whether a Ctrl-C or SIGTERM is held; it is handled (no longer held) once this says so."""
+    pending, _Signals.pending = _Signals.pending, False
+    return pending
+
+
+def raise_held_interrupt() -> None:
+    """Raise the held Ctrl-C or SIGTERM as ``KeyboardInterrupt``, if there is one."""
+    if take_held_interrupt():
+        raise KeyboardInterrupt

@@ -19,6 +19,9 @@ import keras
 import numpy as np
 
 from tuner._objectives import DIRECTIONS
+from tuner._process import interrupts_held
+from tuner._process import raise_held_interrupt
+from tuner._process import take_held_interrupt
 from tuner.data import Dataset
 from tuner.errors import TunerError
 
@@ -244,6 +247,16 @@ class Deadline(keras.callbacks.Callback):
         self.model.stop_training = True
 
 
+class RaiseHeldInterrupt(keras.callbacks.Callback):
+    """Raises a Ctrl-C or SIGTERM that ``interrupts_held`` held, after a step: in Keras's loop."""
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        raise_held_interrupt()
+
+    def on_test_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        raise_held_interrupt()
+
+
 @dataclass
 class TrialResult:
     """What one training run measured; ``value`` is the objective at the best epoch.
@@ -319,6 +332,7 @@ def build_training_state(model: keras.Model, x: Any, y: Any) -> None:
     model.reset_metrics()
 
 
+@interrupts_held()  # Ctrl-C and SIGTERM land between training steps, not inside the framework
 def train_and_evaluate(
     model: keras.Model,
     data: Dataset,
@@ -339,8 +353,9 @@ def train_and_evaluate(
     ``TrialDiverged`` if the loss stops being finite. ``initial_epoch`` continues a model trained
     for that many epochs already (Keras Tuner's Hyperband); epochs are counted from 1 overall.
     ``deadline`` (a ``time.time()``) stops training in time to test and store the model by then
-    (``Deadline``). Ctrl-C after at least one epoch stops training the same way; the caller records
-    the trial, then raises ``KeyboardInterrupt`` again (``stopped_by == "interrupt"``).
+    (``Deadline``). Ctrl-C (and SIGTERM, after ``stop_on_signals``) is held until the step ends
+    (``interrupts_held``); after at least one epoch it stops training the same way, and the caller
+    records the trial, then raises ``KeyboardInterrupt`` again (``stopped_by == "interrupt"``).
     ``inference`` turns the trained model into the one that is tested and kept (flip averaging:
     ``TunableSpace.inference_model``); the epochs are validated on the trained model itself.
     ``on_step(step, steps, logs)`` is called after every training step (``StepReport``).
@@ -374,7 +389,7 @@ def train_and_evaluate(
             validation_data=validation,
             epochs=epochs,
             initial_epoch=initial_epoch,
-            callbacks=[keras.callbacks.TerminateOnNaN(), clock, best, *callbacks],
+            callbacks=[keras.callbacks.TerminateOnNaN(), clock, best, *callbacks, RaiseHeldInterrupt()],
             verbose=0,
         )
     except KeyboardInterrupt:
@@ -396,6 +411,8 @@ def train_and_evaluate(
         test = {"x": Batches(data.x_test, data.y_test, batch_size)} if data.streamed else \
             {"x": data.x_test, "y": data.y_test, "batch_size": batch_size}
         test_loss, test_accuracy = tested.evaluate(**test, verbose=0)[:2]
+        if take_held_interrupt():  # during the test: the trial is complete, and the search stops
+            stopped_by = "interrupt"
     return TrialResult(
         value=best.sign * best.best_value,
         best_epoch=best.best_epoch,

@@ -30,10 +30,9 @@ def _worker(env: dict[str, str], call: bytes, verbosity: int) -> None:
 
     from tuner._process import load_frameworks
     from tuner._process import quiet_interrupts
-    from tuner._process import stop_on_sigterm
+    from tuner._process import stop_on_signals
 
-    stop_on_sigterm()
-    _interrupt_once()
+    stop_on_signals(ignore_repeats=True)  # repeats: the parent forwards the terminal's Ctrl-C too
     quiet_interrupts()
     load_frameworks()  # quietly, as the parent did
 
@@ -46,17 +45,6 @@ def _worker(env: dict[str, str], call: bytes, verbosity: int) -> None:
     except TunerError as err:
         print(f"tuner: error: {err}", file=sys.stderr)  # one line, as the CLI prints it
         sys.exit(2)
-
-
-def _interrupt_once() -> None:
-    """The first SIGINT stops the worker's trial (which keeps its best epoch); later ones, such as
-    the parent forwarding the terminal's Ctrl-C, are ignored so they cannot cut that wrap-up short."""
-
-    def interrupt(signum: int, frame: Any) -> None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, interrupt)
 
 
 def run_workers(work: Callable[..., None], request: Any, finished_trials: Callable[[], int]) -> None:

@@ -19,7 +19,7 @@ from typing import NoReturn
 from tuner._process import VERBOSE_ENV
 from tuner._process import load_frameworks
 from tuner._process import quiet_interrupts
-from tuner._process import stop_on_sigterm
+from tuner._process import stop_on_signals
 from tuner.errors import TunerError
 from tuner.errors import WorkerFailed
 
@@ -519,7 +519,7 @@ NEEDS_FRAMEWORKS = (cmd_search, cmd_export)
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``tuner`` command with ``argv``; returns the exit code."""
     STARTED[0] = time.time()
-    stop_on_sigterm()
+    stop_on_signals()
     quiet_interrupts()
     import optuna
 
