@@ -1,4 +1,5 @@
-"""What every tuner process (the CLI and its workers) sets up: a quiet start-up and SIGTERM as Ctrl-C.
+"""What every tuner process (the CLI and its workers) sets up: a quiet start-up, and Ctrl-C and SIGTERM
+that stop a search between training steps.
 
 TensorFlow, XLA, absl and CUDA write start-up lines straight to file descriptor 2 while they load
 ("oneDNN custom operations are on", "failed call to cuInit" on a machine without a GPU, absl's
