@@ -277,6 +277,7 @@ def test_after_kill_9_the_same_command_fails_the_killed_trial_at_once_and_retrie
         assert after[trial.number].value == trial.value and after[trial.number].user_attrs == trial.user_attrs
 
 
+@pytest.mark.core  # on JAX too: Keras imports TensorFlow there as well, at the first trial
 @pytest.mark.slow
 def test_ctrl_c_ends_a_search_with_tuners_own_lines_only(tmp_path):
     """Ctrl-C in a terminal (SIGINT to the whole process group: the CLI and its worker process):

@@ -71,13 +71,20 @@ def native_stderr_filtered() -> Iterator[None]:
 
 
 def load_frameworks() -> str:
-    """Import Keras, its backend and Keras Tuner, and find the accelerator, quietly unless
+    """Import Keras, its backend, Keras Tuner (and TensorFlow), and find the accelerator, quietly unless
     ``verbose()``; returns ``"gpu"`` or ``"cpu"``. Later imports are then silent: loaded once."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     def load() -> str:
+        import importlib.util
+
         import keras  # noqa: F401 - loads the backend
         import keras_tuner  # noqa: F401 - the spaces are its HyperModels
+
+        if importlib.util.find_spec("tensorflow") is not None:
+            # On every backend Keras's set_random_seed (each trial's start) seeds TensorFlow too where
+            # it is installed, importing it: here, so its start-up lines are filtered as well.
+            import tensorflow  # noqa: F401
 
         from tuner._device import accelerator
 
