@@ -248,12 +248,13 @@ class Deadline(keras.callbacks.Callback):
 
 
 class RaiseHeldInterrupt(keras.callbacks.Callback):
-    """Raises a Ctrl-C or SIGTERM that ``interrupts_held`` held, after a step: in Keras's loop."""
+    """Raises a Ctrl-C or SIGTERM that ``interrupts_held`` held, after a training step: in Keras's loop.
+
+    Not after validation batches: a callback there makes Keras dispatch them synchronously (on JAX
+    and PyTorch, a host sync per batch); one held during validation waits for the next step or the test.
+    """
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        raise_held_interrupt()
-
-    def on_test_batch_end(self, batch: int, logs: dict | None = None) -> None:
         raise_held_interrupt()
 
 
