@@ -13,14 +13,23 @@ alone, one after another, in a fresh process on this machine:
   (b3) the same with three conv layers (32, 64, 128), each with batch normalisation;
   (c) Keras Tuner's ``RandomSearch`` over ``keras_tuner.applications.HyperResNet`` (images zero-padded
       to 32x32 and repeated to 3 channels: Keras' ResNets take no smaller input), batch 128;
-  (d) AutoKeras' ``ImageClassifier`` with its defaults (``pip install autokeras``), where it installs.
+  (d) AutoKeras' ``ImageClassifier`` with its defaults (``pip install autokeras``), where it installs;
+  (e) tuner's defaults alone, trained as a careful user would: ``tuner search ... --timeout BUDGET
+      --trials 1 --patience 0 --epochs 1000`` (one trial, the space's defaults, its epochs planned to
+      fill the budget and its schedule run to the end); (ep) the same with the default patience.
+
+``--train-size N`` races on a stratified subset of N training images (the same subset for every
+seed and competitor, written to a ``.npz`` with the full test split, so validation is carved from the
+N images as for a user's folder).
 
 For each: trials, epochs trained, best validation accuracy, the test accuracy of the model the tool
-hands over, and the seconds until a validation accuracy of 0.90 and 0.92 was first reached.
+hands over, and the seconds until a validation accuracy of 0.90 and 0.92 was first reached; for
+(a) and (e), which trial was returned (its number, and whether it holds the space's defaults).
 
     python benchmarks/race.py --budget 600 --seeds 0 1 2 --competitors a b
     python benchmarks/race.py --budget 600 --seeds 0 --competitors c d
-    python benchmarks/race.py --budget 1800 --seeds 0 --competitors a b b3
+    python benchmarks/race.py --budget 1800 --seeds 0 --competitors a e ep b
+    python benchmarks/race.py --budget 600 --train-size 5000 --seeds 0 1 2 --competitors a e b
 """
 
 from __future__ import annotations
@@ -45,7 +54,12 @@ NAMES = {
     "b3": "3-conv CNN with BN, whole budget",
     "c": "Keras Tuner RandomSearch + HyperResNet",
     "d": "AutoKeras ImageClassifier",
+    "e": "tuner's defaults alone, whole budget",
+    "ep": "tuner's defaults alone, default patience",
 }
+# (e) and (ep): one trial of the space's defaults, its epochs planned to fill the budget.
+DEFAULTS_ALONE = {"e": ["--trials", "1", "--patience", "0", "--epochs", "1000"],
+                  "ep": ["--trials", "1", "--epochs", "1000"]}
 # Seconds a competitor may run past its budget (its last epoch, testing, saving) before it is killed.
 GRACE = 300
 
@@ -58,13 +72,14 @@ def first_reached(marks: list[tuple[float, float]], threshold: float) -> float |
 # --- the competitors, each run in its own process by ``--one``. ---------------------------------
 
 def run_tuner(args: argparse.Namespace, start: float, workdir: Path) -> dict:
-    """(a): the real CLI with its defaults; epoch lines are timed as they arrive on stderr."""
+    """(a), (e) and (ep): the real CLI; epoch lines are timed as they arrive on stderr."""
     import optuna
 
     db = f"sqlite:///{workdir / 'race.db'}"
+    flags = DEFAULTS_ALONE.get(args.one) or ["--trials", "1000", *args.tuner_args.split()]
     command = [sys.executable, "-m", "tuner", "search", "--space", "resnet", "--dataset", args.dataset,
-               "--timeout", str(args.budget - (time.time() - start)), "--trials", "1000",
-               "--seed", str(args.seed), "--study", "race", "--storage", db, *args.tuner_args.split()]
+               "--timeout", str(args.budget - (time.time() - start)), "--seed", str(args.seed),
+               "--study", "race", "--storage", db, *flags]
     marks = []
     with subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
                           cwd=workdir) as process:
@@ -76,9 +91,15 @@ def run_tuner(args: argparse.Namespace, start: float, workdir: Path) -> dict:
     finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")
                 and "skipped" not in t.user_attrs]
     best = study.best_trial
+    defaults = study.trials[0].params  # a new study starts from the space's defaults
+    returned = f"#{best.number}" + (" defaults" if best.params == defaults else "")
+    if best.user_attrs.get("role"):
+        returned += f" {best.user_attrs['role']}"
     return {"trials": len(finished), "epochs": sum(t.user_attrs.get("epochs", 0) for t in finished),
             "best_val": best.value, "test": best.user_attrs["test_accuracy"], "marks": marks,
-            "exit_code": process.returncode, "best_params": best.params}
+            "exit_code": process.returncode, "best_params": best.params, "returned": returned,
+            "returned_epochs": best.user_attrs.get("epochs"), "stopped_by": best.user_attrs.get("stopped_by"),
+            "skipped": sum("skipped" in t.user_attrs for t in study.trials)}
 
 
 def cnn(convs: int):
@@ -228,7 +249,24 @@ def run_autokeras(args: argparse.Namespace, start: float, workdir: Path) -> dict
             "test": test, "marks": marks, "autokeras": ak.__version__}
 
 
-RUNNERS = {"a": run_tuner, "b": run_cnn, "b3": run_cnn, "c": run_keras_tuner, "d": run_autokeras}
+RUNNERS = {"a": run_tuner, "b": run_cnn, "b3": run_cnn, "c": run_keras_tuner, "d": run_autokeras,
+           "e": run_tuner, "ep": run_tuner}
+
+
+def subset_dataset(dataset: str, train_size: int, folder: Path) -> str:
+    """A ``.npz`` of a stratified subset of ``train_size`` training images (train and validation
+    pooled, the same subset for every seed) and the full test split; validation is carved from it."""
+    import numpy as np
+    from sklearn.model_selection import train_test_split
+
+    from tuner.data import load_dataset
+
+    data = load_dataset(dataset)
+    x, y = np.concatenate([data.x_train, data.x_val]), np.concatenate([data.y_train, data.y_val])
+    kept, _ = train_test_split(np.arange(len(y)), train_size=train_size, stratify=y, random_state=0)
+    path = folder / f"{dataset}-{train_size}.npz"
+    np.savez(path, x_train=x[kept], y_train=y[kept], x_test=data.x_test, y_test=data.y_test)
+    return str(path)
 
 
 def run_one(args: argparse.Namespace) -> None:
@@ -281,17 +319,19 @@ def median(values: list[float | None]) -> str:
 def table(results: dict[str, list[dict]], args: argparse.Namespace) -> str:
     import keras
 
-    lines = [f"{args.dataset}, {args.budget:.0f} s per competitor, seeds {args.seeds} (median shown); "
+    size = f" (a stratified {args.train_size:,}-image training subset)" if args.train_size else ""
+    lines = [f"{Path(args.dataset).stem}{size}, {args.budget:.0f} s per competitor, seeds {args.seeds} (median shown); "
              f"{platform.machine()}, {os.cpu_count()} CPUs, Keras {keras.__version__} "
              f"({keras.backend.backend()}), Python {platform.python_version()}", "",
              "| competitor | runs | trials | epochs | best val acc | test acc | s to 0.90 val | "
-             "s to 0.92 val | wall s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "s to 0.92 val | wall s | returned |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for competitor, rows in results.items():
         ok = [r for r in rows if "error" not in r]
         cells = [median([r[k] for r in ok]) for k in ("trials", "epochs", "best_val", "test")]
         cells += [median([first_reached(r["marks"], t) for r in ok]) for t in THRESHOLDS]
         cells.append(median([r["wall"] for r in ok]))
+        cells.append(", ".join(f"{r['returned']} ({r['returned_epochs']} ep)" for r in ok if "returned" in r) or "-")
         variant = {r.get("tuner_args") for r in rows} - {None}
         name = NAMES[competitor] + (f" `{', '.join(sorted(variant))}`" if variant else "")
         lines.append(f"| ({competitor}) {name} | {len(ok)}/{len(rows)} | " + " | ".join(cells) + " |")
@@ -306,6 +346,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="fashion_mnist")
     parser.add_argument("--budget", type=float, default=600.0, help="wall-clock seconds per competitor")
+    parser.add_argument("--train-size", type=int, metavar="N",
+                        help="race on a stratified subset of N training images (the test split stays whole)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--competitors", nargs="+", default=["a", "b"], choices=sorted(RUNNERS))
     parser.add_argument("--json", help="also write every run's results to this file")
@@ -328,7 +370,10 @@ def main() -> None:
         args.seeds = sorted({r["seed"] for rows in results.values() for r in rows})
         print(table(results, args))
         return
-    results = race(args)
+    with tempfile.TemporaryDirectory() as folder:
+        if args.train_size:
+            args.dataset = subset_dataset(args.dataset, args.train_size, Path(folder))
+        results = race(args)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     print("\n" + table(results, args))

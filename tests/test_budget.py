@@ -16,7 +16,8 @@ from tuner._cost import seconds_per_flop
 from tuner._cost import timed_rate
 from tuner._training import PROBE_STEPS
 from tuner._training import Deadline
-from tuner.backends._optuna import MAX_SKIPPED
+from tuner._training import Patience
+from tuner.backends._base import MAX_SKIPPED
 
 
 class FakeModel:
@@ -62,6 +63,24 @@ def test_a_first_epoch_that_cannot_end_before_the_deadline_is_stopped_after_a_fe
     fits.set_model(FakeModel())
     run_steps(fits, clock, 1000, 1.0)
     assert fits.stopped_by is None and not fits.model.stop_training
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_patience_stops_a_stall_at_a_constant_rate_but_not_a_schedule_that_still_anneals(schedule):
+    rate = 1e-2 if schedule == "constant" else keras.optimizers.schedules.CosineDecay(1e-2, decay_steps=100)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(rate), loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    patience = Patience("val_accuracy", "maximize", patience=2)
+    patience.set_model(model)
+    stopped_after = None
+    for epoch, value in enumerate([0.5, 0.6, 0.6, 0.59, 0.6, 0.6]):
+        model.optimizer.iterations.assign(10 * (epoch + 1))  # ten steps an epoch
+        patience.on_epoch_end(epoch, {"val_accuracy": value})
+        if model.stop_training and stopped_after is None:
+            stopped_after = epoch + 1
+    # Two epochs without a better value after epoch 2: stopped after epoch 4, unless the rate fell.
+    assert stopped_after == (4 if schedule == "constant" else None)
 
 
 def test_flops_count_the_multiply_adds_of_convolutions_and_dense_layers():
@@ -133,7 +152,7 @@ def test_a_search_ends_by_its_timeout_with_the_trial_in_flight_kept(sqlite_url, 
     too low), the trial in flight is cut by the deadline and kept as a COMPLETE trial."""
     import tuner.backends._optuna as backend
 
-    monkeypatch.setattr(backend, "plan_epochs", lambda job, trial, model: (job.request.epochs, None))
+    monkeypatch.setattr(backend, "plan_epochs", lambda job, trial, model: (None, job.request.epochs, None))
     start = time.monotonic()
     study = tuner.search(tiny_space, "digits", trials=100, epochs=10_000, timeout=5, study="t",
                          storage=sqlite_url, patience=None, pruner="none")
@@ -180,3 +199,50 @@ def test_a_trial_that_cannot_train_every_epoch_in_time_gets_those_that_fit(sqlit
     assert planned.user_attrs["predicted_seconds_per_epoch"] == pytest.approx(20.0, rel=0.1)
     assert 2 <= planned.user_attrs["max_epochs"] <= 3
     assert planned.state.name == "COMPLETE" and planned.user_attrs["epochs"] == planned.user_attrs["max_epochs"]
+
+
+def test_a_single_trial_under_a_timeout_is_the_final_one_and_trains_for_the_time_left(sqlite_url, tiny_space):
+    """``--trials 1 --timeout T``: the defaults are the search's final trial, planned to fill the
+    time left rather than capped at ``--epochs``, and the study records how the budget was split."""
+    study = tuner.search(tiny_space, "digits", trials=1, epochs=1, timeout=10, study="one", storage=sqlite_url,
+                         keep=0, pruner="none")
+    (final,) = study.trials
+    assert final.state.name == "COMPLETE" and final.user_attrs["role"] == "final"
+    assert final.user_attrs["max_epochs"] > 1 and final.user_attrs["epochs"] > 1
+    split = study.user_attrs["budget_split"]
+    assert split["final_trial"] == 0 and split["explored_trials"] == 0 and 0 < split["final_seconds"] <= 10
+
+
+def test_a_search_explores_then_trains_its_best_configuration_for_the_time_left(sqlite_url, tiny_space):
+    """Trials explore for at most ``--epochs`` each until half the timeout is left; then the best
+    configuration is trained again, from scratch, for what remains: the search's last trial."""
+    study = tuner.search(tiny_space, "digits", trials=100, epochs=1, timeout=14, study="commit", storage=sqlite_url,
+                         keep=0, pruner="none")
+    *explored, final = study.trials
+    assert final.user_attrs["role"] == "final" and final.state.name == "COMPLETE"
+    assert all("role" not in t.user_attrs for t in explored) and len(explored) >= 2
+    complete = [t for t in explored if t.state.name == "COMPLETE"]
+    assert all(t.user_attrs["epochs"] == 1 for t in complete)
+    assert final.params == max(complete, key=lambda t: t.value).params
+    assert final.user_attrs["max_epochs"] > 1
+    split = study.user_attrs["budget_split"]
+    trained = [t for t in explored if "skipped" not in t.user_attrs]  # not those too late to explore
+    assert split["final_trial"] == final.number and split["explored_trials"] == len(trained)
+    assert split["explore_seconds"] >= 14 * 0.5 - 1
+
+
+def test_a_trial_planned_from_a_wrong_prediction_is_planned_again_after_its_second_epoch(
+        sqlite_url, tiny_space, monkeypatch):
+    """A first trial predicted a thousand times faster than it runs plans far too many epochs; after
+    its second epoch it is planned again from the measured time (to end its schedule before the
+    deadline rather than be cut by it in the middle, give or take this machine's load), and goes on."""
+    import tuner.backends._optuna as backend
+
+    timed_rate = backend.timed_rate
+    monkeypatch.setattr(backend, "timed_rate", lambda *args: timed_rate(*args) / 1000)
+    study = tuner.search(tiny_space, "digits", trials=1, epochs=2, timeout=8, study="again", storage=sqlite_url,
+                         keep=0, pruner="none")
+    (trial,) = study.trials
+    assert trial.user_attrs["planned_epochs"] > 100 * trial.user_attrs["max_epochs"]
+    assert trial.user_attrs["max_epochs"] * trial.user_attrs["seconds_per_epoch"] < 8
+    assert trial.user_attrs["epochs"] > 2  # it went on after the second epoch, compiled again

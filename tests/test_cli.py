@@ -221,7 +221,7 @@ def test_progress_says_what_the_deadline_did():
     study.add_trial(optuna.trial.create_trial(value=0.9, user_attrs={"stopped_by": "deadline", "epochs": 3}))
     study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, user_attrs={
         "skipped": "its first epoch needs ~90 s, 20 s are left"}))
-    progress.trial_started(0, {"depth": 8}, epochs=4)
+    progress.trial_started(0, {"depth": 8}, epochs=4, note="4 epochs fit before the deadline")
     progress.epoch_ended(0, 1, {"val_accuracy": 0.8})
     progress.trial_finished(study, study.trials[0])
     progress.trial_finished(study, study.trials[1])

@@ -74,13 +74,13 @@ class SearchProgress:
     # A trial is named by its Optuna number; a Keras Tuner trial by "kt-<its Keras Tuner id>" until it
     # is written to the study at its end, where both are shown.
 
-    def trial_started(self, number: int | str, params: Mapping[str, Any], epochs: int | None = None) -> None:
-        """``epochs``: what this trial will train, when a deadline gave it fewer than ``--epochs``."""
+    def trial_started(self, number: int | str, params: Mapping[str, Any], epochs: int | None = None,
+                      note: str | None = None) -> None:
+        """``epochs``: what this trial will train; ``note``: how they were planned (the deadline's share)."""
         self.trial_epochs = epochs or self.epochs
         self.flight = {"name": number, "params": format_params(params), "epoch": 1, "step": 0, "steps": 0,
                        "logs": {}, "epoch_started": time.time()}
-        planned = f"  ({epochs} epochs fit before the deadline)" if epochs and epochs < self.epochs else ""
-        self.print(f"[bold]trial {number}[/bold]  {format_params(params)}{planned}")
+        self.print(f"[bold]trial {number}[/bold]  {format_params(params)}" + (f"  ({note})" if note else ""))
 
     def batch_ended(self, step: int, steps: int, logs: Mapping[str, float]) -> None:
         """A training step of the trial in flight ended (1-based ``step`` of ``steps`` an epoch)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import math
 import os
 import platform
@@ -158,7 +159,8 @@ def run_search(request: SearchRequest) -> optuna.Study:
         size = job.runner.data.files.get("image_size")
         if size:  # the size chosen from the data, as this process chose it
             request = dataclasses.replace(request, image_size=f"{size[0]}x{size[1]}")
-        run_workers(run_in_worker, request, job.finished_trials)
+        began = datetime.datetime.now()
+        run_workers(run_in_worker, request, lambda: job.spent(since=began), job.stored_trials)
     else:
         with job.progress:
             get_backend(request.backend).run(job)
@@ -259,11 +261,12 @@ def prepare(request: SearchRequest, *, seed: int, process_trials: int | None = N
 
 def first_trials(request: SearchRequest, specs: Sequence[Any]) -> list[dict[str, Any]]:
     """What a new study tries first: the space's defaults (a paper recipe, a known-good baseline); and
-    in a Pareto search with a cost objective, also its smallest model (``smallest_values``), so the
-    front has its cheap end from the start instead of after the sampler's random start-up trials."""
+    in a Pareto search with a cost objective or under ``--max-params``, also its smallest model
+    (``smallest_values``), so the front has its cheap end from the start instead of after the
+    sampler's random start-up trials, and a budget that the defaults exceed trains a model at once."""
     defaults = {spec.name: spec.default for spec in specs}
     smallest = smallest_values(specs)
-    costly = any(name in COST_BEFORE_TRAINING for name in request.objectives)
+    costly = any(name in COST_BEFORE_TRAINING for name in request.objectives) or request.max_params
     return [defaults, smallest] if costly and smallest != defaults else [defaults]
 
 

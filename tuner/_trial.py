@@ -62,15 +62,24 @@ class TrialRunner:
         return self.hypermodel.build(hp)
 
     def schedule(self, model: keras.Model, hp: Any, epochs: int) -> None:
-        """Compile ``model`` again so that its learning-rate schedule ends after ``epochs`` epochs
-        (a trial given fewer epochs than the search's, to fit before the deadline)."""
+        """Compile ``model`` again so that its learning-rate schedule ends after ``epochs`` epochs (a
+        trial planned to fit before the deadline). A built optimizer's state (its step count, its
+        moments) carries over to the new one: a trial re-planned after its first epoch goes on."""
+        trained = model.optimizer if model.optimizer is not None and model.optimizer.built else None
         self.hypermodel.compile(model, self.hypermodel.declare(hp), train_steps=epochs * self.steps_per_epoch)
+        if trained is not None:
+            model.optimizer.build(model.trainable_variables)
+            for variable, value in zip(model.optimizer.variables, trained.variables, strict=True):
+                variable.assign(value)
 
     def fit(self, model: keras.Model, *, label: int | str, params: Mapping[str, Any], epochs: int,
-            initial_epoch: int = 0, report: Report | None = None, planned: bool = False) -> TrialResult:
+            initial_epoch: int = 0, report: Report | None = None, note: str | None = None,
+            replan: Callable[[float, float], int] | None = None, hp: Any = None) -> TrialResult:
         """Train ``model`` up to epoch ``epochs``, keep its best epoch and test it; ``result.pruned``
         says that ``report`` stopped it. ``label`` names the trial in the progress lines, which say
-        when ``planned`` that its epochs were planned to fit before the deadline."""
+        with ``note`` after its parameters (how its epochs were planned). ``replan`` makes the plan
+        again after the second epoch (``train_and_evaluate``); the model is then compiled again for
+        the values of ``hp`` (``schedule``)."""
         progress = self.progress
 
         def after_epoch(epoch: int, logs: dict[str, float]) -> bool:
@@ -80,13 +89,14 @@ class TrialRunner:
             return stop
 
         if progress is not None:
-            progress.trial_started(label, params, epochs if planned else None)
+            progress.trial_started(label, params, epochs, note)
         reports = EpochReport(after_epoch)
         result = train_and_evaluate(
             model, self.data, epochs=epochs, initial_epoch=initial_epoch, batch_size=self.batch_size,
             objective=self.objective, patience=self.patience, callbacks=[reports], deadline=self.deadline,
             inference=self.hypermodel.inference_model,
-            on_step=None if progress is None else progress.on_step,
+            on_step=None if progress is None else progress.on_step, replan=replan,
+            reschedule=None if hp is None else lambda epochs: self.schedule(model, hp, epochs),
         )
         result.pruned = reports.stopped_early
         # What it costs a deployer; not after Ctrl-C (the user is waiting) or for an untested model.

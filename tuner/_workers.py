@@ -13,7 +13,6 @@ import os
 import pickle
 import signal
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -47,20 +46,22 @@ def _worker(env: dict[str, str], call: bytes, verbosity: int) -> None:
         sys.exit(2)
 
 
-def run_workers(work: Callable[..., None], request: Any, finished_trials: Callable[[], int]) -> None:
+def run_workers(work: Callable[..., None], request: Any, spent: Callable[[], bool],
+                stored_trials: Callable[[], int]) -> None:
     """Run ``request`` (a checked ``SearchRequest``) in ``request.workers`` processes, each calling
-    ``work(request, seed, process_trials, lines)``, until the study's budget or deadline is spent;
-    with ``request.recycle_after`` each process exits after that many trials and a fresh one takes
-    its place. ``finished_trials`` counts the study's finished trials.
+    ``work(request, seed, process_trials, lines)``, until ``spent()`` says the search is over (its
+    budget, its deadline or its final trial); with ``request.recycle_after`` each process exits after
+    that many trials and a fresh one takes its place. ``stored_trials`` counts the study's trials in
+    any state (a round that stored none would loop forever).
     """
     for round_number in itertools.count():
-        before = finished_trials()
-        if before >= request.trials or (request.deadline is not None and time.time() >= request.deadline):
+        before = stored_trials()
+        if spent():
             return
         # A new seed each round, or a seeded sampler would propose the last round's parameters again.
         _run_round(work, request, request.seed + 7919 * round_number)
-        if not request.recycle_after or finished_trials() == before:
-            return  # one round does it all, or a round that finishes nothing would loop forever
+        if not request.recycle_after or stored_trials() == before:
+            return
 
 
 def _run_round(work: Callable[..., None], request: Any, seed: int) -> None:

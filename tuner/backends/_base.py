@@ -11,6 +11,8 @@ A backend must never leave a trial RUNNING when it returns or raises.
 
 from __future__ import annotations
 
+import datetime
+import time
 from abc import ABC
 from abc import abstractmethod
 from dataclasses import dataclass
@@ -115,6 +117,22 @@ class SearchJob:
         states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         return len(counted(self.study.get_trials(deepcopy=False, states=states)))
 
+    def stored_trials(self) -> int:
+        """Every trial in the study, in any state (a rejected configuration too)."""
+        return len(self.study.get_trials(deepcopy=False))
+
+    def spent(self, since: datetime.datetime | None = None) -> bool:
+        """Whether the search has nothing left to do: ``trials`` finished, the deadline passed, its
+        final trial finished, or the last ``MAX_SKIPPED`` configurations it tried ``since`` it began
+        were too slow for the time left (``MAX_REJECTED`` over ``--max-params``)."""
+        trials = self.study.get_trials(deepcopy=False)
+        finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        return (self.finished_trials() >= self.request.trials
+                or (self.deadline is not None and time.time() >= self.deadline)
+                or any(t.user_attrs.get(ROLE_ATTR) == FINAL and t.state in finished for t in trials)
+                or trailing(trials, SKIPPED_ATTR, since) >= MAX_SKIPPED
+                or trailing(trials, REJECTED_ATTR, since) >= MAX_REJECTED)
+
 
 # A configuration not trained because its first epoch could not end before the deadline is stored
 # PRUNED with this attribute (so samplers learn it is too costly); it does not count as a trial.
@@ -122,10 +140,33 @@ SKIPPED_ATTR = "skipped"
 # A configuration over --max-params, known from its built model and not trained: stored PRUNED with
 # this attribute and a violated constraint; it does not count as a trial either.
 REJECTED_ATTR = "rejected"
+# Under --timeout, the search's last trial trains the best configuration found for all the time left:
+# it records ``role: final`` (``tuner._search`` and the race read it).
+ROLE_ATTR, FINAL = "role", "final"
 # A trial over --max-latency-ms (timed after training): COMPLETE, infeasible, keeps no model.
 OVER_BUDGET_ATTR = "over_budget"
 # In a multi-objective study (no ``trial.report``): the curve objective after each epoch.
 CURVE_ATTR = "curve"
+
+
+# Configurations in a row skipped as too slow for the time left before the search gives up.
+MAX_SKIPPED = 5
+# Configurations in a row rejected as over --max-params (each costs a model build) before it gives up.
+MAX_REJECTED = 50
+
+
+def trailing(trials: list[optuna.trial.FrozenTrial], attr: str, since: datetime.datetime | None) -> int:
+    """How many of the study's last finished trials in a row, started ``since`` then, carry ``attr``
+    (from every process, so a streak goes on across recycled worker processes; not from an earlier
+    search, whose time left or limits were others)."""
+    streak = 0
+    for trial in sorted(trials, key=lambda t: t.number, reverse=True):
+        if trial.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING):
+            continue
+        if attr not in trial.user_attrs or since is None or not trial.datetime_start or trial.datetime_start < since:
+            break
+        streak += 1
+    return streak
 
 
 def counted(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:

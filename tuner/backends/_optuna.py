@@ -6,11 +6,13 @@
 
 from __future__ import annotations
 
+import datetime
 import math
 import time
 from collections.abc import Callable
 from collections.abc import Mapping
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -31,11 +33,16 @@ from tuner._cost import trace_seconds
 from tuner._objectives import COST_BEFORE_TRAINING
 from tuner._objectives import DIRECTIONS
 from tuner._objectives import cheaper_peers_better
+from tuner._training import REPLAN_AFTER_EPOCHS
 from tuner._training import SAVE_SECONDS
 from tuner._training import trial_error
 from tuner.backends._base import CURVE_ATTR
+from tuner.backends._base import FINAL
+from tuner.backends._base import MAX_REJECTED
+from tuner.backends._base import MAX_SKIPPED
 from tuner.backends._base import OVER_BUDGET_ATTR
 from tuner.backends._base import REJECTED_ATTR
+from tuner.backends._base import ROLE_ATTR
 from tuner.backends._base import SKIPPED_ATTR
 from tuner.backends._base import ConsecutiveFailures
 from tuner.backends._base import SearchAborted  # noqa: F401 - re-exported for callers
@@ -43,6 +50,7 @@ from tuner.backends._base import SearchBackend
 from tuner.backends._base import SearchJob
 from tuner.backends._base import counted
 from tuner.backends._base import to_distribution
+from tuner.backends._base import trailing
 
 
 def suggest(trial: optuna.Trial, name: str, distribution: BaseDistribution) -> Any:
@@ -81,16 +89,22 @@ class OptunaBackend(SearchBackend):
 
     def run(self, job: SearchJob) -> None:
         request = job.request
-        if job.finished_trials() >= request.trials:
+        if job.spent():
             return
         failures = ConsecutiveFailures(request.max_failures)
         budget = StudyBudget(request.trials, job.deadline)  # what ends the search: failed trials do not count
+        callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = [
+            budget, failures, job.progress.trial_finished]
+        if job.deadline is not None and not request.multi_objective:
+            commit = Commit(request.trials, explore_until(job))
+            commit(job.study)  # the budget may leave room for the final trial alone
+            callbacks.insert(0, commit)
         job.study.optimize(
             lambda trial: run_trial(job, trial),
             n_trials=job.process_trials,
             timeout=None if job.deadline is None else max(job.deadline - time.time(), 0.0),
             catch=(Exception,),
-            callbacks=[budget, failures, job.progress.trial_finished],
+            callbacks=callbacks,
         )
         if budget.interrupted:
             raise KeyboardInterrupt
@@ -126,15 +140,30 @@ def run_trial(job: SearchJob, trial: optuna.Trial) -> float | tuple[float, ...]:
         trial.set_user_attr("param_count", params)
         rejected = over_limit(trial, "param_count", params, limits)
         if rejected is None:
-            epochs, skip = plan_epochs(job, trial, model)
+            plan, epochs, skip = plan_epochs(job, trial, model)
         if rejected is None and skip is None:
-            if epochs < max_epochs:
+            if epochs != max_epochs:
                 runner.schedule(model, hp, epochs)
                 trial.set_user_attr("max_epochs", epochs)
+
+            def replan(epoch_seconds: float, retrace: float) -> int:
+                """The plan again, from an epoch's measured time (``Replan``)."""
+                assert plan is not None
+                again = max(plan.epochs(epoch_seconds, done=REPLAN_AFTER_EPOCHS, reserve=retrace),
+                            REPLAN_AFTER_EPOCHS)
+                if again != epochs:
+                    trial.set_user_attr("max_epochs", again)
+                    trial.set_user_attr("planned_epochs", epochs)  # the plan from the prediction
+                    job.progress.trial_epochs = again
+                return again
+
+            final = trial.user_attrs.get(ROLE_ATTR) == FINAL
             report = (multi_objective_report(job, trial, epochs) if request.multi_objective
-                      else single_objective_report(trial, runner.objective, epochs))
+                      else single_objective_report(trial, runner.objective, 0 if final else epochs))
+            note = (f"final: {epochs} epochs to the deadline" if final
+                    else f"{epochs} epochs fit before the deadline" if epochs < max_epochs else None)
             result = runner.fit(model, label=trial.number, params=hp.values, epochs=epochs, report=report,
-                                planned=epochs < max_epochs)
+                                note=note, replan=None if plan is None else replan, hp=hp)
     except Exception as err:
         trial.set_user_attr("error", trial_error(err))
         raise
@@ -161,7 +190,7 @@ def run_trial(job: SearchJob, trial: optuna.Trial) -> float | tuple[float, ...]:
         trial.set_user_attr(OVER_BUDGET_ATTR, over)
     elif job.keeper is not None:
         job.keeper.offer(trial, result.model, values if request.multi_objective else values[0])
-    if result.stopped_by is not None:  # the deadline or Ctrl-C: this was the last trial
+    if result.stopped_by is not None or trial.user_attrs.get(ROLE_ATTR) == FINAL:  # the last trial
         trial.study.stop()
     return values if request.multi_objective else values[0]
 
@@ -178,7 +207,8 @@ def over_limit(trial: optuna.Trial, metric: str, value: float, limits: Mapping[s
 
 
 def single_objective_report(trial: optuna.Trial, objective: str, epochs: int) -> Callable[[int, dict], bool]:
-    """After each epoch: report the objective to Optuna and ask its pruner."""
+    """After each epoch: report the objective to Optuna and ask its pruner before epoch ``epochs``
+    (0: never, for the search's final trial)."""
 
     def report(epoch: int, logs: dict[str, float]) -> bool:
         value = logs.get(objective, math.nan)
@@ -224,14 +254,35 @@ def prune_multi_objective(job: SearchJob, number: int, value: float, epoch: int,
                                 maximize=DIRECTIONS[job.runner.objective] == "maximize")
 
 
-def plan_epochs(job: SearchJob, trial: optuna.Trial, model: Any) -> tuple[int, str | None]:
-    """The epochs this trial can train before the deadline, and why it is skipped (None: it is not).
+@dataclass
+class EpochPlan:
+    """A trial's epochs against the deadline: as many as fill ``PLAN_FRACTION`` of the time left
+    before ``until``, less ``ending`` seconds for its end, and at most ``cap`` (None: no cap)."""
+
+    until: float
+    ending: float
+    cap: int | None
+
+    def epochs(self, epoch_seconds: float, done: int = 0, reserve: float = 0.0) -> int:
+        """The epochs in all, ``done`` of them trained already, the others ``epoch_seconds`` each,
+        with ``reserve`` more seconds kept (tracing a model compiled again)."""
+        left = self.until - time.time() - self.ending - reserve
+        fit = done + int(PLAN_FRACTION * left // epoch_seconds)
+        return fit if self.cap is None else min(self.cap, fit)
+
+
+def plan_epochs(job: SearchJob, trial: optuna.Trial, model: Any) -> tuple[EpochPlan | None, int, str | None]:
+    """The plan of this trial's epochs (None without a deadline), the epochs it gives, and why the
+    trial is skipped (None: it is not).
 
     Records the model's FLOPs per image and its predicted seconds per epoch: from the rate of the
     study's trials timed at this batch size, or, with a deadline and no such trial yet, from a few
     timed training steps of this model (``timed_rate``). Without a deadline the trial gets every
-    epoch. Epochs are planned to fill ``PLAN_FRACTION`` of the time left: an epoch the machine runs
-    slower than predicted then still fits, and the schedule anneals to its end.
+    epoch. With one, a trial explores until ``explore_until``, at most ``--epochs``; the search's
+    final trial (``is_final``) trains for the time left, however many epochs that is. Epochs are
+    planned to fill ``PLAN_FRACTION`` of the time: an epoch the machine runs slower than predicted
+    then still fits, and the schedule anneals to its end. After the first epoch the plan is made
+    again from its measured time (``run_trial``'s ``replan``).
     """
     runner, max_epochs = job.runner, job.request.epochs
     data, batch_size = runner.data, runner.batch_size
@@ -241,34 +292,98 @@ def plan_epochs(job: SearchJob, trial: optuna.Trial, model: Any) -> tuple[int, s
     rate = seconds_per_flop(timed, batch_size)
     if rate is None:
         if job.deadline is None:
-            return max_epochs, None
+            return None, max_epochs, None
         rate = timed_rate(model, flops, data.x_train, data.y_train, batch_size)
     epoch = epoch_seconds(flops, rate, train_images=len(data.y_train), eval_images=len(data.y_val))
     trial.set_user_attr("predicted_seconds_per_epoch", round(epoch, 2))
     if job.deadline is None:
-        return max_epochs, None
+        return None, max_epochs, None
     # What the end of a trial needs: testing, writing the model, and a margin for tracing the
     # model's steps (measured per layer on the study's trials: a deep model traces for seconds).
     tracing = max(START_FRACTION * epoch, trace_seconds(timed, len(model.layers)) or 0.0)
-    left = job.deadline - time.time() - SAVE_SECONDS - epoch_seconds(
-        flops, rate, train_images=0, eval_images=len(data.y_test)) - tracing
-    fit = int(PLAN_FRACTION * left // epoch)
-    if fit < 1:
-        return 0, (f"its first epoch needs ~{epoch:.0f} s and ~{tracing:.0f} s of tracing, "
-                   f"{job.deadline - time.time():.0f} s are left")
-    return min(max_epochs, fit), None
+    ending = SAVE_SECONDS + epoch_seconds(flops, rate, train_images=0, eval_images=len(data.y_test)) + tracing
+    final = is_final(job, trial, epoch)
+    if final:
+        record_final(job, trial)
+    plan = EpochPlan(until=job.deadline if final else explore_until(job), ending=ending,
+                     cap=None if final else max_epochs)
+    epochs = plan.epochs(epoch)
+    if epochs < 1:
+        return plan, 0, (f"its first epoch needs ~{epoch:.0f} s and ~{tracing:.0f} s of tracing, "
+                         f"{plan.until - time.time():.0f} s are left{'' if final else ' to explore'}")
+    return plan, epochs, None
+
+
+def explore_until(job: SearchJob) -> float:
+    """When exploring stops and the final trial starts, as a ``time.time()``: ``COMMIT_SHARE`` of
+    the timeout before the deadline (the deadline itself when only a deadline was given)."""
+    assert job.deadline is not None
+    timeout = job.request.timeout
+    return job.deadline - (COMMIT_SHARE * timeout if timeout else 0.0)
+
+
+def is_final(job: SearchJob, trial: optuna.Trial, epoch: float) -> bool:
+    """Whether ``trial`` is the search's final trial: enqueued as such (``Commit``), or the first
+    trial of a search with nothing to explore for: ``--trials 1``, or too little time to explore
+    ``MIN_EXPLORE_EPOCHS`` epochs of this (``epoch`` seconds each) before ``explore_until``."""
+    if trial.user_attrs.get(ROLE_ATTR) == FINAL:
+        return True
+    if job.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return False
+    return job.request.trials == 1 or explore_until(job) - time.time() < MIN_EXPLORE_EPOCHS * epoch
+
+
+def record_final(job: SearchJob, trial: optuna.Trial) -> None:
+    """Mark ``trial`` as the final one, and record on the study how the budget was split."""
+    trial.set_user_attr(ROLE_ATTR, FINAL)
+    assert job.deadline is not None
+    now = time.time()
+    started = job.deadline - job.request.timeout if job.request.timeout else None
+    explored = [t for t in counted(job.study.get_trials(deepcopy=False)) if t.number != trial.number]
+    job.study.set_user_attr("budget_split", {
+        "final_trial": trial.number,
+        "explored_trials": len(explored),
+        "explore_seconds": None if started is None else round(now - started, 1),
+        "final_seconds": round(job.deadline - now, 1),
+    })
 
 
 # The share of the time left that a trial's epochs are planned to fill: the rest absorbs a machine
 # running slower than predicted (epochs on a shared 2-core machine vary by +-30%).
 PLAN_FRACTION = 0.9
+# Of a --timeout, the share kept for the final trial: exploring stops when that much is left.
+COMMIT_SHARE = 0.5
+# Exploring pays where its share of the timeout trains at least this many epochs of the defaults;
+# below it the defaults are the final trial from the start, trained for the whole timeout (on 2
+# CPU cores, full Fashion-MNIST at 600 and 1800 s: the defaults trained alone beat every search).
+MIN_EXPLORE_EPOCHS = 20
 # Of an epoch, what a trial's start (tracing or compiling the model) is allowed at least when its
 # epochs are planned against a deadline.
 START_FRACTION = 0.1
-# Configurations in a row skipped as too slow for the time left before the search gives up.
-MAX_SKIPPED = 5
-# Configurations in a row rejected as over --max-params (each costs a model build) before it gives up.
-MAX_REJECTED = 50
+
+
+class Commit:
+    """Study callback that ends exploring: once the time left before ``explore_until`` is shorter
+    than the quickest complete trial took (from its start to its end), or the trials budget leaves
+    room for one more trial, it enqueues the best complete trial's parameters as the final trial
+    (``role: final``), which ``plan_epochs`` then trains for the time left. Once per study, whichever
+    worker gets there first."""
+
+    def __init__(self, trials: int, explore_until: float) -> None:
+        self.trials, self.explore_until = trials, explore_until
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial | None = None) -> None:
+        trials = study.get_trials(deepcopy=False)
+        if any(t.user_attrs.get(ROLE_ATTR) == FINAL or t.state == TrialState.WAITING for t in trials):
+            return
+        complete = [t for t in trials if t.state == TrialState.COMPLETE and "stopped_by" not in t.user_attrs]
+        if not complete:
+            return
+        active = counted([t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED,
+                                                           TrialState.RUNNING)])
+        quickest = min((t.duration.total_seconds() for t in complete if t.duration), default=0.0)
+        if len(active) >= self.trials - 1 or time.time() + quickest >= self.explore_until:
+            study.enqueue_trial(study.best_trial.params, user_attrs={ROLE_ATTR: FINAL})
 
 
 class StudyBudget:
@@ -276,8 +391,9 @@ class StudyBudget:
     reach ``trials``, so N workers on one study end with ``trials`` in total, not N times as many;
     or once ``deadline`` leaves less time than the quickest epoch the study has measured, or after
     ``MAX_SKIPPED`` configurations in a row that could not finish an epoch in the time left, or
-    ``MAX_REJECTED`` in a row over ``--max-params``; or after
-    a trial that Ctrl-C cut short (then ``interrupted`` is set).
+    ``MAX_REJECTED`` in a row over ``--max-params`` (the study's, across worker processes); or once
+    the search's final trial runs or ran (never while it waits to run); or after a trial that Ctrl-C cut short (then
+    ``interrupted`` is set).
 
     (Optuna's ``MaxTrialsCallback`` ignores the trials other workers have in flight.)
     """
@@ -286,18 +402,21 @@ class StudyBudget:
         self.trials = trials
         self.deadline = deadline
         self.interrupted = False
-        self.skipped = self.rejected = 0
+        self.began = datetime.datetime.now()  # as Optuna stamps a trial's start
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if trial.user_attrs.get("stopped_by") == "interrupt":
             self.interrupted = True
             study.stop()
-        self.skipped = self.skipped + 1 if SKIPPED_ATTR in trial.user_attrs else 0
-        if self.skipped >= MAX_SKIPPED:
+        trials = study.get_trials(deepcopy=False)
+        if any(t.user_attrs.get(ROLE_ATTR) == FINAL and t.state == TrialState.WAITING for t in trials):
+            return  # the final trial is next, whatever the streaks say
+        if trailing(trials, SKIPPED_ATTR, self.began) >= MAX_SKIPPED:
             study.stop()  # nothing the sampler proposes fits in the time left
-        self.rejected = self.rejected + 1 if REJECTED_ATTR in trial.user_attrs else 0
-        if self.rejected >= MAX_REJECTED:
+        if trailing(trials, REJECTED_ATTR, self.began) >= MAX_REJECTED:
             study.stop()  # nothing the sampler proposes fits in --max-params
+        if any(t.user_attrs.get(ROLE_ATTR) == FINAL and t.state != TrialState.WAITING for t in trials):
+            study.stop()  # exploring is over
         states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
         if len(counted(study.get_trials(deepcopy=False, states=states))) >= self.trials:
             study.stop()
