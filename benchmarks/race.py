@@ -99,6 +99,8 @@ def run_tuner(args: argparse.Namespace, start: float, workdir: Path) -> dict:
             "best_val": best.value, "test": best.user_attrs["test_accuracy"], "marks": marks,
             "exit_code": process.returncode, "best_params": best.params, "returned": returned,
             "returned_epochs": best.user_attrs.get("epochs"), "stopped_by": best.user_attrs.get("stopped_by"),
+            "planned_epochs": [best.user_attrs.get("planned_epochs"), best.user_attrs.get("max_epochs")],
+            "budget_split": study.user_attrs.get("budget_split"),
             "skipped": sum("skipped" in t.user_attrs for t in study.trials)}
 
 

@@ -138,8 +138,9 @@ def test_a_configuration_whose_first_epoch_cannot_end_in_time_is_skipped_untrain
                         "flops": 1}))
     study = tuner.search(tiny_space, "digits", trials=10, epochs=1, study="slow", storage=sqlite_url, keep=0,
                          timeout=120)
-    skipped = study.trials[3:]
-    assert len(skipped) == MAX_SKIPPED  # then the search gives up: nothing fits in the time left
+    *skipped, final = study.trials[3:]
+    assert len(skipped) == MAX_SKIPPED  # then exploring ends, and the final trial does not fit either
+    assert final.user_attrs["role"] == "final" and "first epoch needs" in final.user_attrs["skipped"]
     assert all(t.state.name == "PRUNED" and "epochs" not in t.user_attrs for t in skipped)
     assert "first epoch needs" in skipped[0].user_attrs["skipped"]
     assert skipped[0].user_attrs["predicted_seconds_per_epoch"] > 120
@@ -246,3 +247,25 @@ def test_a_trial_planned_from_a_wrong_prediction_is_planned_again_after_its_seco
     assert trial.user_attrs["planned_epochs"] > 100 * trial.user_attrs["max_epochs"]
     assert trial.user_attrs["max_epochs"] * trial.user_attrs["seconds_per_epoch"] < 8
     assert trial.user_attrs["epochs"] > 2  # it went on after the second epoch, compiled again
+
+
+def test_a_configuration_the_final_trial_could_not_train_properly_is_not_explored(sqlite_url, tiny_space,
+                                                                                  monkeypatch):
+    """A study whose timed trials predict 20 s an epoch, given 100 s: the final trial's 50 s could
+    train such a configuration fewer than 20 times, so exploring it is refused before training, with
+    the excess as a violated constraint for the sampler; the refusals end the search."""
+    monkeypatch.setattr("tuner.backends._optuna.MAX_REJECTED", 3)
+    study = tuner.search(tiny_space, "digits", trials=1, epochs=1, study="dear", storage=sqlite_url, keep=0,
+                         overrides=["units=16"])
+    (timed,) = study.trials
+    splits = study.user_attrs["splits"]
+    step = 20.0 / (splits["train"] + splits["val"] / 3) * timed.user_attrs["batch_size"] / timed.user_attrs["flops"]
+    study.add_trial(optuna.trial.create_trial(
+        value=0.1, params=timed.params, distributions=timed.distributions,
+        user_attrs={**timed.user_attrs, "step_seconds": step, "flops": 1}))
+    study = tuner.search(tiny_space, "digits", trials=5, epochs=10, study="dear", storage=sqlite_url, keep=0,
+                         overrides=["units=16"], timeout=100)
+    refused = study.trials[2:]
+    assert len(refused) == 3 and all(t.state.name == "PRUNED" for t in refused)
+    assert all("final trial's" in t.user_attrs["rejected"] and "epochs" not in t.user_attrs for t in refused)
+    assert all(t.constraints["epoch_seconds"] > 0 for t in refused)

@@ -401,9 +401,10 @@ def build_parser() -> ArgumentParser:
                    help="fit images of another aspect ratio by a centre crop (default) or by padding")
     s.add_argument("--trials", type=int, default=10, help="finished trials the study should hold (default 10)")
     s.add_argument("--timeout", type=float,
-                   help="end the search after this many seconds: the trial in flight stops in time and "
-                        "keeps its best epoch")
-    s.add_argument("--epochs", type=int, default=10, help="epochs per trial (default 10)")
+                   help="end the search after this many seconds: trials explore for the first half, then the "
+                        "best configuration is trained for the rest; the trial in flight stops in time")
+    s.add_argument("--epochs", type=int, default=10,
+                   help="epochs per trial (default 10); under --timeout, the final trial fills the time left")
     s.add_argument("--batch-size", type=int,
                    help="training batch size (default: the largest of 16..64 on a CPU, 16..128 on a GPU, "
                         "that leaves 64 steps an epoch)")
@@ -417,7 +418,8 @@ def build_parser() -> ArgumentParser:
     s.add_argument("--pruner", choices=PRUNERS, default="hyperband",
                    help="Optuna pruner that stops unpromising trials after an epoch (default hyperband)")
     s.add_argument("--patience", type=int, default=5,
-                   help="stop a trial after this many epochs without improvement (default 5; 0: off)")
+                   help="stop a trial after this many epochs without improvement at a learning rate that "
+                        "did not fall (default 5; 0: off)")
     s.add_argument("--augment", choices=AUGMENT_CHOICES, default="auto",
                    help="training augmentation (default auto: flips except for digits/mnist, plus shifts "
                         "for under 20,000 training images or 30+ epochs)")

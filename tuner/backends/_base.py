@@ -129,7 +129,7 @@ class SearchJob:
         finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         return (self.finished_trials() >= self.request.trials
                 or (self.deadline is not None and time.time() >= self.deadline)
-                or any(t.user_attrs.get(ROLE_ATTR) == FINAL and t.state in finished for t in trials)
+                or any(t.user_attrs.get(ROLE_ATTR) == FINAL and t.state in finished for t in since_then(trials, since))
                 or trailing(trials, SKIPPED_ATTR, since) >= MAX_SKIPPED
                 or trailing(trials, REJECTED_ATTR, since) >= MAX_REJECTED)
 
@@ -153,6 +153,12 @@ CURVE_ATTR = "curve"
 MAX_SKIPPED = 5
 # Configurations in a row rejected as over --max-params (each costs a model build) before it gives up.
 MAX_REJECTED = 50
+
+
+def since_then(trials: list[optuna.trial.FrozenTrial],
+               since: datetime.datetime | None) -> list[optuna.trial.FrozenTrial]:
+    """The trials started ``since`` then (none without a time): this search's, not an earlier one's."""
+    return [t for t in trials if since is not None and t.datetime_start is not None and t.datetime_start >= since]
 
 
 def trailing(trials: list[optuna.trial.FrozenTrial], attr: str, since: datetime.datetime | None) -> int:

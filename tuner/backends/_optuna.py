@@ -49,6 +49,7 @@ from tuner.backends._base import SearchAborted  # noqa: F401 - re-exported for c
 from tuner.backends._base import SearchBackend
 from tuner.backends._base import SearchJob
 from tuner.backends._base import counted
+from tuner.backends._base import since_then
 from tuner.backends._base import to_distribution
 from tuner.backends._base import trailing
 
@@ -140,7 +141,10 @@ def run_trial(job: SearchJob, trial: optuna.Trial) -> float | tuple[float, ...]:
         trial.set_user_attr("param_count", params)
         rejected = over_limit(trial, "param_count", params, limits)
         if rejected is None:
-            plan, epochs, skip = plan_epochs(job, trial, model)
+            plan, epochs, refused = plan_epochs(job, trial, model)
+            if refused is not None:
+                kind, reason = refused
+                rejected, skip = (reason, None) if kind == REJECTED_ATTR else (None, reason)
         if rejected is None and skip is None:
             if epochs != max_epochs:
                 runner.schedule(model, hp, epochs)
@@ -271,9 +275,10 @@ class EpochPlan:
         return fit if self.cap is None else min(self.cap, fit)
 
 
-def plan_epochs(job: SearchJob, trial: optuna.Trial, model: Any) -> tuple[EpochPlan | None, int, str | None]:
+def plan_epochs(job: SearchJob, trial: optuna.Trial,
+                model: Any) -> tuple[EpochPlan | None, int, tuple[str, str] | None]:
     """The plan of this trial's epochs (None without a deadline), the epochs it gives, and why the
-    trial is skipped (None: it is not).
+    configuration is not trained (None: it is): ``(SKIPPED_ATTR, why)`` or ``(REJECTED_ATTR, why)``.
 
     Records the model's FLOPs per image and its predicted seconds per epoch: from the rate of the
     study's trials timed at this batch size, or, with a deadline and no such trial yet, from a few
@@ -281,8 +286,13 @@ def plan_epochs(job: SearchJob, trial: optuna.Trial, model: Any) -> tuple[EpochP
     epoch. With one, a trial explores until ``explore_until``, at most ``--epochs``; the search's
     final trial (``is_final``) trains for the time left, however many epochs that is. Epochs are
     planned to fill ``PLAN_FRACTION`` of the time: an epoch the machine runs slower than predicted
-    then still fits, and the schedule anneals to its end. After the first epoch the plan is made
+    then still fits, and the schedule anneals to its end. After the second epoch the plan is made
     again from its measured time (``run_trial``'s ``replan``).
+
+    A configuration whose first epoch cannot end in the time left is skipped; one whose epoch is too
+    long for the final trial to train it ``MIN_EXPLORE_EPOCHS`` times is not explored (rejected: were
+    it the best, the search could not train it properly). Both record by how many seconds the epoch
+    is too long as a violated ``epoch_seconds`` constraint, so the sampler learns what the time pays for.
     """
     runner, max_epochs = job.runner, job.request.epochs
     data, batch_size = runner.data, runner.batch_size
@@ -305,21 +315,31 @@ def plan_epochs(job: SearchJob, trial: optuna.Trial, model: Any) -> tuple[EpochP
     final = is_final(job, trial, epoch)
     if final:
         record_final(job, trial)
-    plan = EpochPlan(until=job.deadline if final else explore_until(job), ending=ending,
-                     cap=None if final else max_epochs)
+    until = explore_until(job)
+    plan = EpochPlan(until=job.deadline if final else until, ending=ending, cap=None if final else max_epochs)
     epochs = plan.epochs(epoch)
     if epochs < 1:
-        return plan, 0, (f"its first epoch needs ~{epoch:.0f} s and ~{tracing:.0f} s of tracing, "
-                         f"{plan.until - time.time():.0f} s are left{'' if final else ' to explore'}")
+        trial.set_constraint("epoch_seconds", epoch - PLAN_FRACTION * (plan.until - time.time() - ending))
+        return plan, 0, (SKIPPED_ATTR, f"its first epoch needs ~{epoch:.0f} s and ~{tracing:.0f} s of tracing, "
+                                       f"{plan.until - time.time():.0f} s are left{'' if final else ' to explore'}")
+    affordable = (job.deadline - until) / MIN_EXPLORE_EPOCHS  # the longest epoch worth exploring
+    if not final and until < job.deadline and epoch > affordable:
+        trial.set_constraint("epoch_seconds", epoch - affordable)
+        return None, 0, (REJECTED_ATTR, f"its epoch needs ~{epoch:.0f} s: the final trial's "
+                                        f"{job.deadline - until:.0f} s could train it fewer than "
+                                        f"{MIN_EXPLORE_EPOCHS} times")
     return plan, epochs, None
 
 
 def explore_until(job: SearchJob) -> float:
     """When exploring stops and the final trial starts, as a ``time.time()``: ``COMMIT_SHARE`` of
-    the timeout before the deadline (the deadline itself when only a deadline was given)."""
+    the timeout before the deadline (the deadline itself when only a deadline was given, or for a
+    Pareto search)."""
     assert job.deadline is not None
     timeout = job.request.timeout
-    return job.deadline - (COMMIT_SHARE * timeout if timeout else 0.0)
+    if not timeout or job.request.multi_objective:  # a Pareto front has no one best to train
+        return job.deadline
+    return job.deadline - COMMIT_SHARE * timeout
 
 
 def is_final(job: SearchJob, trial: optuna.Trial, epoch: float) -> bool:
@@ -328,7 +348,7 @@ def is_final(job: SearchJob, trial: optuna.Trial, epoch: float) -> bool:
     ``MIN_EXPLORE_EPOCHS`` epochs of this (``epoch`` seconds each) before ``explore_until``."""
     if trial.user_attrs.get(ROLE_ATTR) == FINAL:
         return True
-    if job.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+    if job.request.multi_objective or job.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         return False
     return job.request.trials == 1 or explore_until(job) - time.time() < MIN_EXPLORE_EPOCHS * epoch
 
@@ -365,16 +385,19 @@ START_FRACTION = 0.1
 class Commit:
     """Study callback that ends exploring: once the time left before ``explore_until`` is shorter
     than the quickest complete trial took (from its start to its end), or the trials budget leaves
-    room for one more trial, it enqueues the best complete trial's parameters as the final trial
+    room for one more trial, or the last ``MAX_SKIPPED`` configurations could not end an epoch before
+    it, it enqueues the best complete trial's parameters as the final trial
     (``role: final``), which ``plan_epochs`` then trains for the time left. Once per study, whichever
     worker gets there first."""
 
     def __init__(self, trials: int, explore_until: float) -> None:
         self.trials, self.explore_until = trials, explore_until
+        self.began = datetime.datetime.now()
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial | None = None) -> None:
         trials = study.get_trials(deepcopy=False)
-        if any(t.user_attrs.get(ROLE_ATTR) == FINAL or t.state == TrialState.WAITING for t in trials):
+        if any(t.state == TrialState.WAITING for t in trials) or any(
+                t.user_attrs.get(ROLE_ATTR) == FINAL for t in since_then(trials, self.began)):
             return
         complete = [t for t in trials if t.state == TrialState.COMPLETE and "stopped_by" not in t.user_attrs]
         if not complete:
@@ -382,7 +405,8 @@ class Commit:
         active = counted([t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED,
                                                            TrialState.RUNNING)])
         quickest = min((t.duration.total_seconds() for t in complete if t.duration), default=0.0)
-        if len(active) >= self.trials - 1 or time.time() + quickest >= self.explore_until:
+        if (len(active) >= self.trials - 1 or time.time() + quickest >= self.explore_until
+                or trailing(trials, SKIPPED_ATTR, self.began) >= MAX_SKIPPED):  # nothing fits before it
             study.enqueue_trial(study.best_trial.params, user_attrs={ROLE_ATTR: FINAL})
 
 
@@ -415,7 +439,7 @@ class StudyBudget:
             study.stop()  # nothing the sampler proposes fits in the time left
         if trailing(trials, REJECTED_ATTR, self.began) >= MAX_REJECTED:
             study.stop()  # nothing the sampler proposes fits in --max-params
-        if any(t.user_attrs.get(ROLE_ATTR) == FINAL and t.state != TrialState.WAITING for t in trials):
+        if any(t.user_attrs.get(ROLE_ATTR) == FINAL for t in since_then(trials, self.began)):
             study.stop()  # exploring is over
         states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
         if len(counted(study.get_trials(deepcopy=False, states=states))) >= self.trials:
