@@ -110,9 +110,12 @@ def search(space: str = "resnet", dataset: Any = "digits", **options: Any) -> op
     that study. The timeout is a deadline: a trial whose first epoch cannot end before it is not
     started, and the trial in flight stops in time to be tested and stored, as a COMPLETE trial of
     its best epoch with ``stopped_by="deadline"`` (``deadline`` is that moment as a ``time.time()``;
-    by default ``timeout`` seconds from this call). ``pruner`` stops unpromising trials after any
-    epoch; ``patience`` stops a trial whose objective has not improved for that many epochs (None or
-    0: never). ``augment`` is ``auto`` (flips except for digits and MNIST, shifts for small data or
+    by default ``timeout`` seconds from this call). Under a timeout, trials explore for its first
+    half, then the best configuration is trained again for the rest, its epochs planned to fill it
+    (the final trial, ``role="final"``; where exploring cannot pay, the defaults are the final trial
+    from the start). ``pruner`` stops unpromising trials after any epoch; ``patience`` stops a trial
+    whose objective has not improved for that many epochs at a learning rate that did not fall (None
+    or 0: never). ``augment`` is ``auto`` (flips except for digits and MNIST, shifts for small data or
     long trials: ``auto_augmentation``), ``none``, ``flip``, ``shift`` or ``flip_shift``;
     ``precision`` is ``auto`` (mixed_float16 on a GPU), ``float32``, ``mixed_float16`` or
     ``mixed_bfloat16``. ``label_smoothing`` (0 to 1) smooths the training targets. The models of

@@ -201,10 +201,10 @@ REPLAN_AFTER_EPOCHS = 2
 
 class Replan(keras.callbacks.Callback):
     """Times the epochs up to ``after`` (1-based) and asks ``replan(seconds, retrace)`` for the epochs
-    to train in all: ``seconds`` is epoch ``after``'s (run as every later one will), ``retrace`` how
-    much longer the first one took (tracing the train and test steps, which a model compiled again
-    repeats). Where the answer differs from the plan, training stops there and ``epochs`` keeps it
-    for the caller to go on with.
+    to train in all: ``seconds`` is epoch ``after``'s, from the end of the one before to its own end
+    (run as every later one will), ``retrace`` how much longer the first one took (tracing the train
+    and test steps, which a model compiled again repeats). Where the answer differs from the plan,
+    training stops there and ``epochs`` keeps it for the caller to go on with.
 
     A trial planned from a predicted epoch (three timed steps) left 105 s of a 300 s search unused.
     """
@@ -213,17 +213,17 @@ class Replan(keras.callbacks.Callback):
         super().__init__()
         self.after, self.replan = after, replan
         self.epochs: int | None = None
-        self._seconds: list[float] = []
-        self._started = 0.0
+        self._ends: list[float] = []
 
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self._started = time.time()
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self._ends = [time.time()]
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self._seconds.append(time.time() - self._started)
+        self._ends.append(time.time())
         if epoch + 1 != self.after or self.model.stop_training or self.replan is None:
             return
-        epochs = self.replan(self._seconds[-1], max(self._seconds[0] - self._seconds[-1], 0.0))
+        seconds = self._ends[-1] - self._ends[-2]
+        epochs = self.replan(seconds, max(self._ends[1] - self._ends[0] - seconds, 0.0))
         if epochs != self.params.get("epochs"):
             self.epochs = epochs
             self.model.stop_training = True
