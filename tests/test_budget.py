@@ -202,18 +202,6 @@ def test_a_trial_that_cannot_train_every_epoch_in_time_gets_those_that_fit(sqlit
     assert planned.state.name == "COMPLETE" and planned.user_attrs["epochs"] == planned.user_attrs["max_epochs"]
 
 
-def test_a_single_trial_under_a_timeout_is_the_final_one_and_trains_for_the_time_left(sqlite_url, tiny_space):
-    """``--trials 1 --timeout T``: the defaults are the search's final trial, planned to fill the
-    time left rather than capped at ``--epochs``, and the study records how the budget was split."""
-    study = tuner.search(tiny_space, "digits", trials=1, epochs=1, timeout=10, study="one", storage=sqlite_url,
-                         keep=0, pruner="none")
-    (final,) = study.trials
-    assert final.state.name == "COMPLETE" and final.user_attrs["role"] == "final"
-    assert final.user_attrs["max_epochs"] > 1 and final.user_attrs["epochs"] > 1
-    split = study.user_attrs["budget_split"]
-    assert split["final_trial"] == 0 and split["explored_trials"] == 0 and 0 < split["final_seconds"] <= 10
-
-
 def test_a_search_explores_then_trains_its_best_configuration_for_the_time_left(sqlite_url, tiny_space):
     """Trials explore for at most ``--epochs`` each until half the timeout is left; then the best
     configuration is trained again, from scratch, for what remains: the search's last trial."""
@@ -221,7 +209,7 @@ def test_a_search_explores_then_trains_its_best_configuration_for_the_time_left(
                          keep=0, pruner="none")
     *explored, final = study.trials
     assert final.user_attrs["role"] == "final" and final.state.name == "COMPLETE"
-    assert all("role" not in t.user_attrs for t in explored) and len(explored) >= 2
+    assert all("role" not in t.user_attrs for t in explored) and len(explored) >= 1
     complete = [t for t in explored if t.state.name == "COMPLETE"]
     assert all(t.user_attrs["epochs"] == 1 for t in complete)
     assert final.params == max(complete, key=lambda t: t.value).params
@@ -229,24 +217,31 @@ def test_a_search_explores_then_trains_its_best_configuration_for_the_time_left(
     split = study.user_attrs["budget_split"]
     trained = [t for t in explored if "skipped" not in t.user_attrs]  # not those too late to explore
     assert split["final_trial"] == final.number and split["explored_trials"] == len(trained)
-    assert split["explore_seconds"] >= 14 * 0.5 - 1
+    assert split["explore_seconds"] <= 14 * 0.5 + 1 <= split["final_seconds"] + 2  # at most half explores
 
 
-def test_a_trial_planned_from_a_wrong_prediction_is_planned_again_after_its_second_epoch(
+@pytest.mark.core  # a model compiled again mid-trial, its optimizer's state carried over: on every backend
+def test_a_single_trial_under_a_timeout_is_the_final_one_planned_again_from_its_measured_epochs(
         sqlite_url, tiny_space, monkeypatch):
-    """A first trial predicted a thousand times faster than it runs plans far too many epochs; after
-    its second epoch it is planned again from the measured time (to end its schedule before the
-    deadline rather than be cut by it in the middle, give or take this machine's load), and goes on."""
+    """``--trials 1 --timeout T``: the defaults are the search's final trial, planned to fill the time
+    left rather than capped at ``--epochs``. Predicted a thousand times faster than it runs, it first
+    plans far too many epochs; once a tenth of its time has passed it is planned again from its
+    measured epochs (to end its schedule before the deadline rather than be cut by it in the middle,
+    give or take this machine's load), compiled again for the new schedule, and goes on."""
     import tuner.backends._optuna as backend
 
     timed_rate = backend.timed_rate
     monkeypatch.setattr(backend, "timed_rate", lambda *args: timed_rate(*args) / 1000)
-    study = tuner.search(tiny_space, "digits", trials=1, epochs=2, timeout=8, study="again", storage=sqlite_url,
+    study = tuner.search(tiny_space, "digits", trials=1, epochs=2, timeout=15, study="one", storage=sqlite_url,
                          keep=0, pruner="none")
-    (trial,) = study.trials
-    assert trial.user_attrs["planned_epochs"] > 100 * trial.user_attrs["max_epochs"]
-    assert trial.user_attrs["max_epochs"] * trial.user_attrs["seconds_per_epoch"] < 8
-    assert trial.user_attrs["epochs"] > 2  # it went on after the second epoch, compiled again
+    (final,) = study.trials
+    assert final.state.name == "COMPLETE" and final.user_attrs["role"] == "final"
+    assert final.user_attrs["planned_epochs"] > 100 * final.user_attrs["max_epochs"]
+    assert 2 < final.user_attrs["max_epochs"]
+    assert final.user_attrs["max_epochs"] * final.user_attrs["seconds_per_epoch"] < 15
+    assert final.user_attrs["epochs"] > 2  # it went on after the re-plan, compiled again
+    split = study.user_attrs["budget_split"]
+    assert split["final_trial"] == 0 and split["explored_trials"] == 0 and 0 < split["final_seconds"] <= 15
 
 
 def test_a_configuration_the_final_trial_could_not_train_properly_is_not_explored(sqlite_url, tiny_space,

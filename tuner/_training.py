@@ -195,23 +195,18 @@ class Patience(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-# The epoch after which a trial planned against the deadline is planned again (``Replan``).
-REPLAN_AFTER_EPOCHS = 2
-
-
 class Replan(keras.callbacks.Callback):
-    """Times the epochs up to ``after`` (1-based) and asks ``replan(seconds, retrace)`` for the epochs
-    to train in all: ``seconds`` is epoch ``after``'s, from the end of the one before to its own end
-    (run as every later one will), ``retrace`` how much longer the first one took (tracing the train
-    and test steps, which a model compiled again repeats). Where the answer differs from the plan,
-    training stops there and ``epochs`` keeps it for the caller to go on with.
-
-    A trial planned from a predicted epoch (three timed steps) left 105 s of a 300 s search unused.
+    """From the second epoch on, asks ``replan(done, seconds, retrace)`` after every epoch for the
+    epochs to train in all, until it answers (None: not yet): ``seconds`` is the mean epoch from the
+    end of the first (the loop's own time between epochs counted), ``done`` the epochs trained,
+    ``retrace`` how much longer the first one took (tracing the train and test steps, which a model
+    compiled again repeats). Where the answer differs from the plan, training stops there and
+    ``epochs`` keeps it for the caller to go on with.
     """
 
-    def __init__(self, after: int, replan: Callable[[float, float], int] | None) -> None:
+    def __init__(self, replan: Callable[[int, float, float], int | None] | None) -> None:
         super().__init__()
-        self.after, self.replan = after, replan
+        self.replan = replan
         self.epochs: int | None = None
         self._ends: list[float] = []
 
@@ -220,10 +215,13 @@ class Replan(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self._ends.append(time.time())
-        if epoch + 1 != self.after or self.model.stop_training or self.replan is None:
+        if len(self._ends) < 3 or self.model.stop_training or self.replan is None:
             return
-        seconds = self._ends[-1] - self._ends[-2]
-        epochs = self.replan(seconds, max(self._ends[1] - self._ends[0] - seconds, 0.0))
+        seconds = (self._ends[-1] - self._ends[1]) / (len(self._ends) - 2)
+        epochs = self.replan(epoch + 1, seconds, max(self._ends[1] - self._ends[0] - seconds, 0.0))
+        if epochs is None:
+            return
+        self.replan = None  # answered
         if epochs != self.params.get("epochs"):
             self.epochs = epochs
             self.model.stop_training = True
@@ -415,7 +413,7 @@ def train_and_evaluate(
     deadline: float | None = None,
     inference: Callable[[keras.Model], keras.Model] | None = None,
     on_step: Callable[[int, int, dict[str, float]], None] | None = None,
-    replan: Callable[[float, float], int] | None = None,
+    replan: Callable[[int, float, float], int | None] | None = None,
     reschedule: Callable[[int], None] | None = None,
 ) -> TrialResult:
     """Fit ``model`` on the train split, validate each epoch, restore the best epoch, test it.
@@ -431,8 +429,9 @@ def train_and_evaluate(
     ``inference`` turns the trained model into the one that is tested and kept (flip averaging:
     ``TunableSpace.inference_model``); the epochs are validated on the trained model itself.
     ``on_step(step, steps, logs)`` is called after every training step (``StepReport``).
-    ``replan(seconds, retrace)``, given the seconds of the trial's second epoch (the first one
-    traces), returns the epochs to train in all (``Replan``): a plan made from a prediction is made again from a
+    ``replan(done, seconds, retrace)``, given the mean seconds of the epochs after the first (which
+    traces), returns the epochs to train in all, or None to be asked again after the next epoch
+    (``Replan``): a plan made from a prediction is made again from a
     measurement; where it changes, ``reschedule(epochs)`` compiles the model for it (its schedule,
     the optimizer's state carried over) and training goes on.
     """
@@ -464,16 +463,17 @@ def train_and_evaluate(
                       callbacks=[keras.callbacks.TerminateOnNaN(), clock, best, *callbacks, RaiseHeldInterrupt()],
                       verbose=0)
 
-        timer = Replan(initial_epoch + REPLAN_AFTER_EPOCHS, replan)
-        if replan is not None and reschedule is not None and epochs > timer.after:
+        timer = Replan(replan)
+        if replan is not None and reschedule is not None and epochs > initial_epoch + 2:
             callbacks = [*callbacks, timer]  # last: it acts only where nothing else stopped training
         fit(initial_epoch, epochs)
-        if timer.epochs is not None and timer.epochs > timer.after:
+        done = initial_epoch + len(best.history.get("loss", []))
+        if timer.epochs is not None and timer.epochs > done:
             epochs = timer.epochs
             assert reschedule is not None
             reschedule(epochs)
             build_training_state(model, data.x_train[:2], data.y_train[:2])
-            fit(timer.after, epochs)
+            fit(done, epochs)
     except KeyboardInterrupt:
         if best.best_weights is None:
             raise

@@ -74,12 +74,12 @@ class TrialRunner:
 
     def fit(self, model: keras.Model, *, label: int | str, params: Mapping[str, Any], epochs: int,
             initial_epoch: int = 0, report: Report | None = None, note: str | None = None,
-            replan: Callable[[float, float], int] | None = None, hp: Any = None) -> TrialResult:
+            replan: Callable[[int, float, float], int | None] | None = None, hp: Any = None) -> TrialResult:
         """Train ``model`` up to epoch ``epochs``, keep its best epoch and test it; ``result.pruned``
         says that ``report`` stopped it. ``label`` names the trial in the progress lines, which say
         with ``note`` after its parameters (how its epochs were planned). ``replan`` makes the plan
-        again after the second epoch (``train_and_evaluate``); the model is then compiled again for
-        the values of ``hp`` (``schedule``)."""
+        again from measured epochs (``train_and_evaluate``); the model is then compiled again for the
+        values of ``hp`` (``schedule``)."""
         progress = self.progress
 
         def after_epoch(epoch: int, logs: dict[str, float]) -> bool:
