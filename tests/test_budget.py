@@ -232,16 +232,17 @@ def test_a_single_trial_under_a_timeout_is_the_final_one_planned_again_from_its_
 
     timed_rate = backend.timed_rate
     monkeypatch.setattr(backend, "timed_rate", lambda *args: timed_rate(*args) / 1000)
-    study = tuner.search(tiny_space, "digits", trials=1, epochs=2, timeout=15, study="one", storage=sqlite_url,
+    # 20 s: on JAX, under a second test process, loading and compiling took over 8 s of a smaller budget
+    study = tuner.search(tiny_space, "digits", trials=1, epochs=2, timeout=20, study="one", storage=sqlite_url,
                          keep=0, pruner="none")
     (final,) = study.trials
     assert final.state.name == "COMPLETE" and final.user_attrs["role"] == "final"
     assert final.user_attrs["planned_epochs"] > 100 * final.user_attrs["max_epochs"]
     assert 2 < final.user_attrs["max_epochs"]
-    assert final.user_attrs["max_epochs"] * final.user_attrs["seconds_per_epoch"] < 15
+    assert final.user_attrs["max_epochs"] * final.user_attrs["seconds_per_epoch"] < 20
     assert final.user_attrs["epochs"] > 2  # it went on after the re-plan, compiled again
     split = study.user_attrs["budget_split"]
-    assert split["final_trial"] == 0 and split["explored_trials"] == 0 and 0 < split["final_seconds"] <= 15
+    assert split["final_trial"] == 0 and split["explored_trials"] == 0 and 0 < split["final_seconds"] <= 20
 
 
 def test_a_configuration_the_final_trial_could_not_train_properly_is_not_explored(sqlite_url, tiny_space,
