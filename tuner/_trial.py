@@ -64,7 +64,7 @@ class TrialRunner:
     def schedule(self, model: keras.Model, hp: Any, epochs: int) -> None:
         """Compile ``model`` again so that its learning-rate schedule ends after ``epochs`` epochs (a
         trial planned to fit before the deadline). A built optimizer's state (its step count, its
-        moments) carries over to the new one: a trial re-planned after its first epoch goes on."""
+        moments) carries over to the new one: a trial planned again mid-way goes on."""
         trained = model.optimizer if model.optimizer is not None and model.optimizer.built else None
         self.hypermodel.compile(model, self.hypermodel.declare(hp), train_steps=epochs * self.steps_per_epoch)
         if trained is not None:

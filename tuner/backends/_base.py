@@ -127,7 +127,7 @@ class SearchJob:
         were too slow for the time left (``MAX_REJECTED`` over ``--max-params``)."""
         trials = self.study.get_trials(deepcopy=False)
         finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-        return (self.finished_trials() >= self.request.trials
+        return (len(counted([t for t in trials if t.state in finished])) >= self.request.trials
                 or (self.deadline is not None and time.time() >= self.deadline)
                 or any(t.user_attrs.get(ROLE_ATTR) == FINAL and t.state in finished for t in since_then(trials, since))
                 or trailing(trials, SKIPPED_ATTR, since) >= MAX_SKIPPED

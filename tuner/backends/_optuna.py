@@ -455,10 +455,10 @@ class StudyBudget:
         if any(t.user_attrs.get(ROLE_ATTR) == FINAL for t in since_then(trials, self.began)):
             study.stop()  # exploring is over
         states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-        if len(counted(study.get_trials(deepcopy=False, states=states))) >= self.trials:
+        if len(counted([t for t in trials if t.state in states])) >= self.trials:
             study.stop()
         if self.deadline is not None:
-            epochs = [t.user_attrs["seconds_per_epoch"] for t in study.get_trials(deepcopy=False)
+            epochs = [t.user_attrs["seconds_per_epoch"] for t in trials
                       if t.user_attrs.get("seconds_per_epoch")  # whole epochs only:
                       and "stopped_by" not in t.user_attrs and SKIPPED_ATTR not in t.user_attrs]
             if epochs and time.time() + min(epochs) > self.deadline:
