@@ -12,6 +12,9 @@ from storage._artifacts import keras_tuner_path
 from storage._artifacts import open_artifact_store
 from storage._owners import fail_orphaned_trials
 from storage._owners import record_owner
+from storage._resilient import StoreAway
+from storage._resilient import gave_up
+from storage._resilient import while_training
 from storage._store import DEFAULT_STORAGE
 from storage._store import STORAGE_ENV
 from storage._store import StoreError
@@ -20,6 +23,7 @@ from storage._store import open_storage
 from storage._store import open_study
 from storage._store import storage_url
 from storage._store import study_names
+from storage._store import unreachable
 
 __all__ = [
     "artifacts_path",
@@ -28,6 +32,9 @@ __all__ = [
     "open_artifact_store",
     "fail_orphaned_trials",
     "record_owner",
+    "StoreAway",
+    "gave_up",
+    "while_training",
     "DEFAULT_STORAGE",
     "STORAGE_ENV",
     "StoreError",
@@ -36,4 +43,5 @@ __all__ = [
     "open_study",
     "storage_url",
     "study_names",
+    "unreachable",
 ]

@@ -17,6 +17,11 @@ import sqlalchemy
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
+from storage._resilient import Outage
+from storage._resilient import ResilientStorage
+from storage._resilient import first_line
+from storage._resilient import retry
+from tuner.errors import StoreUnreachable
 from tuner.errors import TunerError
 
 DEFAULT_STORAGE = "sqlite:///tuner.db"
@@ -50,6 +55,11 @@ def storage_url(url: str | None = None) -> str:
     return url or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
 
 
+def unreachable(url: str | None, patience: float) -> StoreUnreachable:
+    """The error a search stops with once the store at ``url`` was away for ``patience`` seconds."""
+    return Outage(storage_url(url), patience).unreachable()
+
+
 def sqlite_path(url: str) -> Path | None:
     """The file behind a ``sqlite:///`` URL, or None for other databases and in-memory SQLite."""
     try:
@@ -78,7 +88,7 @@ def check_sqlite_file(path: Path, *, must_exist: bool) -> None:
 
 
 def open_storage(
-    url: str | None = None, *, must_exist: bool = False, heartbeat: bool = False
+    url: str | None = None, *, must_exist: bool = False, heartbeat: bool = False, patience: float | None = None
 ) -> optuna.storages.RDBStorage:
     """Open Optuna's RDB storage at ``url`` (see ``storage_url``), tuned for several writers.
 
@@ -86,6 +96,8 @@ def open_storage(
     ``heartbeat`` is for workers: a running trial beats every ``HEARTBEAT_INTERVAL`` seconds; one
     whose worker died (kill -9, power loss) is turned to FAIL once it misses ``GRACE_PERIOD``
     seconds of beats, when any worker starts its next trial, and its parameters are retried once.
+    ``patience`` is for searches: every call waits, retrying, for a database that is unreachable for up
+    to that many seconds (``ResilientStorage``), and a worker's silence is tolerated that much longer.
     Any failure is a ``StoreError`` with one line of explanation.
     """
     url = storage_url(url)
@@ -102,11 +114,12 @@ def open_storage(
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             storage_kwargs = {
                 "heartbeat_interval": HEARTBEAT_INTERVAL,
-                "grace_period": GRACE_PERIOD,
+                # A worker waiting for the store beats no more than the others can read its beats.
+                "grace_period": GRACE_PERIOD + int(patience or 0),
                 "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(
                     max_retry=1),
             }
-    storage = _create_storage(url, engine_kwargs, storage_kwargs)
+    storage = _create_storage(url, engine_kwargs, storage_kwargs, patience)
     if path is not None:
         _use_write_ahead_log(path)
         _begin_immediate(storage.engine)
@@ -115,21 +128,30 @@ def open_storage(
 
 
 def _create_storage(
-    url: str, engine_kwargs: dict[str, Any], storage_kwargs: dict[str, Any]
+    url: str, engine_kwargs: dict[str, Any], storage_kwargs: dict[str, Any], patience: float | None = None
 ) -> optuna.storages.RDBStorage:
-    """Optuna's RDBStorage; workers that create a new store's tables at the same moment retry."""
+    """Optuna's RDBStorage (``ResilientStorage`` with a ``patience``, waiting that long for a database
+    that is away); workers that create a new store's tables at the same moment retry."""
+
+    def create() -> optuna.storages.RDBStorage:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if patience is None:
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **storage_kwargs)
+            return ResilientStorage(url, patience=patience, engine_kwargs=engine_kwargs, **storage_kwargs)
+
     for attempt in range(CREATE_ATTEMPTS):
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **storage_kwargs)
+            if patience is None:
+                return create()
+            return retry(create, Outage(url, patience), sqlite=sqlite_path(url) is not None)
         except sqlalchemy.exc.SQLAlchemyError as err:
             racing = any(marker in str(err) for marker in CREATE_RACE_MARKERS)
             if not racing or attempt == CREATE_ATTEMPTS - 1:
-                raise StoreError(f"cannot open the store {url}: {_first_line(err)}") from None
+                raise StoreError(f"cannot open the store {url}: {first_line(err)}") from None
             time.sleep(0.2 * (attempt + 1))  # another worker is creating the schema
         except (RuntimeError, ValueError, ImportError) as err:
-            raise StoreError(f"cannot open the store {url}: {_first_line(err)}") from None
+            raise StoreError(f"cannot open the store {url}: {first_line(err)}") from None
     raise AssertionError("unreachable")
 
 
@@ -157,11 +179,6 @@ def _begin_immediate(engine: sqlalchemy.engine.Engine) -> None:
     @sqlalchemy.event.listens_for(engine, "begin")
     def _begin(connection: Any) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
 
 
 def study_names(storage: optuna.storages.BaseStorage) -> list[str]:

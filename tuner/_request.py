@@ -27,6 +27,7 @@ from tuner._names import SAMPLERS
 from tuner._objectives import curve_objective
 from tuner._objectives import parse_count
 from tuner._objectives import parse_objectives
+from tuner.errors import STORE_TIMEOUT
 from tuner.errors import TunerError
 
 
@@ -66,6 +67,7 @@ class SearchRequest:
     max_latency_ms: float | None = None
     image_size: int | str | Sequence[int] | None = None  # image files: N or HxW; None: from the data
     resize: str = "crop"
+    store_timeout: float = STORE_TIMEOUT  # seconds a search waits for an unreachable store
 
     @property
     def objectives(self) -> tuple[str, ...]:
@@ -95,6 +97,7 @@ class SearchRequest:
             _positive(flag, value)
         _positive("batch-size", self.batch_size, allow_none=True)
         _positive("timeout", self.timeout, allow_none=True)
+        _positive("store-timeout", self.store_timeout)
         workers = len(self.gpus) if self.gpus else self.workers
         if workers < 1:
             raise TunerError(f"--workers must be 1 or more, got {workers}")

@@ -27,6 +27,7 @@ from storage import keras_tuner_path
 from storage import open_artifact_store
 from storage import open_storage
 from storage import open_study
+from storage import unreachable
 from tuner._device import accelerator
 from tuner._device import resolve_precision
 from tuner._images import SHOWN_SKIPPED
@@ -45,7 +46,9 @@ from tuner.data import MAX_AUTO_SIDE
 from tuner.data import auto_augmentation
 from tuner.data import load_dataset
 from tuner.data import save_arrays
+from tuner.errors import StoreUnreachable
 from tuner.errors import TunerError
+from tuner.errors import WorkerFailed
 
 # The automatic batch size (auto_batch_size): a power of two from MIN_AUTO_BATCH to the device's
 # maximum, and the steps an epoch must at least have.
@@ -103,7 +106,7 @@ def search(space: str = "resnet", dataset: Any = "digits", **options: Any) -> op
     ``batch_size``, ``patience=5``, ``augment="auto"``, ``label_smoothing=0.0``,
     ``precision="auto"``, ``backend="optuna"``, ``algorithm``, ``max_failures=5``, ``keep=3``,
     ``artifacts``, ``start_from_defaults=True``, ``workers=1``, ``gpus``, ``recycle_after``,
-    ``progress=False``, ``deadline``.
+    ``progress=False``, ``deadline``, ``store_timeout=300``.
 
     Runs until the study holds ``trials`` finished (complete or pruned) trials, from every process
     working on it, or ``timeout`` seconds pass; running it again with the same ``study`` continues
@@ -132,6 +135,10 @@ def search(space: str = "resnet", dataset: Any = "digits", **options: Any) -> op
     ``algorithm`` (``random``, ``bayesian``, ``hyperband``, ``grid``) choose the values instead of
     Optuna's sampler and pruner; its trials are written to the same study, and its own state lives
     in ``<db name>-keras-tuner/<study>/``.
+
+    Every store call waits, retrying, for a database that is unreachable for up to ``store_timeout``
+    seconds (a restart, a fail-over); training goes on meanwhile. Past it the search stops with
+    ``StoreUnreachable``; run it again once the store is back.
 
     Everything the user can get wrong is checked before anything is created on disk, and raised as
     a ``TunerError`` (``SpaceError``, ``StoreError`` and ``DataError`` among them). Returns the study.
@@ -163,15 +170,26 @@ def run_search(request: SearchRequest) -> optuna.Study:
         if size:  # the size chosen from the data, as this process chose it
             request = dataclasses.replace(request, image_size=f"{size[0]}x{size[1]}")
         began = datetime.datetime.now()
-        run_workers(run_in_worker, request, lambda: job.spent(since=began), job.stored_trials)
+        try:
+            run_workers(run_in_worker, request, lambda: job.spent(since=began), job.stored_trials)
+        except WorkerFailed:  # a crashed worker's trial in flight is failed at once
+            fail_crashed_workers_trials(job)
+            raise
+        except StoreUnreachable:  # a worker gave up waiting for the store: say it once, from here
+            raise unreachable(request.storage, request.store_timeout) from None
     else:
         with job.progress:
             get_backend(request.backend).run(job)
-    for number in fail_orphaned_trials(job.study):  # a worker that crashed
-        job.progress.print(f"trial {number} FAIL  its worker process died")
+    fail_crashed_workers_trials(job)
     if job.keeper is not None:  # workers that finished together may each have kept one model too many
         job.keeper.trim(job.study)
     return job.study
+
+
+def fail_crashed_workers_trials(job: SearchJob) -> None:
+    """Fail the trials in flight of worker processes that died (the owner rule), retrying them once."""
+    for number in fail_orphaned_trials(job.study):
+        job.progress.print(f"trial {number} FAIL  its worker process died")
 
 
 def run_in_worker(request: SearchRequest, seed: int, process_trials: int | None, lines: bool) -> None:
@@ -208,7 +226,7 @@ def prepare(request: SearchRequest, *, seed: int, process_trials: int | None = N
         shown = ", ".join(skipped[:SHOWN_SKIPPED]) + (", ..." if len(skipped) > SHOWN_SKIPPED else "")
         print(f"skipped {len(skipped)} unreadable image(s) (all named in the study's skipped_files): {shown}",
               file=sys.stderr)
-    store = open_storage(request.storage, heartbeat=True)
+    store = open_storage(request.storage, heartbeat=True, patience=request.store_timeout)
     mean, variance = data.pixel_stats()
     augment = request.augment
     if augment == "auto":

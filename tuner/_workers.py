@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from tuner.errors import StoreUnreachable
 from tuner.errors import TunerError
 from tuner.errors import WorkerFailed
 
@@ -41,9 +42,11 @@ def _worker(env: dict[str, str], call: bytes, verbosity: int) -> None:
         work(*args)
     except KeyboardInterrupt:
         sys.exit(130)
+    except StoreUnreachable:
+        sys.exit(StoreUnreachable.exit_code)  # the search's process says it, once
     except TunerError as err:
         print(f"tuner: error: {err}", file=sys.stderr)  # one line, as the CLI prints it
-        sys.exit(2)
+        sys.exit(err.exit_code)
 
 
 def run_workers(work: Callable[..., None], request: Any, spent: Callable[[], bool],
@@ -96,5 +99,8 @@ def _run_round(work: Callable[..., None], request: Any, seed: int) -> None:
         names = ", ".join(p.name for p in failed)
         message = (f"{len(failed)} of {workers} workers failed ({names}); their errors are printed "
                    "above, and their finished trials are in the study")
-        # A worker exits 2 after an input mistake (its one line printed); anything else is a crash.
-        raise (TunerError if all(p.exitcode == 2 for p in failed) else WorkerFailed)(message)
+        # A worker exits 2 after an input mistake, 3 when the store stayed away (its one line printed);
+        # anything else is a crash.
+        if any(p.exitcode == StoreUnreachable.exit_code for p in failed):
+            raise StoreUnreachable(message)
+        raise (TunerError if all(p.exitcode == TunerError.exit_code for p in failed) else WorkerFailed)(message)

@@ -1,7 +1,8 @@
 """The ``tuner`` command: a thin shell over the library functions in ``tuner``.
 
-Input mistakes print one line (``tuner: error: ...``) and exit with code 2; a crashed worker process
-exits with 1; Ctrl-C exits with 130.
+Input mistakes print one line (``tuner: error: ...``) and exit with code 2; a store unreachable for
+longer than ``--store-timeout`` exits with 3 (run the command again once it is back); a crashed
+worker process exits with 1; Ctrl-C exits with 130.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from tuner._process import VERBOSE_ENV
 from tuner._process import load_frameworks
 from tuner._process import quiet_interrupts
 from tuner._process import stop_on_signals
+from tuner.errors import STORE_TIMEOUT
 from tuner.errors import TunerError
 from tuner.errors import WorkerFailed
 
@@ -72,6 +74,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             label_smoothing=args.label_smoothing, keep=args.keep, artifacts=args.artifacts,
             max_failures=args.max_failures,
             workers=args.workers, gpus=args.gpus, recycle_after=args.recycle_after or None,
+            store_timeout=args.store_timeout,
             progress=not args.quiet,
         )
     except KeyboardInterrupt:
@@ -449,6 +452,9 @@ def build_parser() -> ArgumentParser:
     s.add_argument("--recycle-after", type=int, default=10, metavar="N",
                    help="run trials in worker processes that exit after N trials, which returns the memory "
                         "TensorFlow keeps from every model it built (default 10; 0: all in this process)")
+    s.add_argument("--store-timeout", type=float, default=STORE_TIMEOUT, metavar="S",
+                   help="how long to wait, retrying, for an unreachable store (a database restart or "
+                        f"fail-over) before the search stops with exit code 3 (default {STORE_TIMEOUT:.0f})")
     s.add_argument("--max-failures", type=int, default=5,
                    help="stop after this many failed trials in a row (default 5; 0 never stops)")
     s.add_argument("--quiet", action="store_true", help="no progress output")
@@ -546,7 +552,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not isinstance(err, TunerError):
             raise
         print(f"tuner: error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_code
 
 
 if __name__ == "__main__":

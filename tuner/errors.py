@@ -1,12 +1,27 @@
 """The errors a user can fix, at the bottom of the import graph: every package's input errors
 (``SpaceError``, ``StoreError``, ``DataError``) subclass ``TunerError``, which the CLI prints as one
-line with exit code 2."""
+line with exit code 2 (``exit_code``)."""
 
 from __future__ import annotations
 
 
 class TunerError(Exception):
     """Root of the errors caused by input: a bad argument, dataset, space or store."""
+
+    exit_code = 2  # of the command that stops with it
+
+
+# How long a search waits for an unreachable store by default (``--store-timeout``), in seconds, before
+# ``StoreUnreachable``: a PostgreSQL restart takes seconds, a managed database's fail-over or
+# maintenance a minute or two.
+STORE_TIMEOUT = 300.0
+
+
+class StoreUnreachable(TunerError):
+    """The store stayed unreachable for longer than a search waits for it (``--store-timeout``): not
+    the input's fault, and the same command run again once it is back goes on (exit code 3)."""
+
+    exit_code = 3
 
 
 class DataError(TunerError):

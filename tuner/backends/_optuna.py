@@ -25,7 +25,10 @@ from optuna.trial import TrialState
 
 from search_spaces import Declarations
 from search_spaces import ParamSpec
+from storage import StoreAway
+from storage import gave_up
 from storage import record_owner
+from storage import while_training
 from tuner._cost import epoch_seconds
 from tuner._cost import model_flops
 from tuner._cost import seconds_per_flop
@@ -100,13 +103,21 @@ class OptunaBackend(SearchBackend):
             commit = Commit(request.trials, explore_until(job))
             commit(job.study)  # the budget may leave room for the final trial alone
             callbacks.insert(0, commit)
-        job.study.optimize(
-            lambda trial: run_trial(job, trial),
-            n_trials=job.process_trials,
-            timeout=None if job.deadline is None else max(job.deadline - time.time(), 0.0),
-            catch=(Exception,),
-            callbacks=callbacks,
-        )
+        try:
+            job.study.optimize(
+                lambda trial: run_trial(job, trial),
+                n_trials=job.process_trials,
+                timeout=None if job.deadline is None else max(job.deadline - time.time(), 0.0),
+                catch=(Exception,),
+                callbacks=callbacks,
+            )
+        except Exception:
+            # Past --store-timeout every store call fails; Optuna then ends its trial with an
+            # UnboundLocalError of its own (``_run_trial`` reads the trial back after a failed tell).
+            unreachable = gave_up(job.storage)
+            if unreachable is not None:
+                raise unreachable from None
+            raise
         if budget.interrupted:
             raise KeyboardInterrupt
         if failures.tripped:
@@ -174,8 +185,9 @@ def run_trial(job: SearchJob, trial: optuna.Trial) -> float | tuple[float, ...]:
             # keeps its best epoch anyway (a constant-rate final stopped after 32 of its 160 epochs,
             # with 237 of 600 s unused, on 5,000 Fashion-MNIST images).
             trainer = dataclasses.replace(runner, patience=None) if final else runner
-            result = trainer.fit(model, label=trial.number, params=hp.values, epochs=epochs, report=report,
-                                 note=note, replan=None if plan is None else replan, hp=hp)
+            with while_training(job.storage):  # a store away does not stop the training
+                result = trainer.fit(model, label=trial.number, params=hp.values, epochs=epochs, report=report,
+                                     note=note, replan=None if plan is None else replan, hp=hp)
     except Exception as err:
         trial.set_user_attr("error", trial_error(err))
         raise
@@ -227,7 +239,10 @@ def single_objective_report(trial: optuna.Trial, objective: str, epochs: int) ->
         if math.isfinite(value):
             trial.report(value, epoch)
         # After the last epoch there is nothing left to save: the trial completes.
-        return epoch < epochs and trial.should_prune()
+        try:
+            return epoch < epochs and trial.should_prune()
+        except StoreAway:  # the pruner cannot read the study: train on
+            return False
 
     return report
 
@@ -245,7 +260,10 @@ def multi_objective_report(job: SearchJob, trial: optuna.Trial, epochs: int) -> 
         trial.set_user_attr(CURVE_ATTR, curve)
         if epoch >= epochs or job.request.pruner == "none" or not math.isfinite(value):
             return False
-        return prune_multi_objective(job, trial.number, value, epoch, cost)
+        try:
+            return prune_multi_objective(job, trial.number, value, epoch, cost)
+        except StoreAway:  # the other trials cannot be read: train on
+            return False
 
     return report
 

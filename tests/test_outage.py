@@ -1,0 +1,290 @@
+"""A store that goes away: calls wait for it, training does not, and past ``--store-timeout`` the
+search stops with one line and exit code 3.
+
+The first tests inject SQLite's "database is locked" into a store's connection; the last ones put a
+TCP proxy the test owns between a real search and the PostgreSQL server, and cut it.
+"""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import optuna
+import pytest
+import sqlalchemy
+from conftest import POSTGRES_URL
+from conftest import TINY
+from conftest import postgres_available
+
+from storage import StoreAway
+from storage import gave_up
+from storage import open_storage
+from storage import while_training
+from tuner.errors import StoreUnreachable
+
+# Trials asked for outside study.optimize, on a store with heartbeats (as a search opens it).
+pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+
+
+class Fault:
+    """Makes every statement on ``store`` fail as a locked SQLite file does, while ``on``."""
+
+    def __init__(self, store: optuna.storages.RDBStorage) -> None:
+        self.on = False
+        sqlalchemy.event.listen(store.engine, "before_cursor_execute", self._execute)
+
+    def _execute(self, *_args: object) -> None:
+        if self.on:
+            raise sqlite3.OperationalError("database is locked")
+
+    def for_seconds(self, seconds: float) -> None:
+        """Fail from now on, for ``seconds``."""
+        self.on = True
+        threading.Timer(seconds, lambda: setattr(self, "on", False)).start()
+
+
+@pytest.fixture
+def flaky(sqlite_url):
+    """A search's store (30 s of patience), its study, and the fault that takes it away."""
+    store = open_storage(sqlite_url, heartbeat=True, patience=30)
+    study = optuna.create_study(storage=store, study_name="s")
+    return store, study, Fault(store)
+
+
+def test_a_call_waits_for_the_store_and_says_so_once(flaky, capsys):
+    store, study, fault = flaky
+    study.enqueue_trial({"x": 1})
+    fault.for_seconds(1.5)
+    started = time.monotonic()
+    assert len(study.get_trials()) == 1
+    assert time.monotonic() - started >= 1.5
+    err = capsys.readouterr().err
+    assert err.count("unreachable (database is locked), retrying for up to 30 s") == 1
+    assert err.count("reachable again") == 1
+
+
+def test_a_training_trial_queues_its_writes_and_trains_on(flaky):
+    store, study, fault = flaky
+    trial = study.ask()
+    fault.on = True
+    started = time.monotonic()
+    with while_training(store):
+        trial.report(0.5, 1)
+        trial.set_user_attr("note", "written later")
+        trial.report(0.6, 2)
+        with pytest.raises(StoreAway):
+            trial.should_prune()
+    assert time.monotonic() - started < 1.0  # nothing waited
+    fault.for_seconds(1.0)
+    study.tell(trial, 0.7)  # waits, then writes the queued writes, in order, then the result
+    stored = study.get_trials()[0]
+    assert stored.state.name == "COMPLETE" and stored.value == 0.7
+    assert stored.intermediate_values == {1: 0.5, 2: 0.6}
+    assert stored.user_attrs == {"note": "written later"}
+
+
+def test_past_its_patience_the_store_fails_every_call_at_once(sqlite_url):
+    store = open_storage(sqlite_url, heartbeat=True, patience=1)
+    study = optuna.create_study(storage=store, study_name="s")
+    trial = study.ask()
+    Fault(store).on = True
+    with pytest.raises(StoreUnreachable, match=r"unreachable for 1 s \(database is locked\).*same command"):
+        study.get_trials()
+    started = time.monotonic()
+    with pytest.raises(StoreUnreachable):
+        study.get_trials()
+    assert store.record_heartbeat(trial._trial_id) is None  # the heartbeat's thread ends quietly
+    assert time.monotonic() - started < 0.5
+    assert isinstance(gave_up(store), StoreUnreachable)
+
+
+def test_errors_that_are_not_an_outage_are_raised_at_once(sqlite_url):
+    store = open_storage(sqlite_url, heartbeat=True, patience=30)
+    study = optuna.create_study(storage=store, study_name="s")
+
+    def broken(*_args: object) -> None:
+        raise sqlite3.OperationalError("no such table: trials")
+
+    sqlalchemy.event.listen(store.engine, "before_cursor_execute", broken)
+    started = time.monotonic()
+    with pytest.raises(optuna.exceptions.StorageInternalError):
+        study.get_trials()
+    assert time.monotonic() - started < 0.5
+
+
+def test_whole_trials_go_through_outages(flaky):
+    """Optuna reaches the database through private methods of RDBStorage too (``_set_trial_param``,
+    ``_get_trials``, ``_get_stale_trial_ids``...): each of its calls waits for the store."""
+    store, study, fault = flaky
+
+    def objective(trial: optuna.Trial) -> float:
+        fault.for_seconds(0.6)
+        x = trial.suggest_float("x", 0, 1)
+        fault.for_seconds(0.6)
+        trial.set_user_attr("a", 1)
+        fault.for_seconds(0.6)
+        return x
+
+    fault.for_seconds(0.6)
+    study.optimize(objective, n_trials=2)
+    assert [(t.state.name, t.user_attrs) for t in study.get_trials()] == [("COMPLETE", {"a": 1})] * 2
+
+
+def test_a_tell_that_landed_before_its_connection_dropped_is_written_once(flaky, monkeypatch):
+    store, study, _ = flaky
+    trial = study.ask()
+    real = optuna.storages.RDBStorage.set_trial_state_values
+    calls = []
+
+    def lands_then_drops(self, *args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            real(self, *args, **kwargs)
+            raise sqlalchemy.exc.OperationalError("COMMIT", {}, sqlite3.OperationalError("database is locked"))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(optuna.storages.RDBStorage, "set_trial_state_values", lands_then_drops)
+    study.tell(trial, 0.5)
+    assert len(calls) == 2
+    assert [t.state.name for t in study.get_trials()] == ["COMPLETE"]
+
+
+class CuttableProxy:
+    """A TCP proxy to the PostgreSQL server that a test can cut: every open connection is closed and
+    new ones are refused until ``restore``."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target, self.open = target, True
+        self.sockets: list[socket.socket] = []
+        self.lock = threading.Lock()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            client, _ = self.listener.accept()
+            if not self.open:
+                client.close()
+                continue
+            server = socket.create_connection(self.target)
+            with self.lock:
+                self.sockets += [client, server]
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        for end in (source, sink):
+            try:
+                end.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self) -> None:
+        self.open = False
+        with self.lock:
+            for end in self.sockets:
+                try:
+                    end.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            self.sockets.clear()
+
+    def restore(self) -> None:
+        self.open = True
+
+
+@pytest.fixture
+def proxied_postgres():
+    """A PostgreSQL URL through a ``CuttableProxy``, and the proxy."""
+    reason = postgres_available()
+    if reason:
+        pytest.skip(f"no PostgreSQL server at {POSTGRES_URL}: {reason}")
+    url = sqlalchemy.engine.make_url(POSTGRES_URL)
+    proxy = CuttableProxy((url.host or "127.0.0.1", url.port or 5432))
+    return url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False), proxy
+
+
+def search_command(url: str, study: str, *extra: str) -> list[str]:
+    tiny = [arg for value in TINY["resnet"] for arg in ("--set", value)]
+    return [sys.executable, "-m", "tuner", "search", "--space", "resnet", "--dataset", "digits", "--epochs", "2",
+            "--pruner", "none", "--keep", "0", "--quiet", "--storage", url, "--study", study, *tiny, *extra]
+
+
+def trials_by_state(study: str) -> dict[str, int]:
+    """The study's trials by state, read straight from the server (not through the proxy)."""
+    trials = optuna.load_study(study_name=study, storage=POSTGRES_URL).get_trials(deepcopy=False)
+    counts: dict[str, int] = {}
+    for trial in trials:
+        counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
+    return counts
+
+
+def wait_for(condition, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.3)
+
+
+def complete(study: str) -> int:
+    try:
+        return trials_by_state(study).get("COMPLETE", 0)
+    except KeyError:  # the study does not exist yet
+        return 0
+
+
+@pytest.mark.slow
+def test_a_search_with_two_workers_outlives_a_store_cut_for_seconds(proxied_postgres, tmp_path):
+    url, proxy = proxied_postgres
+    study = f"outage-{uuid.uuid4().hex[:8]}"
+    run = subprocess.Popen(search_command(url, study, "--trials", "6", "--workers", "2"), cwd=tmp_path,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: complete(study) >= 2 or run.poll() is not None, 240)
+        proxy.cut()
+        time.sleep(8)
+        proxy.restore()
+        out, err = run.communicate(timeout=300)
+    finally:
+        run.kill()
+    assert run.returncode == 0, err
+    assert "retrying for up to 300 s" in err and "reachable again" in err
+    assert trials_by_state(study) == {"COMPLETE": 6}  # each stored once, none RUNNING or FAIL
+    optuna.delete_study(study_name=study, storage=POSTGRES_URL)
+
+
+@pytest.mark.slow
+def test_a_store_away_for_longer_than_the_timeout_stops_the_search_with_one_line(proxied_postgres, tmp_path):
+    url, proxy = proxied_postgres
+    study = f"outage-{uuid.uuid4().hex[:8]}"
+    command = search_command(url, study, "--trials", "4", "--store-timeout", "3")
+    run = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: complete(study) >= 1 or run.poll() is not None, 240)
+        proxy.cut()
+        out, err = run.communicate(timeout=120)
+    finally:
+        run.kill()
+        proxy.restore()
+    assert run.returncode == 3, err
+    errors = [line for line in err.splitlines() if line.startswith("tuner: error")]
+    assert len(errors) == 1 and "unreachable for 3 s" in errors[0], err
+    assert "Traceback" not in err
+    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    states = trials_by_state(study)
+    assert "RUNNING" not in states and states["COMPLETE"] == 4, states
+    optuna.delete_study(study_name=study, storage=POSTGRES_URL)
