@@ -227,11 +227,14 @@ def test_a_single_trial_under_a_timeout_is_the_final_one_planned_again_from_its_
     left rather than capped at ``--epochs``. Predicted a thousand times faster than it runs, it first
     plans far too many epochs; once a tenth of its time has passed it is planned again from its
     measured epochs (to end its schedule before the deadline rather than be cut by it in the middle,
-    give or take this machine's load), compiled again for the new schedule, and goes on."""
+    give or take this machine's load), compiled again for the new schedule, and goes on. Planned for
+    30 epochs or more, it trains with the shifts ``--augment auto`` adds to long trials, which the
+    exploring trials' 2 epochs go without (here: digits counted as a large dataset)."""
     import tuner.backends._optuna as backend
 
     timed_rate = backend.timed_rate
     monkeypatch.setattr(backend, "timed_rate", lambda *args: timed_rate(*args) / 1000)
+    monkeypatch.setattr("tuner.data.SHIFT_BELOW_IMAGES", 0)
     # 20 s: on JAX, under a second test process, loading and compiling took over 8 s of a smaller budget
     study = tuner.search(tiny_space, "digits", trials=1, epochs=2, timeout=20, study="one", storage=sqlite_url,
                          keep=0, pruner="none")
@@ -241,6 +244,7 @@ def test_a_single_trial_under_a_timeout_is_the_final_one_planned_again_from_its_
     assert 2 < final.user_attrs["max_epochs"]
     assert final.user_attrs["max_epochs"] * final.user_attrs["seconds_per_epoch"] < 20
     assert final.user_attrs["epochs"] > 2  # it went on after the re-plan, compiled again
+    assert study.user_attrs["settings"]["augment"] == "none" and final.user_attrs["augment"] == "shift"
     split = study.user_attrs["budget_split"]
     assert split["final_trial"] == 0 and split["explored_trials"] == 0 and 0 < split["final_seconds"] <= 20
 

@@ -277,6 +277,46 @@ def test_after_kill_9_the_same_command_fails_the_killed_trial_at_once_and_retrie
         assert after[trial.number].value == trial.value and after[trial.number].user_attrs == trial.user_attrs
 
 
+@pytest.mark.slow
+def test_a_killed_worker_is_replaced_and_its_trial_retried(tmp_path):
+    """kill -9 of one of two workers mid-trial: a fresh worker takes its place, the killed trial is
+    failed and retried once, and the search ends with exit 0 and its trials, nothing left RUNNING."""
+    import signal
+    import time
+    from pathlib import Path
+
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 'killed.db'}"
+    command = [sys.executable, "-m", "tuner", "search", "--trials", "5", "--epochs", "3", "--batch-size", "32",
+               "--workers", "2", "--recycle-after", "0", "--pruner", "none", "--keep", "0", "--study", "w",
+               "--storage", url, *(f"--set={item}" for item in TINY["resnet"])]
+    search = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                              env=user_env())
+    victim = None
+    deadline = time.monotonic() + 240
+    while victim is None and time.monotonic() < deadline and search.poll() is None:
+        time.sleep(0.2)
+        try:
+            trials = optuna.load_study(study_name="w", storage=url).get_trials()
+        except Exception:  # noqa: BLE001 - the store or the study is being created
+            continue
+        running = [t for t in trials if t.state.name == "RUNNING" and t.intermediate_values]
+        if running and any(t.state.name == "COMPLETE" for t in trials):
+            victim = running[0]
+            pid = victim.user_attrs["owner"]["pid"]
+            assert "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()  # a worker, not the search
+            os.kill(pid, signal.SIGKILL)
+    out, err = search.communicate(timeout=300)
+    assert victim is not None and search.returncode == 0, err[-2000:]
+    assert "was killed (signal 9); a fresh one takes its place" in err
+    after = optuna.load_study(study_name="w", storage=url).get_trials()
+    assert after[victim.number].state.name == "FAIL"
+    (retry,) = [t for t in after if t.system_attrs.get("failed_trial") == victim.number]
+    assert retry.params == victim.params and retry.state.name == "COMPLETE"
+    assert sorted(t.state.name for t in after) == ["COMPLETE"] * 5 + ["FAIL"]
+
+
 @pytest.mark.core  # on JAX too: Keras imports TensorFlow there as well, at the first trial
 @pytest.mark.slow
 def test_ctrl_c_ends_a_search_with_tuners_own_lines_only(tmp_path):

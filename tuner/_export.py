@@ -16,7 +16,8 @@ def study_curve_objective(attrs: dict[str, Any]) -> str:
     return curve_objective(parse_objectives(attrs.get("objective", "val_accuracy")))
 
 
-def trial_space(attrs: dict[str, Any], params: dict[str, Any], *, train_steps: int | None = None):
+def trial_space(attrs: dict[str, Any], params: dict[str, Any], *, train_steps: int | None = None,
+                augment: str | None = None):
     """The space a study's trial was drawn from, as the search made it (data statistics, recipe),
     and hyperparameters fixed at the trial's ``params``: ``space.build(hp)`` rebuilds its model."""
     import keras_tuner
@@ -31,7 +32,7 @@ def trial_space(attrs: dict[str, Any], params: dict[str, Any], *, train_steps: i
     settings = attrs.get("settings", {})
     space = space_cls(
         attrs["input_shape"], attrs["classes"], mean=attrs.get("pixel_mean"),
-        variance=attrs.get("pixel_variance"), augment=settings.get("augment", "none"),
+        variance=attrs.get("pixel_variance"), augment=augment or settings.get("augment", "none"),
         train_steps=train_steps, label_smoothing=settings.get("label_smoothing", 0.0),
     )
     return space, hp
@@ -176,7 +177,8 @@ def retrain_trial(attrs: dict[str, Any], trial: Any, epochs: int | None, seeds: 
         raise TunerError(f"--epochs must be a positive number, got {epochs}")
     data = study_data(attrs)
     batch_size = settings.get("batch_size") or 64
-    space, hp = trial_space(attrs, trial.params, train_steps=epochs * math.ceil(len(data.y_train) / batch_size))
+    space, hp = trial_space(attrs, trial.params, train_steps=epochs * math.ceil(len(data.y_train) / batch_size),
+                            augment=trial.user_attrs.get("augment"))  # a final trial's may differ
     runner = TrialRunner(space, data, batch_size, study_curve_objective(attrs),
                          precision=settings.get("precision", "float32"), patience=settings.get("patience"),
                          deploy_costs=False)  # a retrain records no size or latency

@@ -22,7 +22,6 @@ from search_spaces import resolve_overrides
 from search_spaces import smallest_values
 from storage import artifacts_path
 from storage import cache_path
-from storage import fail_orphaned_trials
 from storage import keras_tuner_path
 from storage import open_artifact_store
 from storage import open_storage
@@ -41,6 +40,7 @@ from tuner._trial import TrialRunner
 from tuner._workers import run_workers
 from tuner.backends import SearchJob
 from tuner.backends import get_backend
+from tuner.backends._base import fail_orphans
 from tuner.backends._base import to_distribution
 from tuner.data import MAX_AUTO_SIDE
 from tuner.data import auto_augmentation
@@ -163,8 +163,7 @@ def run_search(request: SearchRequest) -> optuna.Study:
     keep_callers_gradients()  # a library caller's own TensorFlow graphs outlive our trials
     # A trial whose process died on this machine (kill -9, out of memory) is failed now and its
     # parameters retried once, rather than after the heartbeat's grace period.
-    for number in fail_orphaned_trials(job.study):
-        job.progress.print(f"trial {number} FAIL  its process on this machine no longer runs (retried once)")
+    fail_orphans(job.study, job.progress)
     if request.workers > 1 or request.recycle_after:
         size = job.runner.data.files.get("image_size")
         if size:  # the size chosen from the data, as this process chose it
@@ -173,23 +172,17 @@ def run_search(request: SearchRequest) -> optuna.Study:
         try:
             run_workers(run_in_worker, request, lambda: job.spent(since=began), job.stored_trials)
         except WorkerFailed:  # a crashed worker's trial in flight is failed at once
-            fail_crashed_workers_trials(job)
+            fail_orphans(job.study, job.progress)
             raise
         except StoreUnreachable:  # a worker gave up waiting for the store: say it once, from here
             raise unreachable(request.storage, request.store_timeout) from None
     else:
         with job.progress:
             get_backend(request.backend).run(job)
-    fail_crashed_workers_trials(job)
+    fail_orphans(job.study, job.progress)  # a worker that crashed
     if job.keeper is not None:  # workers that finished together may each have kept one model too many
         job.keeper.trim(job.study)
     return job.study
-
-
-def fail_crashed_workers_trials(job: SearchJob) -> None:
-    """Fail the trials in flight of worker processes that died (the owner rule), retrying them once."""
-    for number in fail_orphaned_trials(job.study):
-        job.progress.print(f"trial {number} FAIL  its worker process died")
 
 
 def run_in_worker(request: SearchRequest, seed: int, process_trials: int | None, lines: bool) -> None:

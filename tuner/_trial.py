@@ -10,6 +10,8 @@ nobody when retraining) is the caller's business: it passes ``report``.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 from collections.abc import Callable
 from collections.abc import Mapping
@@ -60,6 +62,12 @@ class TrialRunner:
         """A fresh, compiled model for the values of ``hp`` (declaring them, for a sampler's ``hp``)."""
         start_trial(seed, self.precision)
         return self.hypermodel.build(hp)
+
+    def with_augmentation(self, augment: str) -> TrialRunner:
+        """This runner with the space's training augmentation set to ``augment`` (``AUGMENTATIONS``)."""
+        hypermodel = copy.copy(self.hypermodel)
+        hypermodel.augment = augment
+        return dataclasses.replace(self, hypermodel=hypermodel)
 
     def schedule(self, model: keras.Model, hp: Any, epochs: int) -> None:
         """Compile ``model`` again so that its learning-rate schedule ends after ``epochs`` epochs (a

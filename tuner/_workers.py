@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
+import multiprocessing.connection
 import os
 import pickle
 import signal
@@ -19,6 +20,10 @@ from typing import Any
 from tuner.errors import StoreUnreachable
 from tuner.errors import TunerError
 from tuner.errors import WorkerFailed
+
+# Times per worker a killed worker process is replaced in one round, and the seed offset of a replacement.
+MAX_REPLACED = 3
+REPLACEMENT_SEED = 104_729
 
 
 def _worker(env: dict[str, str], call: bytes, verbosity: int) -> None:
@@ -62,39 +67,58 @@ def run_workers(work: Callable[..., None], request: Any, spent: Callable[[], boo
         if spent():
             return
         # A new seed each round, or a seeded sampler would propose the last round's parameters again.
-        _run_round(work, request, request.seed + 7919 * round_number)
+        _run_round(work, request, request.seed + 7919 * round_number, spent)
         if not request.recycle_after or stored_trials() == before:
             return
 
 
-def _run_round(work: Callable[..., None], request: Any, seed: int) -> None:
-    """One process per worker, each with its own sampler seed; waits for all of them."""
+def _run_round(work: Callable[..., None], request: Any, seed: int, spent: Callable[[], bool]) -> None:
+    """One process per worker, each with its own sampler seed; waits for all of them. A worker killed
+    by a signal (kill -9, the out-of-memory killer, a preempted job) is replaced by a fresh one while
+    the search has work left, up to ``MAX_REPLACED`` times per worker; its trial in flight is failed
+    and retried by the owner rule (``storage.fail_orphaned_trials``)."""
     import optuna
 
     context = multiprocessing.get_context("spawn")
     workers, gpus = request.workers, request.gpus
-    processes = []
-    for i in range(workers):
+    verbosity = optuna.logging.get_verbosity()
+
+    def start(i: int, generation: int) -> multiprocessing.process.BaseProcess:
         env = {"CUDA_VISIBLE_DEVICES": str(gpus[i])} if gpus else {}
         # Different seeds, or every worker would propose the same parameters; several workers print
         # plain lines (one live view per terminal).
-        args = (request, seed + 1000 * i, request.recycle_after, workers > 1)
-        call = pickle.dumps((work, args))
-        process = context.Process(target=_worker, args=(env, call, optuna.logging.get_verbosity()),
+        args = (request, seed + 1000 * i + REPLACEMENT_SEED * generation, request.recycle_after, workers > 1)
+        process = context.Process(target=_worker, args=(env, pickle.dumps((work, args)), verbosity),
                                   name=f"tuner-worker-{i}")
         process.start()
-        processes.append(process)
+        return process
+
+    running = {i: start(i, 0) for i in range(workers)}
+    ended, replaced = [], 0
     try:
-        for process in processes:
-            process.join()
+        while running:
+            multiprocessing.connection.wait([p.sentinel for p in running.values()])
+            for i, process in list(running.items()):
+                if process.is_alive():
+                    continue
+                process.join()
+                del running[i]
+                if process.exitcode is not None and process.exitcode < 0 and replaced < MAX_REPLACED * workers \
+                        and not spent():
+                    replaced += 1
+                    print(f"tuner: worker {i} was killed (signal {-process.exitcode}); a fresh one takes its place",
+                          file=sys.stderr, flush=True)
+                    running[i] = start(i, replaced)
+                else:
+                    ended.append(process)
     except KeyboardInterrupt:
-        for process in processes:  # each stores its trial in flight (its best epoch), then exits
+        for process in running.values():  # each stores its trial in flight (its best epoch), then exits
             if process.is_alive() and process.pid:
                 os.kill(process.pid, signal.SIGINT)
-        for process in processes:
+        for process in running.values():
             process.join()
         raise
-    failed = [p for p in processes if p.exitcode]
+    failed = [p for p in ended if p.exitcode]
     if failed:
         names = ", ".join(p.name for p in failed)
         message = (f"{len(failed)} of {workers} workers failed ({names}); their errors are printed "

@@ -25,6 +25,7 @@ from optuna.distributions import FloatDistribution
 from optuna.distributions import IntDistribution
 
 from search_spaces import ParamSpec
+from storage import fail_orphaned_trials
 from tuner._models import ModelKeeper
 from tuner._progress import SearchProgress
 from tuner._request import SearchRequest
@@ -178,6 +179,13 @@ def trailing(trials: list[optuna.trial.FrozenTrial], attr: str, since: datetime.
 def counted(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
     """The trials that count towards ``--trials``: all but the skipped and rejected ones."""
     return [t for t in trials if SKIPPED_ATTR not in t.user_attrs and REJECTED_ATTR not in t.user_attrs]
+
+
+def fail_orphans(study: optuna.Study, progress: SearchProgress) -> None:
+    """Fail the study's trials whose process on this machine died (``storage.fail_orphaned_trials``),
+    retrying each once, and say so."""
+    for number in fail_orphaned_trials(study):
+        progress.print(f"trial {number} FAIL  its process on this machine no longer runs (retried once)")
 
 
 class SearchBackend(ABC):

@@ -52,9 +52,11 @@ from tuner.backends._base import SearchAborted  # noqa: F401 - re-exported for c
 from tuner.backends._base import SearchBackend
 from tuner.backends._base import SearchJob
 from tuner.backends._base import counted
+from tuner.backends._base import fail_orphans
 from tuner.backends._base import since_then
 from tuner.backends._base import to_distribution
 from tuner.backends._base import trailing
+from tuner.data import auto_augmentation
 
 
 def suggest(trial: optuna.Trial, name: str, distribution: BaseDistribution) -> Any:
@@ -98,6 +100,7 @@ class OptunaBackend(SearchBackend):
         failures = ConsecutiveFailures(request.max_failures)
         budget = StudyBudget(request.trials, job.deadline)  # what ends the search: failed trials do not count
         callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = [
+            lambda study, _: fail_orphans(study, job.progress),  # a killed worker's trial, retried now
             budget, failures, job.progress.trial_finished]
         if job.deadline is not None and not request.multi_objective:
             commit = Commit(request.trials, explore_until(job))
@@ -157,6 +160,12 @@ def run_trial(job: SearchJob, trial: optuna.Trial) -> float | tuple[float, ...]:
                 kind, reason = refused
                 rejected, skip = (reason, None) if kind == REJECTED_ATTR else (None, reason)
         if rejected is None and skip is None:
+            augment = final_augmentation(job, trial, epochs)
+            if augment is not None:  # built again, with the augmentation its epochs call for
+                runner = runner.with_augmentation(augment)
+                hp = OptunaHyperParameters(trial, job.overrides)
+                model = runner.build(hp, seed)
+                trial.set_user_attr("augment", augment)
             if epochs != max_epochs:
                 runner.schedule(model, hp, epochs)
                 trial.set_user_attr("max_epochs", epochs)
@@ -355,6 +364,20 @@ def plan_epochs(job: SearchJob, trial: optuna.Trial,
                                         f"{job.deadline - until:.0f} s could train it fewer than "
                                         f"{MIN_EXPLORE_EPOCHS} times")
     return plan, epochs, None
+
+
+def final_augmentation(job: SearchJob, trial: optuna.Trial, epochs: int) -> str | None:
+    """The augmentation of the search's final trial where ``--augment auto`` picks another for its
+    ``epochs`` than for ``--epochs`` (``auto_augmentation``: shifts from 30 epochs); None: unchanged.
+
+    Exploring trials train ``--epochs``, the final one as many as fill its time: without shifts the
+    defaults' 41-epoch final trial over-fitted full Fashion-MNIST (training accuracy 1.000, 0.924
+    validation against 0.926 after 10 epochs), where 49 epochs with them reached 0.937."""
+    if job.request.augment != "auto" or trial.user_attrs.get(ROLE_ATTR) != FINAL:
+        return None
+    data = job.runner.data
+    augment = auto_augmentation(data.name, len(data.y_train), epochs)
+    return None if augment == job.runner.hypermodel.augment else augment
 
 
 def explore_until(job: SearchJob) -> float:
