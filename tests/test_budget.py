@@ -17,7 +17,6 @@ from tuner._cost import timed_rate
 from tuner._training import PROBE_STEPS
 from tuner._training import Deadline
 from tuner._training import Patience
-from tuner.backends._base import MAX_SKIPPED
 
 
 class FakeModel:
@@ -125,9 +124,13 @@ def test_timing_a_few_training_steps_leaves_the_model_and_its_optimizer_as_they_
     assert int(model.optimizer.iterations.numpy()) == 2
 
 
-def test_a_configuration_whose_first_epoch_cannot_end_in_time_is_skipped_untrained(sqlite_url, tiny_space):
+def test_a_configuration_whose_first_epoch_cannot_end_in_time_is_skipped_untrained(sqlite_url, tiny_space,
+                                                                                  monkeypatch):
     """A study that timed a trial at one second per FLOP (absurdly slow) predicts that no
-    configuration can finish an epoch: each is stored PRUNED and skipped, none counts as a trial."""
+    configuration can finish an epoch: each one explored is refused as too costly for the final trial
+    to train it properly, which ends exploring; the final trial does not fit either and is skipped.
+    Each is stored PRUNED, untrained, and none counts as a trial."""
+    monkeypatch.setattr("tuner.backends._optuna.MAX_REJECTED", 3)
     study = tuner.search(tiny_space, "digits", trials=1, epochs=1, study="slow", storage=sqlite_url, keep=0)
     (timed,) = study.trials
     assert timed.user_attrs["flops"] > 0 and timed.user_attrs["step_seconds"] > 0
@@ -138,12 +141,11 @@ def test_a_configuration_whose_first_epoch_cannot_end_in_time_is_skipped_untrain
                         "flops": 1}))
     study = tuner.search(tiny_space, "digits", trials=10, epochs=1, study="slow", storage=sqlite_url, keep=0,
                          timeout=120)
-    *skipped, final = study.trials[3:]
-    assert len(skipped) == MAX_SKIPPED  # then exploring ends, and the final trial does not fit either
+    *rejected, final = study.trials[3:]
+    assert len(rejected) == 3 and all("could train it fewer than" in t.user_attrs["rejected"] for t in rejected)
     assert final.user_attrs["role"] == "final" and "first epoch needs" in final.user_attrs["skipped"]
-    assert all(t.state.name == "PRUNED" and "epochs" not in t.user_attrs for t in skipped)
-    assert "first epoch needs" in skipped[0].user_attrs["skipped"]
-    assert skipped[0].user_attrs["predicted_seconds_per_epoch"] > 120
+    assert all(t.state.name == "PRUNED" and "epochs" not in t.user_attrs for t in [*rejected, final])
+    assert final.user_attrs["predicted_seconds_per_epoch"] > 120
     assert tuner.search(tiny_space, "digits", trials=4, epochs=1, study="slow", storage=sqlite_url,
                         keep=0).trials[-1].state.name == "COMPLETE"
 

@@ -12,10 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 from tuner.errors import DataError
+from tuner.errors import StoreUnreachable
 from tuner.errors import TunerError
 
 __all__ = [
     "DataError",
+    "StoreUnreachable",
     "TunerError",
     "best_trial",
     "export",
