@@ -274,7 +274,9 @@ def subset_dataset(dataset: str, train_size: int, folder: Path) -> str:
 def run_one(args: argparse.Namespace) -> None:
     start = float(os.environ["RACE_START"])
     with tempfile.TemporaryDirectory() as tmp:
-        result = RUNNERS[args.one](args, start, Path(tmp))
+        workdir = Path(args.keep_stores) / f"{args.one}-seed{args.seed}" if args.keep_stores else Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        result = RUNNERS[args.one](args, start, workdir)
     result["wall"] = time.time() - start
     Path(args.out).write_text(json.dumps(result))
 
@@ -289,7 +291,8 @@ def race(args: argparse.Namespace) -> dict[str, list[dict]]:
                 env = {**os.environ, "RACE_START": repr(time.time()), "TF_CPP_MIN_LOG_LEVEL": "3"}
                 command = [sys.executable, __file__, "--one", competitor, "--seed", str(seed),
                            "--budget", str(args.budget), "--dataset", args.dataset, "--out", out.name,
-                           f"--tuner-args={args.tuner_args}"]
+                           f"--tuner-args={args.tuner_args}",
+                           *(["--keep-stores", args.keep_stores] if args.keep_stores else [])]
                 try:
                     done = subprocess.run(command, env=env, timeout=args.budget + GRACE,
                                           capture_output=True, text=True)
@@ -357,6 +360,8 @@ def main() -> None:
                         help="print the table of earlier runs' --json files (merged) instead of racing")
     parser.add_argument("--tuner-args", default="", metavar="FLAGS",
                         help="extra `tuner search` flags for (a), to race a variant ('--batch-size 64')")
+    parser.add_argument("--keep-stores", metavar="DIR",
+                        help="keep each run's working folder (its store: DIR/a-seed0/...) to inspect its trials")
     parser.add_argument("--one", choices=sorted(RUNNERS), help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)

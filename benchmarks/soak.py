@@ -3,8 +3,9 @@
 Runs the real CLI (``python -m tuner search``, ``reliability.TINY`` trials: ResNet-8 on digits) with
 ``--workers 8 --trials 200`` twice on fresh studies: once undisturbed, once with the PostgreSQL server
 restarted every 60 s (``pg_ctlcluster 15 main restart``) and a random worker process killed with SIGKILL
-every 45 s. A command that exits non-zero (a killed worker ends it with exit 1 once the others finish)
-is run again, as a supervisor would, until one exits 0. Then the study is read back:
+every 45 s. A killed worker is replaced by the search (up to 3 times each); a command that exits
+non-zero all the same is run again, as a supervisor would, until one exits 0. Then the study is read
+back:
 
 - stored: the trials that count towards ``--trials`` (COMPLETE and PRUNED), against the 200 asked for;
 - killed: FAIL trials whose process died (no error recorded); other FAIL: trials that failed with an

@@ -7,10 +7,12 @@ first failure says so in one line ("store ... unreachable, retrying for up to N 
 another. Past ``patience`` every call raises ``StoreUnreachable`` at once: the search stops, and its
 trial in flight is failed by the owner rule when the same command runs again.
 
-While a trial trains (``while_training``), its reports do not wait for the store: writes are queued
-in order and written, exactly once, by the next call that reaches the database; reads (the
-pruner's) raise ``StoreAway`` at once, so the trial goes on unpruned. Training never stops for the
-store; a trial that finished while it was away is written when it returns.
+While a trial trains (``while_training``), its reports do not wait for the store: once a call has
+found it away, writes are queued in order and written, exactly once, by the next call that reaches
+the database, and reads (the pruner's) raise ``StoreAway`` at once, so the trial goes on unpruned;
+the trial's heartbeat, every 10 s, finds out when the store is back (a beat is never retried). A
+trial that finished while the store was away is written when it returns; past ``patience``, its
+next report stops it.
 
 Optuna's own code calls private methods of ``RDBStorage`` (``_get_trials`` behind ``study.get_trials``,
 ``_set_trial_param`` behind ``trial.suggest_*``, ...): every method of it is retried but the few that
@@ -43,6 +45,9 @@ FIRST_RETRY, LAST_RETRY = 0.5, 5.0
 # SQLite's errors that pass (a lock held too long, a file on a network share briefly gone); its other
 # operational errors (no such table...) are the store's own and raised at once.
 SQLITE_OUTAGES = ("database is locked", "unable to open database file", "disk i/o error")
+# What a database server that answers says to a wrong URL (PostgreSQL's, MySQL's): raised at once.
+REFUSALS = ("password authentication failed", "no pg_hba.conf entry", "does not exist",
+            "could not translate host name", "access denied", "unknown database")
 # Writes that a training trial queues while the store is away.
 DEFERRABLE = ("set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr")
 # RDBStorage's methods that do not reach the database; every other one is retried, the private ones
@@ -56,14 +61,20 @@ class StoreAway(TunerError):
     """A read while a trial trains and the store is away: the caller goes on without its answer."""
 
 
-def is_outage(err: BaseException, sqlite: bool) -> bool:
-    """Whether ``err`` (or an error it was raised from) says the database is unreachable, not wrong."""
+def is_outage(err: BaseException, sqlite: bool, opening: bool = False) -> bool:
+    """Whether ``err`` (or an error it was raised from) says the database is unreachable, not wrong
+    (``REFUSALS``); ``opening``: the store's first connection, where a SQLite file that cannot be
+    opened is a wrong path."""
     seen: BaseException | None = err
     while seen is not None:
-        if isinstance(seen, sqlalchemy.exc.DBAPIError) and seen.connection_invalidated:
-            return True
-        if isinstance(seen, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
-            return not sqlite or any(marker in str(seen).lower() for marker in SQLITE_OUTAGES)
+        if isinstance(seen, sqlalchemy.exc.DBAPIError):
+            text = str(seen).lower()
+            if sqlite:
+                return any(marker in text for marker in SQLITE_OUTAGES[:1 if opening else None])
+            if any(marker in text for marker in REFUSALS):
+                return False
+            return seen.connection_invalidated or isinstance(
+                seen, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError))
         seen = seen.__cause__ or seen.__context__
     return False
 
@@ -136,13 +147,13 @@ class Outage:
             "same command again when the store is back (it fails the trial in flight and retries it)")
 
 
-def retry(call: Callable[[], Any], outage: Outage, sqlite: bool) -> Any:
+def retry(call: Callable[[], Any], outage: Outage, sqlite: bool, opening: bool = False) -> Any:
     """``call()``, tried again while its errors are an outage (``is_outage``), until ``outage`` gives up."""
     while True:
         try:
             result = call()
         except Exception as err:
-            if not is_outage(err, sqlite):
+            if not is_outage(err, sqlite, opening):
                 raise
             time.sleep(outage.failed(err))
             continue
@@ -182,11 +193,14 @@ class ResilientStorage(optuna.storages.RDBStorage):
             self._local.depth = 0
 
     def _retried_call(self, name: str, method: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        beat = name == "record_heartbeat"  # not retried: the next beat comes ``heartbeat_interval`` s later
         if self.outage.gave_up:
-            if name == "record_heartbeat":
+            if beat:
                 return None  # the heartbeat's thread stops quietly; the search is stopping
             raise self.outage.unreachable()
         training = getattr(self._local, "training", False)
+        if training and self.outage.since is not None:  # away: a training trial does not wait for it
+            return self._while_away(name, args, kwargs)
         failed_before = False
         while True:
             try:
@@ -194,7 +208,8 @@ class ResilientStorage(optuna.storages.RDBStorage):
                 result = method(*args, **kwargs)
             except optuna.exceptions.UpdateFinishedTrialError:
                 # A tell whose commit landed just before the connection dropped: it was written once.
-                if failed_before and name == "set_trial_state_values" and self._landed(*args, **kwargs):
+                if failed_before and name == "set_trial_state_values" and retry(
+                        lambda: self._landed(*args, **kwargs), self.outage, self.sqlite):
                     return True
                 raise
             except Exception as err:
@@ -204,22 +219,28 @@ class ResilientStorage(optuna.storages.RDBStorage):
                 try:
                     wait = self.outage.failed(err)  # announces the outage; raises past its bound
                 except StoreUnreachable:
-                    if name == "record_heartbeat":
+                    if beat:
                         return None
                     raise
-                if training and name in DEFERRABLE:
-                    with self._pending_lock:
-                        self._pending.append((name, args, kwargs))
+                if beat:
                     return None
                 if training:
-                    raise StoreAway(outage_reason(err)) from None
+                    return self._while_away(name, args, kwargs)
                 time.sleep(wait)
                 continue
             self.outage.passed()
             return result
 
+    def _while_away(self, name: str, args: tuple, kwargs: dict) -> None:
+        """A training trial's call while the store is away: a deferrable write is queued, a read refused."""
+        if name not in DEFERRABLE:
+            raise StoreAway(f"store {self.outage.url} is away")
+        with self._pending_lock:
+            self._pending.append((name, args, kwargs))
+
     def _flush(self) -> None:
-        """Write the queued writes, in order, each once (a trial the store failed meanwhile takes none)."""
+        """Write the queued writes, in order, each once. A write the store refuses for another reason
+        than an outage (its trial was failed meanwhile...) is dropped; an outage stops the flush."""
         while self._pending:
             with self._pending_lock:
                 if not self._pending:
@@ -227,8 +248,12 @@ class ResilientStorage(optuna.storages.RDBStorage):
                 name, args, kwargs = self._pending[0]
                 try:
                     getattr(super(), name)(*args, **kwargs)
-                except optuna.exceptions.UpdateFinishedTrialError:
-                    pass
+                except Exception as err:
+                    if is_outage(err, self.sqlite):
+                        raise
+                    if not isinstance(err, optuna.exceptions.UpdateFinishedTrialError):
+                        self.outage.announce(f"a report queued while the store was away was dropped "
+                                             f"({first_line(err)})")
                 self._pending.popleft()
 
     def _landed(self, trial_id: int, state: TrialState, values: Any = None) -> bool:

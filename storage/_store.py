@@ -32,6 +32,10 @@ SQLITE_BUSY_TIMEOUT = 60
 # A running trial's heartbeat, and how long a silent one lives before it is failed (seconds).
 HEARTBEAT_INTERVAL = 10
 GRACE_PERIOD = 60
+# libpq's settings for a search's connections to PostgreSQL: a server that is gone (a fail-over that
+# left connections half-open) fails a call within seconds instead of the system's 15 minutes.
+PG_TIMEOUTS = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+               "keepalives_count": 3, "tcp_user_timeout": 30_000}
 # Tries at opening a store whose tables another worker is creating at the same moment.
 CREATE_ATTEMPTS = 5
 # What the loser of that race sees, from SQLite and PostgreSQL (tables, then Alembic's version row).
@@ -108,6 +112,8 @@ def open_storage(
         engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT}
     else:
         engine_kwargs["pool_pre_ping"] = True
+        if patience is not None and make_url(url).get_driver_name() in ("psycopg", "psycopg2"):
+            engine_kwargs["connect_args"] = PG_TIMEOUTS  # a dead connection fails, it does not hang
     storage_kwargs: dict[str, Any] = {}
     if heartbeat:
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.8
@@ -144,7 +150,7 @@ def _create_storage(
         try:
             if patience is None:
                 return create()
-            return retry(create, Outage(url, patience), sqlite=sqlite_path(url) is not None)
+            return retry(create, Outage(url, patience), sqlite=sqlite_path(url) is not None, opening=True)
         except sqlalchemy.exc.SQLAlchemyError as err:
             racing = any(marker in str(err) for marker in CREATE_RACE_MARKERS)
             if not racing or attempt == CREATE_ATTEMPTS - 1:

@@ -23,6 +23,7 @@ from conftest import TINY
 from conftest import postgres_available
 
 from storage import StoreAway
+from storage import StoreError
 from storage import gave_up
 from storage import open_storage
 from storage import while_training
@@ -102,6 +103,41 @@ def test_past_its_patience_the_store_fails_every_call_at_once(sqlite_url):
     assert store.record_heartbeat(trial._trial_id) is None  # the heartbeat's thread ends quietly
     assert time.monotonic() - started < 0.5
     assert isinstance(gave_up(store), StoreUnreachable)
+
+
+def test_a_heartbeat_is_not_retried_and_a_training_trial_waits_for_none(flaky, capsys):
+    """While the store is away a beat is skipped (the next one comes 10 s later), and once a call
+    found it away, a training trial's calls do not touch the database: nothing waits, not even
+    SQLite's busy timeout."""
+    store, study, fault = flaky
+    trial = study.ask()
+    fault.on = True
+    started = time.monotonic()
+    assert store.record_heartbeat(trial._trial_id) is None
+    with while_training(store):
+        trial.report(0.5, 1)
+        with pytest.raises(StoreAway):
+            study.get_trials()
+    assert time.monotonic() - started < 0.5
+    assert capsys.readouterr().err.count("unreachable") == 1
+    fault.on = False
+    store.record_heartbeat(trial._trial_id)  # the store is back: it says so, the trial reports again
+    with while_training(store):
+        trial.report(0.6, 2)
+    assert study.get_trials()[0].intermediate_values == {1: 0.5, 2: 0.6}
+    assert "reachable again" in capsys.readouterr().err
+
+
+def test_a_wrong_address_is_refused_at_once_not_waited_for(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    started = time.monotonic()
+    with pytest.raises(StoreError, match="cannot open the store"):
+        open_storage(f"sqlite:///{tmp_path / 'file' / 'x.db'}", heartbeat=True, patience=30)
+    if not postgres_available():
+        url = sqlalchemy.engine.make_url(POSTGRES_URL).set(database=f"missing_{uuid.uuid4().hex[:8]}")
+        with pytest.raises(StoreError, match="does not exist"):
+            open_storage(url.render_as_string(hide_password=False), heartbeat=True, patience=30)
+    assert time.monotonic() - started < 5
 
 
 def test_errors_that_are_not_an_outage_are_raised_at_once(sqlite_url):

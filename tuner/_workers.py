@@ -94,7 +94,7 @@ def _run_round(work: Callable[..., None], request: Any, seed: int, spent: Callab
         return process
 
     running = {i: start(i, 0) for i in range(workers)}
-    ended, replaced = [], 0
+    ended, replaced = [], [0] * workers
     try:
         while running:
             multiprocessing.connection.wait([p.sentinel for p in running.values()])
@@ -103,15 +103,15 @@ def _run_round(work: Callable[..., None], request: Any, seed: int, spent: Callab
                     continue
                 process.join()
                 del running[i]
-                if process.exitcode is not None and process.exitcode < 0 and replaced < MAX_REPLACED * workers \
+                if process.exitcode is not None and process.exitcode < 0 and replaced[i] < MAX_REPLACED \
                         and not spent():
-                    replaced += 1
+                    replaced[i] += 1
                     print(f"tuner: worker {i} was killed (signal {-process.exitcode}); a fresh one takes its place",
                           file=sys.stderr, flush=True)
-                    running[i] = start(i, replaced)
+                    running[i] = start(i, replaced[i])
                 else:
                     ended.append(process)
-    except KeyboardInterrupt:
+    except BaseException:  # Ctrl-C, or the store gone for this process too
         for process in running.values():  # each stores its trial in flight (its best epoch), then exits
             if process.is_alive() and process.pid:
                 os.kill(process.pid, signal.SIGINT)
