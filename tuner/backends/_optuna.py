@@ -95,10 +95,11 @@ class OptunaBackend(SearchBackend):
 
     def run(self, job: SearchJob) -> None:
         request = job.request
-        if job.spent():
-            return
-        failures = ConsecutiveFailures(request.max_failures)
+        fail_orphans(job.study, job.progress)  # a killed worker's trial: retried, not counted as running
         budget = StudyBudget(request.trials, job.deadline)  # what ends the search: failed trials do not count
+        if job.spent() or budget.full(job.study.get_trials(deepcopy=False)):
+            return  # (a worker started late, or in place of a killed one, must not add a trial too many)
+        failures = ConsecutiveFailures(request.max_failures)
         callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = [
             lambda study, _: fail_orphans(study, job.progress),  # a killed worker's trial, retried now
             budget, failures, job.progress.trial_finished]
@@ -485,6 +486,11 @@ class StudyBudget:
         self.interrupted = False
         self.began = datetime.datetime.now()  # as Optuna stamps a trial's start
 
+    def full(self, trials: list[optuna.trial.FrozenTrial]) -> bool:
+        """Whether finished trials and those running, in any worker, make ``trials``."""
+        states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        return len(counted([t for t in trials if t.state in states])) >= self.trials
+
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if trial.user_attrs.get("stopped_by") == "interrupt":
             self.interrupted = True
@@ -498,8 +504,7 @@ class StudyBudget:
             study.stop()  # nothing the sampler proposes fits in --max-params
         if any(t.user_attrs.get(ROLE_ATTR) == FINAL for t in since_then(trials, self.began)):
             study.stop()  # exploring is over
-        states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-        if len(counted([t for t in trials if t.state in states])) >= self.trials:
+        if self.full(trials):
             study.stop()
         if self.deadline is not None:
             epochs = [t.user_attrs["seconds_per_epoch"] for t in trials
