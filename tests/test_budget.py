@@ -255,7 +255,7 @@ def test_a_configuration_the_final_trial_could_not_train_properly_is_not_explore
                                                                                   monkeypatch):
     """A study whose timed trials predict 20 s an epoch, given 100 s: the final trial's 50 s could
     train such a configuration fewer than 20 times, so exploring it is refused before training, with
-    the excess as a violated constraint for the sampler; the refusals end the search."""
+    the excess as a violated constraint for the sampler; the refusals end exploring."""
     monkeypatch.setattr("tuner.backends._optuna.MAX_REJECTED", 3)
     study = tuner.search(tiny_space, "digits", trials=1, epochs=1, study="dear", storage=sqlite_url, keep=0,
                          overrides=["units=16"])
@@ -267,7 +267,8 @@ def test_a_configuration_the_final_trial_could_not_train_properly_is_not_explore
         user_attrs={**timed.user_attrs, "step_seconds": step, "flops": 1}))
     study = tuner.search(tiny_space, "digits", trials=5, epochs=10, study="dear", storage=sqlite_url, keep=0,
                          overrides=["units=16"], timeout=100)
-    refused = study.trials[2:]
+    *refused, final = study.trials[2:]
     assert len(refused) == 3 and all(t.state.name == "PRUNED" for t in refused)
+    assert final.user_attrs["role"] == "final" and final.params == timed.params  # the refusals end exploring
     assert all("final trial's" in t.user_attrs["rejected"] and "epochs" not in t.user_attrs for t in refused)
     assert all(t.constraints["epoch_seconds"] > 0 for t in refused)
