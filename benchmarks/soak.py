@@ -129,6 +129,7 @@ def main() -> int:
     parser.add_argument("--kill-every", type=float, default=45.0)
     parser.add_argument("--restart", default=RESTART, help="the command that restarts the database server")
     parser.add_argument("--only", choices=("clean", "faults"))
+    parser.add_argument("--logs", metavar="DIR", help="keep each command's stdout and stderr in DIR")
     args = parser.parse_args()
     reason = postgres_unavailable(args.postgres)
     if reason:
@@ -137,7 +138,9 @@ def main() -> int:
     import optuna
 
     rows = []
-    with tempfile.TemporaryDirectory(prefix="tuner-soak-") as folder:
+    with tempfile.TemporaryDirectory(prefix="tuner-soak-") as temporary:
+        folder = args.logs or temporary
+        Path(folder).mkdir(parents=True, exist_ok=True)
         for faults in (False, True):
             if args.only and args.only != ("faults" if faults else "clean"):
                 continue
