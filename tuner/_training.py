@@ -197,11 +197,11 @@ class Patience(keras.callbacks.Callback):
 
 class Replan(keras.callbacks.Callback):
     """From the second epoch on, asks ``replan(done, seconds, retrace)`` after every epoch for the
-    epochs to train in all, until it answers (None: not yet): ``seconds`` is the mean epoch from the
-    end of the first (the loop's own time between epochs counted), ``done`` the epochs trained,
-    ``retrace`` how much longer the first one took (tracing the train and test steps, which a model
-    compiled again repeats). Where the answer differs from the plan, training stops there and
-    ``epochs`` keeps it for the caller to go on with.
+    epochs to train in all (None: no answer now; it decides when to answer): ``seconds`` is the mean
+    epoch since the end of this ``fit``'s first (the loop's own time between epochs counted), ``done``
+    the epochs trained, ``retrace`` how much longer the first one took (tracing the train and test
+    steps, which a model compiled again repeats). Where the answer differs from the plan, training
+    stops there and ``epochs`` keeps it for the caller to go on with.
     """
 
     def __init__(self, replan: Callable[[int, float, float], int | None] | None) -> None:
@@ -219,10 +219,7 @@ class Replan(keras.callbacks.Callback):
             return
         seconds = (self._ends[-1] - self._ends[1]) / (len(self._ends) - 2)
         epochs = self.replan(epoch + 1, seconds, max(self._ends[1] - self._ends[0] - seconds, 0.0))
-        if epochs is None:
-            return
-        self.replan = None  # answered
-        if epochs != self.params.get("epochs"):
+        if epochs is not None and epochs != self.params.get("epochs"):
             self.epochs = epochs
             self.model.stop_training = True
 
@@ -468,12 +465,13 @@ def train_and_evaluate(
             callbacks = [*callbacks, timer]  # last: it acts only where nothing else stopped training
         fit(initial_epoch, epochs)
         done = initial_epoch + len(best.history.get("loss", []))
-        if timer.epochs is not None and timer.epochs > done:
-            epochs = timer.epochs
+        while timer.epochs is not None and timer.epochs > done:  # planned again: go on with the new plan
+            epochs, timer.epochs = timer.epochs, None
             assert reschedule is not None
             reschedule(epochs)
             build_training_state(model, data.x_train[:2], data.y_train[:2])
             fit(done, epochs)
+            done = initial_epoch + len(best.history.get("loss", []))
     except KeyboardInterrupt:
         if best.best_weights is None:
             raise

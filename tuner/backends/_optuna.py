@@ -171,14 +171,16 @@ def run_trial(job: SearchJob, trial: optuna.Trial) -> float | tuple[float, ...]:
                 runner.schedule(model, hp, epochs)
                 trial.set_user_attr("max_epochs", epochs)
 
-            started = time.time()
+            started, answered = time.time(), []
 
             def replan(done: int, epoch_seconds: float, retrace: float) -> int | None:
-                """The plan again, from the epochs measured once ``REPLAN_SHARE`` of its time passed
-                (``Replan``); None before."""
+                """The plan again, from the epochs measured, once each share of ``REPLAN_SHARES`` of
+                its time has passed (``Replan``); None in between."""
                 assert plan is not None
-                if time.time() - started < REPLAN_SHARE * (plan.until - started):
+                shares = [share for share in REPLAN_SHARES if share not in answered]
+                if not shares or time.time() - started < shares[0] * (plan.until - started):
                     return None
+                answered.append(shares[0])
                 again = max(plan.epochs(epoch_seconds, done=done, reserve=retrace), done)
                 if again != epochs:
                     trial.set_user_attr("max_epochs", again)
@@ -424,10 +426,12 @@ def record_final(job: SearchJob, trial: optuna.Trial) -> None:
 # running slower than predicted (epochs on a shared 2-core machine vary by +-30%), also when planned
 # again from a measured epoch (the later epochs of a quickstart's final trial ran 15-20% slower).
 PLAN_FRACTION = 0.9
-# A trial planned against the deadline is planned again once this share of its time has passed, from
-# the mean of the epochs measured after its first: one planned again from its second epoch alone was
-# cut by the deadline in one run and left 86 s of 600 unused in another (5,000 Fashion-MNIST images).
-REPLAN_SHARE = 0.1
+# A trial planned against the deadline is planned again once each of these shares of its time has
+# passed, from the mean of the epochs measured since its last start: one planned again from its second
+# epoch alone was cut by the deadline in one run and left 86 s of 600 unused in another (5,000
+# Fashion-MNIST images); one planned again at a tenth only ended 320 s before an 1800 s deadline
+# (its first epochs ran slower than the rest).
+REPLAN_SHARES = (0.1, 0.5)
 # Of a --timeout, the share kept for the final trial: exploring stops when that much is left.
 COMMIT_SHARE = 0.5
 # Exploring pays where its share of the timeout trains at least this many epochs of the defaults;
