@@ -43,8 +43,10 @@ from tuner.errors import TunerError
 # Seconds between tries: doubling from the first to the last.
 FIRST_RETRY, LAST_RETRY = 0.5, 5.0
 # SQLite's errors that pass (a lock held too long, a file on a network share briefly gone); its other
-# operational errors (no such table...) are the store's own and raised at once.
-SQLITE_OUTAGES = ("database is locked", "unable to open database file", "disk i/o error")
+# operational errors (no such table...) are the store's own and raised at once. When the store is
+# first opened only a lock passes: a file that cannot be opened then is a wrong path.
+SQLITE_LOCKED = "database is locked"
+SQLITE_OUTAGES = (SQLITE_LOCKED, "unable to open database file", "disk i/o error")
 # What a database server that answers says to a wrong URL (PostgreSQL's, MySQL's): raised at once.
 REFUSALS = ("password authentication failed", "no pg_hba.conf entry", "does not exist",
             "could not translate host name", "access denied", "unknown database")
@@ -70,7 +72,7 @@ def is_outage(err: BaseException, sqlite: bool, opening: bool = False) -> bool:
         if isinstance(seen, sqlalchemy.exc.DBAPIError):
             text = str(seen).lower()
             if sqlite:
-                return any(marker in text for marker in SQLITE_OUTAGES[:1 if opening else None])
+                return any(marker in text for marker in ((SQLITE_LOCKED,) if opening else SQLITE_OUTAGES))
             if any(marker in text for marker in REFUSALS):
                 return False
             return seen.connection_invalidated or isinstance(
