@@ -17,6 +17,8 @@ from tuner._cost import timed_rate
 from tuner._training import PROBE_STEPS
 from tuner._training import Deadline
 from tuner._training import Patience
+from tuner.backends._base import REDUCTION_FACTOR
+from tuner.backends._base import Resource
 
 
 class FakeModel:
@@ -80,6 +82,19 @@ def test_patience_stops_a_stall_at_a_constant_rate_but_not_a_schedule_that_still
             stopped_after = epoch + 1
     # Two epochs without a better value after epoch 2: stopped after epoch 4, unless the rate fell.
     assert stopped_after == (4 if schedule == "constant" else None)
+
+
+@pytest.mark.parametrize("images, batch_size, first, inside", [
+    (54_000, 128, 6_000, (6_000, 18_000)),  # full Fashion-MNIST: a ninth of an epoch is 47 steps
+    (54_000, 256, 18_000, (18_000,)),  # a ninth would be 23 steps: a third is the first rung
+    (4_500, 128, 4_500, ()),  # a small dataset: judged after whole epochs only
+])
+def test_the_pruners_first_rung_is_the_smallest_part_of_an_epoch_with_enough_steps(images, batch_size, first, inside):
+    resource = Resource(images, batch_size)
+    assert resource.first_rung == first and resource.in_first_epoch == inside
+    assert resource.at_epoch(3) == 3 * images
+    # The rung after those inside the first epoch is reached by its end, where the next report is.
+    assert resource.first_rung * REDUCTION_FACTOR ** len(inside) <= images
 
 
 def test_flops_count_the_multiply_adds_of_convolutions_and_dense_layers():

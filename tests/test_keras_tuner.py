@@ -84,9 +84,10 @@ def test_random_search_mirrors_every_trial(sqlite_url, monkeypatch):
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
     assert sorted(int(t.user_attrs[TRIAL_ID_ATTR]) for t in trials) == [0, 1, 2]
+    n = study.user_attrs["splits"]["train"]  # a report's step counts training images
     for trial in trials:
-        assert set(trial.intermediate_values) == {1, 2}
-        assert trial.value == trial.intermediate_values[2]
+        assert set(trial.intermediate_values) == {n, 2 * n}
+        assert trial.value == trial.intermediate_values[2 * n]
         assert set(trial.params) >= {"depth", "learning_rate", "optimizer"} and trial.params["depth"] == 8
     assert study.user_attrs["backend"] == "keras-tuner" and study.user_attrs["algorithm"] == "random"
     # Running the same command again: the budget is spent, nothing is added.
@@ -104,7 +105,7 @@ def test_hyperband_rounds_are_pruned_and_continued(sqlite_url, monkeypatch, tiny
     for trial in trials:
         epochs = trial.user_attrs["tuner_epochs"]
         assert trial.state == (TrialState.COMPLETE if epochs == 3 else TrialState.PRUNED)
-        assert max(trial.intermediate_values) == epochs
+        assert max(trial.intermediate_values) == epochs * study.user_attrs["splits"]["train"]
     continued = [t for t in trials if "tuner_trial_id" in t.user_attrs]
     assert continued, "Hyperband promoted no trial"
     by_id = {t.user_attrs[TRIAL_ID_ATTR]: t for t in trials}

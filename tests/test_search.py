@@ -75,9 +75,10 @@ def test_search_stores_every_trial_and_continues(sqlite_url):
     trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert len(trials) == 2
     assert study.best_value > 0.5  # two epochs learn digits well above chance (0.1)
+    n = study.user_attrs["splits"]["train"]  # a report's step counts training images: epoch e at e * n
     for trial in trials:
         assert TRIAL_ATTRS <= set(trial.user_attrs)
-        assert set(trial.intermediate_values) == {1, 2}
+        assert set(trial.intermediate_values) == {n, 2 * n}
         assert trial.value == max(trial.intermediate_values.values())
         assert 0.0 <= trial.user_attrs["test_accuracy"] <= 1.0
         assert set(trial.params) == {"depth", "filters", "kernel_size", "stem_stride", "version", "dropout", "l2",
@@ -174,12 +175,28 @@ def test_pruned_trial_keeps_its_learning_curve(sqlite_url, monkeypatch, tiny_spa
     import tuner._search
 
     # A pruner that rejects every trial after its first epoch.
-    monkeypatch.setattr(tuner._search, "make_pruner", lambda name, epochs: optuna.pruners.ThresholdPruner(lower=2.0))
+    monkeypatch.setattr(tuner._search, "make_pruner",
+                        lambda name, epochs, resource: optuna.pruners.ThresholdPruner(lower=2.0))
     study = tuner.search(tiny_space, "digits", trials=1, epochs=3, storage=sqlite_url)
     (trial,) = study.trials
     assert trial.state.name == "PRUNED"
-    assert list(trial.intermediate_values) == [1] and trial.user_attrs["epochs"] == 1
+    assert list(trial.intermediate_values) == [study.user_attrs["splits"]["train"]]  # one epoch's images
+    assert trial.user_attrs["epochs"] == 1
     assert trial.user_attrs["augment"] == "shift" and trial.user_attrs["batch_size"] == 16  # automatic, for digits
+
+
+@pytest.mark.core
+def test_a_configuration_is_judged_before_its_first_epoch_ends(sqlite_url, tiny_space):
+    # At batch size 8 an epoch of digits is 162 steps: the pruner's first rung is a third of it.
+    study = tuner.search(tiny_space, "digits", trials=6, epochs=2, batch_size=8, pruner="sha", seed=0,
+                         keep=0, storage=sqlite_url)
+    n = study.user_attrs["splits"]["train"]
+    early = [t for t in study.trials if t.state.name == "PRUNED" and max(t.intermediate_values) < n]
+    assert early, [(t.state.name, t.intermediate_values) for t in study.trials]
+    for trial in early:  # judged once, on the validation split, after a third of an epoch, and stopped
+        assert list(trial.intermediate_values) == [n // 3] and "epochs" not in trial.user_attrs
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert complete and all(list(t.intermediate_values) == [n // 3, n, 2 * n] for t in complete)
 
 
 def test_interrupt_leaves_no_trial_running(sqlite_url, monkeypatch, tiny_space):

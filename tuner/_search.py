@@ -40,6 +40,8 @@ from tuner._trial import TrialRunner
 from tuner._workers import run_workers
 from tuner.backends import SearchJob
 from tuner.backends import get_backend
+from tuner.backends._base import REDUCTION_FACTOR
+from tuner.backends._base import Resource
 from tuner.backends._base import fail_orphans
 from tuner.backends._base import to_distribution
 from tuner.data import MAX_AUTO_SIDE
@@ -69,13 +71,15 @@ def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
     return samplers[name]()
 
 
-def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
-    """One of Optuna's pruners by short name; epochs are the resource (one report per epoch)."""
+def make_pruner(name: str, epochs: int, resource: Resource) -> optuna.pruners.BasePruner:
+    """One of Optuna's pruners by short name; the resource is training images (``Resource``): the
+    first rung, inside the first epoch where the data allow, to ``epochs`` epochs."""
+    first = resource.first_rung
     pruners = {
-        "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs,
-                                                            reduction_factor=3),
-        "sha": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3),
-        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(
+            min_resource=first, max_resource=resource.at_epoch(epochs), reduction_factor=REDUCTION_FACTOR),
+        "sha": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=first, reduction_factor=REDUCTION_FACTOR),
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=first),
         "none": optuna.pruners.NopPruner,
     }
     return pruners[name]()
@@ -238,7 +242,8 @@ def prepare(request: SearchRequest, *, seed: int, process_trials: int | None = N
                           request.algorithm),
         sampler=make_sampler(request.sampler, seed),
         # A multi-objective study prunes by its own rule (backends/_optuna.py: prune_multi_objective).
-        pruner=make_pruner("none" if request.multi_objective else request.pruner, request.epochs),
+        pruner=make_pruner("none" if request.multi_objective else request.pruner, request.epochs,
+                           Resource(len(data.y_train), batch_size)),
         first_trials=first_trials(request, specs) if request.start_from_defaults and request.backend == "optuna"
         else (),
     )

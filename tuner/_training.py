@@ -255,6 +255,35 @@ class StepReport(keras.callbacks.Callback):
         self.report(batch + 1, self.steps, {k: float(v) for k, v in (logs or {}).items()})
 
 
+class RungReport(keras.callbacks.Callback):
+    """Validates the model inside its first epoch, once it has trained on each of ``rungs``
+    training images, and calls ``report(images, logs)`` with the validation's logs (named as after
+    an epoch: ``val_loss``, ``val_accuracy``...). ``report`` ends the trial by raising (a pruner's
+    decision: nothing of a fraction of an epoch is worth keeping).
+
+    Keras resets its metrics when it evaluates, so the first epoch's training loss and accuracy
+    are those of its steps after the last rung.
+    """
+
+    def __init__(self, report: Callable[[int, dict[str, float]], None], rungs: Sequence[int],
+                 batch_size: int, validation: Any) -> None:
+        super().__init__()
+        self.report, self.rungs = report, sorted(rungs)
+        self.batch_size, self.validation = batch_size, validation
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        while self._epoch == 0 and self.rungs and (batch + 1) * self.batch_size >= self.rungs[0]:
+            images = self.rungs.pop(0)
+            data = ({"x": self.validation} if isinstance(self.validation, Batches) else
+                    {"x": self.validation[0], "y": self.validation[1], "batch_size": self.batch_size})
+            logs = self.model.evaluate(**data, verbose=0, return_dict=True)
+            self.report(images, {f"val_{k}": float(v) for k, v in logs.items()})
+
+
 class Deadline(keras.callbacks.Callback):
     """Ends training on time: stops at ``deadline`` (``time.time()``) less the time the trial still
     needs to validate, test and store its model, and stops a first epoch that cannot end by then.
@@ -412,6 +441,8 @@ def train_and_evaluate(
     on_step: Callable[[int, int, dict[str, float]], None] | None = None,
     replan: Callable[[int, float, float], int | None] | None = None,
     reschedule: Callable[[int], None] | None = None,
+    rungs: Sequence[int] = (),
+    on_rung: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TrialResult:
     """Fit ``model`` on the train split, validate each epoch, restore the best epoch, test it.
 
@@ -430,7 +461,9 @@ def train_and_evaluate(
     traces), returns the epochs to train in all, or None to be asked again after the next epoch
     (``Replan``): a plan made from a prediction is made again from a
     measurement; where it changes, ``reschedule(epochs)`` compiles the model for it (its schedule,
-    the optimizer's state carried over) and training goes on.
+    the optimizer's state carried over) and training goes on. ``on_rung(images, logs)`` is called
+    with the validation's logs once the first epoch has trained each of ``rungs`` images
+    (``RungReport``); it may raise to end the trial there.
     """
     best = BestEpoch(objective, DIRECTIONS[objective])
     if patience:
@@ -455,6 +488,9 @@ def train_and_evaluate(
         else:
             train = {"x": data.x_train, "y": data.y_train, "batch_size": batch_size}
             validation = (data.x_val, data.y_val)
+        if on_rung is not None and rungs and initial_epoch == 0:
+            callbacks = [*callbacks, RungReport(on_rung, rungs, batch_size, validation)]
+
         def fit(first: int, last: int) -> None:
             model.fit(**train, validation_data=validation, epochs=last, initial_epoch=first,
                       callbacks=[keras.callbacks.TerminateOnNaN(), clock, best, *callbacks, RaiseHeldInterrupt()],

@@ -15,6 +15,7 @@ import dataclasses
 import math
 from collections.abc import Callable
 from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,12 +83,15 @@ class TrialRunner:
 
     def fit(self, model: keras.Model, *, label: int | str, params: Mapping[str, Any], epochs: int,
             initial_epoch: int = 0, report: Report | None = None, note: str | None = None,
-            replan: Callable[[int, float, float], int | None] | None = None, hp: Any = None) -> TrialResult:
+            replan: Callable[[int, float, float], int | None] | None = None, hp: Any = None,
+            rungs: Sequence[int] = (), on_rung: Callable[[int, dict[str, float]], None] | None = None,
+            ) -> TrialResult:
         """Train ``model`` up to epoch ``epochs``, keep its best epoch and test it; ``result.pruned``
         says that ``report`` stopped it. ``label`` names the trial in the progress lines, which say
         with ``note`` after its parameters (how its epochs were planned). ``replan`` makes the plan
         again from measured epochs (``train_and_evaluate``); the model is then compiled again for the
-        values of ``hp`` (``schedule``)."""
+        values of ``hp`` (``schedule``). ``on_rung(images, logs)`` reports a validation inside the
+        first epoch, after each of ``rungs`` training images, and may raise to end the trial."""
         progress = self.progress
 
         def after_epoch(epoch: int, logs: dict[str, float]) -> bool:
@@ -105,6 +109,7 @@ class TrialRunner:
             inference=self.hypermodel.inference_model,
             on_step=None if progress is None else progress.on_step, replan=replan,
             reschedule=None if hp is None else lambda epochs: self.schedule(model, hp, epochs),
+            rungs=rungs, on_rung=on_rung,
         )
         result.pruned = reports.stopped_early
         # What it costs a deployer; not after Ctrl-C (the user is waiting) or for an untested model.

@@ -419,7 +419,8 @@ def build_parser() -> ArgumentParser:
                    help="Keras Tuner's tuner with --backend keras-tuner (default hyperband)")
     s.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="Optuna sampler (default tpe)")
     s.add_argument("--pruner", choices=PRUNERS, default="hyperband",
-                   help="Optuna pruner that stops unpromising trials after an epoch (default hyperband)")
+                   help="Optuna pruner that stops unpromising trials, inside the first epoch on "
+                        "large data (default hyperband)")
     s.add_argument("--patience", type=int, default=5,
                    help="stop a trial after this many epochs without improvement at a learning rate that "
                         "did not fall (default 5; 0: off)")

@@ -179,7 +179,7 @@ class MirroredTuner(keras_tuner.Tuner):
             def report(epoch: int, logs: dict[str, float]) -> bool:
                 value = logs.get(runner.objective, math.nan)
                 if math.isfinite(value):
-                    curve[epoch] = value
+                    curve[job.resource.at_epoch(epoch)] = value
                 return False  # Hyperband decides between rounds, not within one
 
             result = runner.fit(model, label=f"kt-{trial.trial_id}", params=values, epochs=epochs,
@@ -211,6 +211,7 @@ class MirroredTuner(keras_tuner.Tuner):
 
     def parent_curve(self, parent_id: str | None, upto: int) -> dict[int, float]:
         """The parent round's intermediate values up to epoch ``upto``, from the study."""
+        upto = self.job.resource.at_epoch(upto)
         if parent_id is None:
             return {}
         for stored in self.job.study.get_trials(deepcopy=False):

@@ -48,6 +48,7 @@ from tuner.backends._base import REJECTED_ATTR
 from tuner.backends._base import ROLE_ATTR
 from tuner.backends._base import SKIPPED_ATTR
 from tuner.backends._base import ConsecutiveFailures
+from tuner.backends._base import Resource
 from tuner.backends._base import SearchAborted  # noqa: F401 - re-exported for callers
 from tuner.backends._base import SearchBackend
 from tuner.backends._base import SearchJob
@@ -138,7 +139,8 @@ def run_trial(job: SearchJob, trial: optuna.Trial) -> float | tuple[float, ...]:
     (stored PRUNED and ``skipped``), and one that cannot finish all of them gets as many as fit, its
     learning-rate schedule compressed to end with them. A trial cut by the deadline or by Ctrl-C
     after an epoch completes with its best epoch, then the search stops. The pruner decides after
-    every epoch (in a multi-objective study, ``prune_multi_objective``). A trial whose latency is
+    every epoch, and inside the first at its rungs there (``Resource``; in a multi-objective study
+    after every epoch, ``prune_multi_objective``). A trial whose latency is
     over ``--max-latency-ms`` completes, infeasible: it keeps no model and is never the best.
     Returns the objective's value, or a tuple of them in a multi-objective study.
     """
@@ -190,7 +192,9 @@ def run_trial(job: SearchJob, trial: optuna.Trial) -> float | tuple[float, ...]:
 
             final = trial.user_attrs.get(ROLE_ATTR) == FINAL
             report = (multi_objective_report(job, trial, epochs) if request.multi_objective
-                      else single_objective_report(trial, runner.objective, 0 if final else epochs))
+                      else single_objective_report(trial, runner.objective, 0 if final else epochs, job.resource))
+            # Judged inside its first epoch too, where the pruner's first rung is there (``Resource``).
+            judged_early = not (final or request.multi_objective or request.pruner == "none")
             note = (f"final: {epochs} epochs to the deadline" if final
                     else f"{epochs} epochs fit before the deadline" if epochs < max_epochs else None)
             # The final trial is not stopped by patience: it is planned to use the time left, and
@@ -199,7 +203,11 @@ def run_trial(job: SearchJob, trial: optuna.Trial) -> float | tuple[float, ...]:
             trainer = dataclasses.replace(runner, patience=None) if final else runner
             with while_training(job.storage):  # a store away does not stop the training
                 result = trainer.fit(model, label=trial.number, params=hp.values, epochs=epochs, report=report,
-                                     note=note, replan=None if plan is None else replan, hp=hp)
+                                     note=note, replan=None if plan is None else replan, hp=hp,
+                                     rungs=job.resource.in_first_epoch if judged_early else (),
+                                     on_rung=rung_report(trial, runner.objective))
+    except optuna.TrialPruned:  # inside its first epoch (``rung_report``)
+        raise
     except Exception as err:
         trial.set_user_attr("error", trial_error(err))
         raise
@@ -242,21 +250,37 @@ def over_limit(trial: optuna.Trial, metric: str, value: float, limits: Mapping[s
     return f"{metric} {value:g} is over {flag} {limits[metric]:g}"
 
 
-def single_objective_report(trial: optuna.Trial, objective: str, epochs: int) -> Callable[[int, dict], bool]:
-    """After each epoch: report the objective to Optuna and ask its pruner before epoch ``epochs``
-    (0: never, for the search's final trial)."""
+def single_objective_report(trial: optuna.Trial, objective: str, epochs: int,
+                            resource: Resource) -> Callable[[int, dict], bool]:
+    """After each epoch: report the objective to Optuna at the epoch's step (``Resource``) and ask
+    its pruner before epoch ``epochs`` (0: never, for the search's final trial)."""
 
     def report(epoch: int, logs: dict[str, float]) -> bool:
-        value = logs.get(objective, math.nan)
-        if math.isfinite(value):
-            trial.report(value, epoch)
         # After the last epoch there is nothing left to save: the trial completes.
-        try:
-            return epoch < epochs and trial.should_prune()
-        except StoreAway:  # the pruner cannot read the study: train on
-            return False
+        return reported(trial, logs.get(objective, math.nan), resource.at_epoch(epoch), ask=epoch < epochs)
 
     return report
+
+
+def rung_report(trial: optuna.Trial, objective: str) -> Callable[[int, dict], None]:
+    """Inside the first epoch, after ``images`` training images: report the objective to Optuna and
+    end the trial (``TrialPruned``) where its pruner says so."""
+
+    def report(images: int, logs: dict[str, float]) -> None:
+        if reported(trial, logs.get(objective, math.nan), images):
+            raise optuna.TrialPruned(f"pruned after {images} training images, before its first epoch ended")
+
+    return report
+
+
+def reported(trial: optuna.Trial, value: float, step: int, ask: bool = True) -> bool:
+    """Report ``value`` (if finite) at ``step``; whether the pruner (asked where ``ask``) stops the trial."""
+    if math.isfinite(value):
+        trial.report(value, step)
+    try:
+        return ask and trial.should_prune()
+    except StoreAway:  # the pruner cannot read the study: train on
+        return False
 
 
 def multi_objective_report(job: SearchJob, trial: optuna.Trial, epochs: int) -> Callable[[int, dict], bool]:
