@@ -16,6 +16,8 @@ from optuna.trial import TrialState
 
 import tuner
 from tuner._names import BACKENDS
+from tuner._names import SAMPLER_NEEDS
+from tuner._names import SAMPLERS
 from tuner._training import TrialResult
 
 RESULT_ATTRS = set(TrialResult(value=0.0, best_epoch=1, epochs=1, train_seconds=0.0, params=1, best_logs={},
@@ -76,3 +78,47 @@ def test_the_best_keep_models_are_kept(backend, sqlite_url, tmp_path):
     assert len(files) == 2 and {p.name for p in files} <= {t.user_attrs["model_artifact"] for t in kept}
     best_two = sorted(study.get_trials(), key=lambda t: (-t.value, t.number))[:2]
     assert [entry[0] for entry in study.user_attrs["kept_models"]] == [t.number for t in best_two]
+
+
+# Trials each sampler proposes before its model of the study takes over (Optuna's defaults).
+START_UP = {"tpe": 10, "gp": 10, "cmaes": 1, "nsga2": 50}
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_every_listed_sampler_proposes_past_its_start_up_or_is_refused_naming_the_install(name):
+    import importlib.util
+    import math
+
+    from search_spaces import get_space
+    from tuner._request import SearchRequest
+    from tuner._search import make_sampler
+    from tuner.backends._optuna import OptunaHyperParameters
+
+    needs = SAMPLER_NEEDS.get(name)
+    if needs is not None and importlib.util.find_spec(needs[0]) is None:
+        with pytest.raises(tuner.TunerError, match=f"--sampler {name} needs {needs[0]}.*: pip install \\S"):
+            SearchRequest(sampler=name).checked()
+        return
+    space = get_space("resnet")
+
+    def objective(trial: optuna.Trial) -> float:  # no training: what is tested is the sampler's proposals
+        values = space.declare(OptunaHyperParameters(trial))
+        return -abs(math.log10(values["learning_rate"]) + 2.5) - values["dropout"]
+
+    study = optuna.create_study(direction="maximize", sampler=make_sampler(name, seed=0))
+    study.optimize(objective, n_trials=START_UP.get(name, 0) + 2)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * (START_UP.get(name, 0) + 2)
+
+
+def test_a_sampler_whose_package_is_missing_is_refused_before_anything_is_created(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    from tuner.cli import main
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else find_spec(name, *a))
+    monkeypatch.chdir(tmp_path)
+    assert main(["search", "--sampler", "gp", "--trials", "1", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--sampler gp needs torch" in err and "pip install" in err
+    assert list(tmp_path.iterdir()) == []  # no store, no cache, no artifacts

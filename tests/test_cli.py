@@ -31,6 +31,33 @@ def test_spaces_lists_both_spaces_with_ranges(capsys):
     assert code == 0 and "growth_rate" in out and "choice of 8, 14, 20" in out
 
 
+def test_each_search_option_is_declared_once_and_reaches_flag_signature_and_reference():
+    import dataclasses
+    import inspect
+    import runpy
+
+    import tuner
+    from tuner.cli import build_parser
+    from tuner.cli import request_flags
+
+    fields = dataclasses.fields(tuner.SearchRequest)
+    flags = request_flags()
+    # The one option without a flag is the moment the search ends: the command sets it from its start.
+    assert [f.name for f in fields if f.name not in flags] == ["deadline"]
+    # tuner.search's signature is the request's: names, types and defaults.
+    parameters = inspect.signature(tuner.search).parameters
+    assert [(p.name, p.default) for p in parameters.values()] == [(f.name, f.default) for f in fields]
+    assert all(f"``{f.name}=" in tuner.search.__doc__ for f in fields[2:])  # after space and dataset
+    parsed = build_parser().parse_args(["search"])
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    for name, spec in flags.items():
+        assert spec["help"] and getattr(parsed, name) == spec["default"], name
+        assert f"| `{spec['flag']}" in readme, name
+    # The README's table is the generated one.
+    generate = runpy.run_path(str(Path(__file__).parent.parent / "docs" / "generate.py"))
+    assert generate["generated"](readme) == readme, "run python docs/generate.py"
+
+
 @pytest.mark.core
 @pytest.mark.slow
 def test_search_prints_its_progress_and_best_trial(capsys, sqlite_url):

@@ -9,14 +9,27 @@ Heavy imports (Keras, TensorFlow) happen only when a function needs them, so rea
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from typing import Any
 
 from tuner.errors import DataError
 from tuner.errors import StoreUnreachable
 from tuner.errors import TunerError
 
+if TYPE_CHECKING:  # what the lazy imports below give, for type checkers and editors
+    from tuner._export import export
+    from tuner._report import report
+    from tuner._request import SearchRequest
+    from tuner._results import best_trial
+    from tuner._results import list_studies
+    from tuner._results import list_trials
+    from tuner._results import param_importance
+    from tuner._search import search
+    from tuner.data import load_dataset
+
 __all__ = [
     "DataError",
+    "SearchRequest",
     "StoreUnreachable",
     "TunerError",
     "best_trial",
@@ -30,6 +43,7 @@ __all__ = [
 ]
 
 _LAZY = {
+    "SearchRequest": "tuner._request",
     "search": "tuner._search",
     "export": "tuner._export",
     "best_trial": "tuner._results",

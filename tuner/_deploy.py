@@ -7,7 +7,7 @@ on the study's test split, against the Keras model that was scored. A float expo
 it on at least ``MIN_AGREEMENT`` of the top-1 predictions; an int8 one must stay within
 ``MAX_INT8_ACCURACY_DROP`` of its test accuracy. A file that fails is removed, and the export fails.
 
-The converters and runtimes are optional (``pip install 'tuner[export]'``) and imported lazily.
+The converters and runtimes are optional (the ``export`` extra) and imported lazily.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import numpy as np
 
 from tuner._cost import latency_ms
 from tuner.errors import TunerError
+from tuner.errors import install_hint
 
 DEPLOY_SUFFIXES = (".tflite", ".onnx")
 QUANTIZATIONS = ("float16", "int8")
-INSTALL_HINT = "pip install 'tuner[export]'"
 MIN_AGREEMENT = 0.99  # top-1 agreement of a float export with the Keras model
 MAX_INT8_ACCURACY_DROP = 0.01  # test accuracy an int8 export may lose
 CALIBRATION_IMAGES = 200  # training images that calibrate int8 quantization
@@ -58,7 +58,7 @@ def check_deploy_format(output: Path, quantize: str | None) -> None:
                          "run the export with KERAS_BACKEND=tensorflow")
     missing = [package for module, package in needs if importlib.util.find_spec(module) is None]
     if missing:
-        raise TunerError(f"a {suffix} export needs {', '.join(missing)}: {INSTALL_HINT}")
+        raise TunerError(f"a {suffix} export needs {', '.join(missing)}: {install_hint('export')}")
 
 
 def for_inference(model: Any) -> Any:

@@ -4,6 +4,8 @@ bottom of the package, beside ``errors``, so every layer can check a name withou
 from __future__ import annotations
 
 SAMPLERS = ("tpe", "random", "gp", "cmaes", "qmc", "nsga2")
+# What a sampler imports beyond the base install, and the extra that brings it: (module, extra).
+SAMPLER_NEEDS = {"gp": ("torch", "torch")}  # Optuna's GPSampler fits its Gaussian process with PyTorch
 PRUNERS = ("hyperband", "sha", "median", "none")
 AUGMENT_CHOICES = ("auto", "none", "flip", "shift", "flip_shift")
 CURVE_OBJECTIVES = ("val_accuracy", "val_loss")  # read off the training curve

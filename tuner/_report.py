@@ -22,8 +22,8 @@ from tuner._results import load_study
 from tuner._results import pareto_of
 from tuner._results import trial_record
 from tuner.errors import TunerError
+from tuner.errors import install_hint
 
-INSTALL_HINT = "tuner report needs plotly: pip install 'tuner[report]'"
 # What the best trial's table shows, in order, when the trial recorded it.
 BEST_FIELDS = ("value", "test_accuracy", "val_accuracy", "val_loss", "epochs", "best_epoch", "train_seconds",
                "param_count", "stopped_by")
@@ -33,7 +33,7 @@ def _plotly() -> None:
     try:
         import plotly  # noqa: F401
     except ImportError:
-        raise TunerError(INSTALL_HINT) from None
+        raise TunerError(f"tuner report needs plotly: {install_hint('report')}") from None
 
 
 def report_figures(study: optuna.Study, objective: str) -> list[tuple[str, Any]]:

@@ -1,73 +1,161 @@
 """What a user asks a search for: one serialisable request, checked before anything runs.
 
-``tuner.search(...)`` and ``tuner search`` build a ``SearchRequest``; ``checked()`` refuses every
-mistake that needs no data, store or framework (names, numbers, combinations) and fills in what
-follows from the rest (the study's name, the deadline, the Keras Tuner algorithm). Worker
-processes receive the checked request itself, so every process runs the search the user asked for.
+Each option is declared once, as a field of ``SearchRequest`` (``option``: default, help, flag),
+from which ``tuner search``'s flags, ``tuner.search``'s signature (``options_of``) and its
+documentation are made. ``tuner.search(...)`` and ``tuner search`` build a ``SearchRequest``;
+``checked()`` refuses every mistake that needs no data, store or framework (names, numbers,
+combinations) and fills in what follows from the rest (the study's name, the deadline, the Keras
+Tuner algorithm). Worker processes receive the checked request itself, so every process runs the
+search the user asked for.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import importlib.util
+import inspect
 import time
+from collections.abc import Callable
 from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from typing import ParamSpec
+from typing import TypeVar
 
 from tuner._images import parse_image_size
 from tuner._names import ALGORITHMS
 from tuner._names import AUGMENT_CHOICES
 from tuner._names import BACKENDS
+from tuner._names import OBJECTIVES
 from tuner._names import PRECISIONS
 from tuner._names import PRUNERS
 from tuner._names import RESIZE_MODES
+from tuner._names import SAMPLER_NEEDS
 from tuner._names import SAMPLERS
 from tuner._objectives import curve_objective
 from tuner._objectives import parse_count
 from tuner._objectives import parse_objectives
 from tuner.errors import STORE_TIMEOUT
 from tuner.errors import TunerError
+from tuner.errors import install_hint
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def option(default: Any, help: str, **flag: Any) -> Any:
+    """A field of ``SearchRequest``, declared once: its default, what it means (``help``: the flag's
+    help, the reference's text, ``tuner.search``'s documentation) and how ``tuner search`` spells it:
+    ``argparse``'s ``add_argument`` keywords (``type``, ``choices``, ``metavar``, ``action``),
+    ``cli_default`` where the command's default differs, and ``flag`` where its name is not
+    ``--field-name``."""
+    return dataclasses.field(default=default, metadata={"help": help, "flag": flag})
+
+
+def internal(default: Any, help: str) -> Any:
+    """A field of ``SearchRequest`` that ``tuner search`` sets itself: no flag."""
+    return dataclasses.field(default=default, metadata={"help": help, "flag": None})
+
+
+def _gpu_list(text: str) -> list[str]:
+    return [gpu.strip() for gpu in text.split(",") if gpu.strip()]
 
 
 @dataclass(frozen=True)
 class SearchRequest:
-    """The arguments of ``tuner.search``; see its docstring for what each means."""
+    """What a search is asked for: the options of ``tuner.search`` and ``tuner search``, each declared
+    here once (``option``), from which the command's flags, ``tuner.search``'s signature and its
+    documentation are made."""
 
-    space: str = "resnet"
-    dataset: str = "digits"
-    trials: int = 10
-    epochs: int = 10
-    timeout: float | None = None
-    study: str | None = None
-    storage: str | None = None
-    sampler: str = "tpe"
-    pruner: str = "hyperband"
-    seed: int = 0
-    overrides: Mapping[str, str] | Sequence[str] | None = None
-    objective: str | Sequence[str] = "val_accuracy"  # "a,b": a Pareto front
-    batch_size: int | None = None
-    patience: int | None = 5
-    augment: str = "auto"
-    label_smoothing: float = 0.0
-    precision: str = "auto"
-    backend: str = "optuna"
-    algorithm: str | None = None
-    max_failures: int = 5
-    keep: int = 3
-    artifacts: str | None = None
-    start_from_defaults: bool = True
-    workers: int = 1
-    gpus: Sequence[str] | None = None
-    recycle_after: int | None = None
-    progress: bool | str = False
-    deadline: float | None = None
-    max_params: int | str | None = None
-    max_latency_ms: float | None = None
-    image_size: int | str | Sequence[int] | None = None  # image files: N or HxW; None: from the data
-    resize: str = "crop"
-    store_timeout: float = STORE_TIMEOUT  # seconds a search waits for an unreachable store
+    space: str = option("resnet", "search space: resnet, densenet (see `tuner spaces`)")
+    dataset: Any = option(
+        "digits", "digits, cifar10, cifar100, mnist, fashion_mnist, a .npz file, an image folder "
+        "(<class>/<image> or {train,val,test}/<class>/<image>) or a .csv of path,label; for "
+        "tuner.search also (x, y) arrays, a tf.data.Dataset or a keras.utils.PyDataset")
+    image_size: int | str | Sequence[int] | None = option(
+        None, "image files are resized to this (default: their median size, at most 128 px on a CPU and "
+        "224 px on a GPU), keeping their aspect ratio", metavar="N|HxW")
+    resize: str = option("crop", "fit images of another aspect ratio by a centre crop (default) or by padding",
+                         choices=RESIZE_MODES)
+    trials: int = option(10, "finished (complete or pruned) trials the study should hold, across runs and "
+                         "processes (default 10)", type=int, metavar="N")
+    timeout: float | None = option(
+        None, "end the search after this many seconds: trials explore for the first half, then the best "
+        "configuration is trained for the rest (the final trial); the trial in flight stops in time and keeps its "
+        "best epoch", type=float, metavar="SECONDS")
+    epochs: int = option(10, "epochs per trial, whose value is its best epoch's (default 10); under --timeout "
+                         "the final trial trains as many as fill the time left", type=int, metavar="N")
+    batch_size: int | None = option(
+        None, "training batch size (default: the largest of 16..64 on a CPU, 16..128 on a GPU, that leaves "
+        "64 steps an epoch)", type=int, metavar="N")
+    study: str | None = option(None, "study name (default SPACE-DATASET); reuse it to continue", metavar="NAME")
+    storage: str | None = option(
+        None, "SQLAlchemy URL of the store (default: $TUNER_STORAGE or sqlite:///tuner.db)", metavar="URL")
+    backend: str = option("optuna", "search engine: optuna (default) or keras-tuner (Keras Tuner's tuners)",
+                          choices=BACKENDS)
+    algorithm: str | None = option(None, "Keras Tuner's tuner with --backend keras-tuner (default hyperband)",
+                                   choices=ALGORITHMS)
+    sampler: str = option("tpe", "Optuna sampler (default tpe)", choices=SAMPLERS)
+    pruner: str = option("hyperband", "Optuna pruner that stops unpromising trials, inside the first epoch on "
+                         "large data (default hyperband); a multi-objective study uses tuner's own rule unless none",
+                         choices=PRUNERS)
+    patience: int | None = option(
+        5, "stop a trial after this many epochs without improvement at a learning rate that did not fall "
+        "(a cosine schedule runs to its end; default 5; 0: off)", type=int, metavar="N")
+    augment: str = option(
+        "auto", "training augmentation (default auto: flips except for digits/mnist, plus shifts for under "
+        "20,000 training images or 30+ epochs)", choices=AUGMENT_CHOICES)
+    label_smoothing: float = option(
+        0.0, "label smoothing of the training loss, in [0, 1) (default 0: none; 0.1 is common)",
+        type=float, metavar="EPS")
+    precision: str = option(
+        "auto", "float32 or mixed precision (default auto: mixed_float16 on a GPU, float32 on a CPU)",
+        choices=PRECISIONS)
+    seed: int = option(0, "seeds the sampler and each trial's weights: trial k uses seed+k (default 0)",
+                       type=int, metavar="N")
+    overrides: Mapping[str, str] | Sequence[str] | None = option(
+        None, "fix (v), narrow (a..b) or subset (a,b) a hyperparameter: depth=20, learning_rate=1e-3..1e-1, "
+        "optimizer=adam,sgd; repeatable",
+        flag="--set", action="append", cli_default=[], metavar="NAME=VALUE")
+    objective: str | Sequence[str] = option(
+        "val_accuracy", f"what to optimise (default val_accuracy): one of {', '.join(OBJECTIVES)}, or two or "
+        "three of them, comma-separated, for a Pareto front (val_accuracy,param_count)", metavar="NAME[,NAME...]")
+    max_params: int | str | None = option(
+        None, "train no model over N parameters (250000, 250k, 1.5M): such configurations are rejected "
+        "before training, and the best trial is the best within the budget", metavar="N")
+    max_latency_ms: float | None = option(
+        None, "a trial whose batch-1 inference takes over MS milliseconds on this machine is infeasible: it "
+        "keeps no model and is never the best", type=float, metavar="MS")
+    keep: int = option(3, "store the models of the best N complete trials (default 3; 0: none)", type=int,
+                       metavar="N")
+    artifacts: str | None = option(
+        None, "folder of stored models (default: <db name>-artifacts beside a SQLite store)", metavar="DIR")
+    start_from_defaults: bool = option(
+        True, "a new study's first trial is the space's defaults (within --set), and under --max-params its "
+        "smallest model next", action=argparse.BooleanOptionalAction)
+    workers: int = option(1, "worker processes on this machine, sharing the study (default 1)", type=int,
+                          metavar="N")
+    gpus: Sequence[str] | None = option(None, "one worker per listed GPU id (0,1,2,3), each seeing only its own",
+                                        type=_gpu_list, metavar="0,1,...")
+    recycle_after: int | None = option(
+        None, "run trials in worker processes that exit after N trials, which returns the memory "
+        "TensorFlow keeps from every model it built (default 10 for the command, none for tuner.search; "
+        "0: all in this process)", type=int, cli_default=10, metavar="N")
+    store_timeout: float = option(
+        STORE_TIMEOUT, "how long to wait, retrying, for an unreachable store (a database restart or "
+        f"fail-over) before the search stops with exit code 3 (default {STORE_TIMEOUT:.0f})",
+        type=float, metavar="S")
+    max_failures: int = option(5, "stop after this many failed trials in a row (default 5; 0 never stops)",
+                               type=int, metavar="N")
+    progress: bool | str = option(
+        False, "no progress output (tuner.search: progress=True prints it to stderr, a live view on a "
+        "terminal; \"lines\" as plain lines; default none)", flag="--quiet", action="store_false", cli_default=True)
+    deadline: float | None = internal(
+        None, "the moment the search ends, as a time.time() (default: timeout seconds from the call; the "
+        "command counts from its own start)")
 
     @property
     def objectives(self) -> tuple[str, ...]:
@@ -111,6 +199,9 @@ class SearchRequest:
         _known("resize mode", self.resize, RESIZE_MODES)
         size = parse_image_size(self.image_size)
         _known("sampler", self.sampler, SAMPLERS)
+        if self.sampler in SAMPLER_NEEDS and importlib.util.find_spec(SAMPLER_NEEDS[self.sampler][0]) is None:
+            module, extra = SAMPLER_NEEDS[self.sampler]
+            raise TunerError(f"--sampler {self.sampler} needs {module}, which is not installed: {install_hint(extra)}")
         _known("pruner", self.pruner, PRUNERS)
         _known("backend", self.backend, BACKENDS)
         if self.backend == "keras-tuner" and workers > 1:
@@ -143,6 +234,27 @@ class SearchRequest:
         return {"trials": self.trials, "timeout": self.timeout, "sampler": self.sampler, "pruner": self.pruner,
                 "seed": self.seed, "max_failures": self.max_failures, "backend": self.backend,
                 "algorithm": self.algorithm, **({"limits": self.limits()} if self.limits() else {})}
+
+
+def options_doc() -> str:
+    """The options of ``SearchRequest`` as a docstring section, each with its default and help."""
+    lines = ["Options (the fields of ``SearchRequest``, keywords):", ""]
+    for f in dataclasses.fields(SearchRequest)[2:]:  # space and dataset are positional too
+        lines.append(f"- ``{f.name}={f.default!r}``: {f.metadata['help']}")
+    return "\n".join(lines)
+
+
+def options_of(cls: Callable[P, Any]) -> Callable[[Callable[..., R]], Callable[P, R]]:
+    """Gives the decorated function the parameters of ``cls`` (``SearchRequest``): its signature as
+    ``help()``, editors and type checkers show it, and ``options_doc`` after its docstring."""
+
+    def decorate(func: Callable[..., R]) -> Callable[P, R]:
+        returns = inspect.signature(func).return_annotation
+        func.__signature__ = inspect.signature(cls).replace(return_annotation=returns)  # type: ignore[attr-defined]
+        func.__doc__ = f"{inspect.cleandoc(func.__doc__ or '')}\n\n{options_doc()}"
+        return func
+
+    return decorate
 
 
 def default_study_name(space: str, dataset: str) -> str:

@@ -35,6 +35,7 @@ from tuner._objectives import COST_BEFORE_TRAINING
 from tuner._objectives import DIRECTIONS
 from tuner._progress import SearchProgress
 from tuner._request import SearchRequest
+from tuner._request import options_of
 from tuner._training import keep_callers_gradients
 from tuner._trial import TrialRunner
 from tuner._workers import run_workers
@@ -48,6 +49,7 @@ from tuner.data import MAX_AUTO_SIDE
 from tuner.data import auto_augmentation
 from tuner.data import load_dataset
 from tuner.data import save_arrays
+from tuner.errors import DISTRIBUTION
 from tuner.errors import StoreUnreachable
 from tuner.errors import TunerError
 from tuner.errors import WorkerFailed
@@ -88,7 +90,7 @@ def make_pruner(name: str, epochs: int, resource: Resource) -> optuna.pruners.Ba
 def versions() -> dict[str, str]:
     """Versions of the libraries that shape a trial's result, recorded on the study."""
     found = {"python": platform.python_version()}
-    for package in ("tuner", "keras", "keras-tuner", "optuna", "tensorflow", "jax", "torch"):
+    for package in (DISTRIBUTION, "keras", "keras-tuner", "optuna", "tensorflow", "jax", "torch"):
         try:
             found[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -96,6 +98,7 @@ def versions() -> dict[str, str]:
     return found
 
 
+@options_of(SearchRequest)
 def search(space: str = "resnet", dataset: Any = "digits", **options: Any) -> optuna.Study:
     """Search ``space`` on ``dataset`` and store every trial in the Optuna study ``study``.
 
@@ -104,41 +107,18 @@ def search(space: str = "resnet", dataset: Any = "digits", **options: Any) -> op
     ``keras.utils.PyDataset``, written once into the cache beside the store (``save_arrays``) so that
     workers and ``tuner export`` read the same images; its study is named ``<space>-arrays``.
 
-    Options (keywords, the fields of ``SearchRequest``): ``trials=10``, ``epochs=10``,
-    ``timeout=None``, ``study`` (default ``<space>-<dataset>``), ``storage``, ``sampler="tpe"``,
-    ``pruner="hyperband"``, ``seed=0``, ``overrides``, ``objective="val_accuracy"``,
-    ``batch_size``, ``patience=5``, ``augment="auto"``, ``label_smoothing=0.0``,
-    ``precision="auto"``, ``backend="optuna"``, ``algorithm``, ``max_failures=5``, ``keep=3``,
-    ``artifacts``, ``start_from_defaults=True``, ``workers=1``, ``gpus``, ``recycle_after``,
-    ``progress=False``, ``deadline``, ``store_timeout=300``.
-
     Runs until the study holds ``trials`` finished (complete or pruned) trials, from every process
     working on it, or ``timeout`` seconds pass; running it again with the same ``study`` continues
     that study. The timeout is a deadline: a trial whose first epoch cannot end before it is not
     started, and the trial in flight stops in time to be tested and stored, as a COMPLETE trial of
-    its best epoch with ``stopped_by="deadline"`` (``deadline`` is that moment as a ``time.time()``;
-    by default ``timeout`` seconds from this call). Under a timeout, trials explore for its first
+    its best epoch with ``stopped_by="deadline"``. Under a timeout, trials explore for its first
     half, then the best configuration is trained again for the rest, its epochs planned to fill it
     (the final trial, ``role="final"``; where exploring cannot pay, the defaults are the final trial
-    from the start). ``pruner`` stops unpromising trials after any epoch; ``patience`` stops a trial
-    whose objective has not improved for that many epochs at a learning rate that did not fall (None
-    or 0: never). ``augment`` is ``auto`` (flips except for digits and MNIST, shifts for small data or
-    long trials: ``auto_augmentation``), ``none``, ``flip``, ``shift`` or ``flip_shift``;
-    ``precision`` is ``auto`` (mixed_float16 on a GPU), ``float32``, ``mixed_float16`` or
-    ``mixed_bfloat16``. ``label_smoothing`` (0 to 1) smooths the training targets. The models of
-    the best ``keep`` complete trials are stored in the artifact folder ``artifacts`` (default:
-    ``<db name>-artifacts`` beside a SQLite store). ``batch_size`` defaults to ``auto_batch_size``
-    of the training split. ``progress`` prints the search's progress to stderr: True adds a live
-    view on a terminal (``SearchProgress``), ``"lines"`` never does. ``overrides`` fix or narrow
-    hyperparameters, as ``{"depth": "20"}`` or ``["depth=20"]``. ``workers`` > 1 runs that many
-    processes on the study (``gpus``: one per listed GPU, each seeing only its own).
-    ``recycle_after`` runs the trials in child processes that each exit after that many trials:
-    TensorFlow keeps memory from every model a process built, and a fresh process is the only sure
-    way to give it back. A new study's first trial is the space's defaults (within ``overrides``)
-    unless ``start_from_defaults`` is False. ``backend="keras-tuner"`` lets Keras Tuner's
-    ``algorithm`` (``random``, ``bayesian``, ``hyperband``, ``grid``) choose the values instead of
-    Optuna's sampler and pruner; its trials are written to the same study, and its own state lives
-    in ``<db name>-keras-tuner/<study>/``.
+    from the start). ``recycle_after`` runs the trials in child processes: TensorFlow keeps memory
+    from every model a process built, and a fresh process is the only sure way to give it back.
+    ``backend="keras-tuner"`` lets Keras Tuner's ``algorithm`` (``random``, ``bayesian``,
+    ``hyperband``, ``grid``) choose the values instead of Optuna's sampler and pruner; its trials
+    are written to the same study, and its own state lives in ``<db name>-keras-tuner/<study>/``.
 
     Every store call waits, retrying, for a database that is unreachable for up to ``store_timeout``
     seconds (a restart, a fail-over); training goes on meanwhile. Past it the search stops with

@@ -8,6 +8,7 @@ worker process exits with 1; Ctrl-C exits with 130.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -21,7 +22,7 @@ from tuner._process import VERBOSE_ENV
 from tuner._process import load_frameworks
 from tuner._process import quiet_interrupts
 from tuner._process import stop_on_signals
-from tuner.errors import STORE_TIMEOUT
+from tuner.errors import DISTRIBUTION
 from tuner.errors import TunerError
 from tuner.errors import WorkerFailed
 
@@ -61,22 +62,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     study = args.study or default_study_name(args.space, args.dataset)
     interrupted = False
     try:
-        search(
-            args.space, args.dataset, trials=args.trials, epochs=args.epochs, timeout=args.timeout,
-            # --timeout counts from the command's start: loading the frameworks and the data included.
-            deadline=None if args.timeout is None else STARTED[0] + args.timeout,
-            study=study, storage=args.storage, backend=args.backend, algorithm=args.algorithm,
-            sampler=args.sampler, pruner=args.pruner, seed=args.seed,
-            overrides=args.set, objective=args.objective, batch_size=args.batch_size,
-            max_params=args.max_params, max_latency_ms=args.max_latency_ms,
-            patience=args.patience, augment=args.augment, precision=args.precision,
-            image_size=args.image_size, resize=args.resize,
-            label_smoothing=args.label_smoothing, keep=args.keep, artifacts=args.artifacts,
-            max_failures=args.max_failures,
-            workers=args.workers, gpus=args.gpus, recycle_after=args.recycle_after or None,
-            store_timeout=args.store_timeout,
-            progress=not args.quiet,
-        )
+        # --timeout counts from the command's start: loading the frameworks and the data included.
+        search(**{name: getattr(args, name) for name in request_flags()},
+               deadline=None if args.timeout is None else STARTED[0] + args.timeout)
     except KeyboardInterrupt:
         interrupted = True
         print("interrupted: the trial in flight keeps its best epoch (failed if it had none)",
@@ -358,17 +346,58 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def installed_version() -> str:
+    """The installed distribution's version ("unknown" in a checkout that was not installed)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def request_flags() -> dict[str, dict[str, Any]]:
+    """The options of ``SearchRequest`` that ``tuner search`` takes, by field name: the keywords of
+    their ``add_argument`` (the flag's name under ``"flag"``), as the request declares them."""
+    from tuner._request import SearchRequest
+
+    flags = {}
+    for field in dataclasses.fields(SearchRequest):
+        if field.metadata["flag"] is not None:
+            spec = {"flag": "--" + field.name.replace("_", "-"), "help": field.metadata["help"],
+                    **field.metadata["flag"]}
+            spec["default"] = spec.pop("cli_default", field.default)
+            flags[field.name] = spec
+    return flags
+
+
+def options_table() -> str:
+    """``tuner search``'s options as a Markdown table (option, meaning), from ``request_flags``: the
+    CLI reference's table (``docs/generate.py`` writes it into README.md)."""
+    rows = ["| option | meaning |", "|---|---|"]
+    for spec in request_flags().values():
+        value = spec.get("metavar") or "|".join(spec.get("choices") or ()) or spec["flag"][2:].upper()
+        flag = {"store_true": spec["flag"], "store_false": spec["flag"],
+                argparse.BooleanOptionalAction: f"{spec['flag']}, --no-{spec['flag'][2:]}"}.get(
+                    spec.get("action"), f"{spec['flag']} {value}")
+        cell = flag.replace("|", "\\|"), spec["help"].replace("|", "\\|")  # a | inside a cell
+        rows.append(f"| `{cell[0]}` | {cell[1]} |")
+    return "\n".join(rows)
+
+
+def add_request_flags(parser: argparse.ArgumentParser, names: Sequence[str] | None = None) -> None:
+    """Add the flags of ``SearchRequest``'s options ``names`` (default: all) to ``parser``."""
+    for name, spec in request_flags().items():
+        if names is None or name in names:
+            kwargs = dict(spec)
+            parser.add_argument(kwargs.pop("flag"), dest=name, **kwargs)
+
+
 def build_parser() -> ArgumentParser:
-    from tuner._names import ALGORITHMS
-    from tuner._names import AUGMENT_CHOICES
-    from tuner._names import BACKENDS
-    from tuner._names import OBJECTIVES
-    from tuner._names import PRECISIONS
-    from tuner._names import PRUNERS
-    from tuner._names import RESIZE_MODES
-    from tuner._names import SAMPLERS
 
     parser = ArgumentParser(prog="tuner", description="Hyperparameter search for Keras CNN classifiers.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}",
+                        help=f"print the version of {DISTRIBUTION} and exit")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                      parser_class=ArgumentParser)
 
@@ -378,12 +407,10 @@ def build_parser() -> ArgumentParser:
         return sub
 
     def storage_option(sub: ArgumentParser) -> None:
-        sub.add_argument("--storage", metavar="URL",
-                         help="SQLAlchemy URL of the store (default: $TUNER_STORAGE or sqlite:///tuner.db)")
+        add_request_flags(sub, ["storage"])
 
     def artifacts_option(sub: ArgumentParser) -> None:
-        sub.add_argument("--artifacts", metavar="DIR",
-                         help="folder of stored models (default: <db name>-artifacts beside a SQLite store)")
+        add_request_flags(sub, ["artifacts"])
 
     def json_option(sub: ArgumentParser) -> None:
         sub.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -393,72 +420,7 @@ def build_parser() -> ArgumentParser:
                          help=f"show TensorFlow's, absl's and CUDA's start-up lines (or set {VERBOSE_ENV}=1)")
 
     s = add("search", "run (or continue) a search and store every trial", cmd_search)
-    s.add_argument("--space", default="resnet", help="search space: resnet, densenet (see `tuner spaces`)")
-    s.add_argument("--dataset", default="digits",
-                   help="digits, cifar10, cifar100, mnist, fashion_mnist, a .npz file, an image folder "
-                        "(<class>/<image> or {train,val,test}/<class>/<image>) or a .csv of path,label")
-    s.add_argument("--image-size", metavar="N|HxW",
-                   help="image files are resized to this (default: their median size, at most 128 px on a "
-                        "CPU and 224 px on a GPU), keeping their aspect ratio")
-    s.add_argument("--resize", choices=RESIZE_MODES, default="crop",
-                   help="fit images of another aspect ratio by a centre crop (default) or by padding")
-    s.add_argument("--trials", type=int, default=10, help="finished trials the study should hold (default 10)")
-    s.add_argument("--timeout", type=float,
-                   help="end the search after this many seconds: trials explore for the first half, then the "
-                        "best configuration is trained for the rest; the trial in flight stops in time")
-    s.add_argument("--epochs", type=int, default=10,
-                   help="epochs per trial (default 10); under --timeout, the final trial fills the time left")
-    s.add_argument("--batch-size", type=int,
-                   help="training batch size (default: the largest of 16..64 on a CPU, 16..128 on a GPU, "
-                        "that leaves 64 steps an epoch)")
-    s.add_argument("--study", metavar="NAME", help="study name (default SPACE-DATASET); reuse it to continue")
-    storage_option(s)
-    s.add_argument("--backend", choices=BACKENDS, default="optuna",
-                   help="search engine: optuna (default) or keras-tuner (Keras Tuner's tuners)")
-    s.add_argument("--algorithm", choices=ALGORITHMS,
-                   help="Keras Tuner's tuner with --backend keras-tuner (default hyperband)")
-    s.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="Optuna sampler (default tpe)")
-    s.add_argument("--pruner", choices=PRUNERS, default="hyperband",
-                   help="Optuna pruner that stops unpromising trials, inside the first epoch on "
-                        "large data (default hyperband)")
-    s.add_argument("--patience", type=int, default=5,
-                   help="stop a trial after this many epochs without improvement at a learning rate that "
-                        "did not fall (default 5; 0: off)")
-    s.add_argument("--augment", choices=AUGMENT_CHOICES, default="auto",
-                   help="training augmentation (default auto: flips except for digits/mnist, plus shifts "
-                        "for under 20,000 training images or 30+ epochs)")
-    s.add_argument("--label-smoothing", type=float, default=0.0, metavar="EPS",
-                   help="label smoothing of the training loss, in [0, 1) (default 0: none; 0.1 is common)")
-    s.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="float32 or mixed precision (default auto: mixed_float16 on a GPU, float32 on a CPU)")
-    s.add_argument("--seed", type=int, default=0, help="seed of the sampler and of each trial (default 0)")
-    s.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                   help="fix or narrow a hyperparameter: depth=20, learning_rate=1e-3..1e-1, optimizer=adam,sgd")
-    s.add_argument("--objective", default="val_accuracy", metavar="NAME[,NAME...]",
-                   help=f"what to optimise (default val_accuracy): one of {', '.join(OBJECTIVES)}, or two or "
-                        "three of them, comma-separated, for a Pareto front (val_accuracy,param_count)")
-    s.add_argument("--max-params", metavar="N",
-                   help="train no model over N parameters (250000, 250k, 1.5M): such configurations are "
-                        "rejected before training, and the best trial is the best within the budget")
-    s.add_argument("--max-latency-ms", type=float, metavar="MS",
-                   help="a trial whose batch-1 inference takes over MS milliseconds on this machine is "
-                        "infeasible: it keeps no model and is never the best")
-    s.add_argument("--keep", type=int, default=3,
-                   help="store the models of the best N complete trials (default 3; 0: none)")
-    artifacts_option(s)
-    s.add_argument("--workers", type=int, default=1,
-                   help="worker processes on this machine, sharing the study (default 1)")
-    s.add_argument("--gpus", type=lambda text: [g.strip() for g in text.split(",") if g.strip()],
-                   metavar="0,1,...", help="one worker per listed GPU, each seeing only its own")
-    s.add_argument("--recycle-after", type=int, default=10, metavar="N",
-                   help="run trials in worker processes that exit after N trials, which returns the memory "
-                        "TensorFlow keeps from every model it built (default 10; 0: all in this process)")
-    s.add_argument("--store-timeout", type=float, default=STORE_TIMEOUT, metavar="S",
-                   help="how long to wait, retrying, for an unreachable store (a database restart or "
-                        f"fail-over) before the search stops with exit code 3 (default {STORE_TIMEOUT:.0f})")
-    s.add_argument("--max-failures", type=int, default=5,
-                   help="stop after this many failed trials in a row (default 5; 0 never stops)")
-    s.add_argument("--quiet", action="store_true", help="no progress output")
+    add_request_flags(s)  # every option of SearchRequest, as it declares it
     json_option(s)
     verbose_option(s)
 

@@ -4,6 +4,24 @@ line with exit code 2 (``exit_code``)."""
 
 from __future__ import annotations
 
+# The project's distribution (what pip installs); its import packages and command are ``tuner``.
+DISTRIBUTION = "keras-cnn-tuner"
+
+
+def install_hint(extra: str) -> str:
+    """``pip install`` of what the project's optional ``extra`` lists, the packages by name (so the
+    command installs them wherever the project itself came from), from the installed metadata."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    try:
+        required = [Requirement(line) for line in metadata.requires(DISTRIBUTION) or ()]
+    except metadata.PackageNotFoundError:  # run from a checkout that was not installed
+        return f"pip install -e '.[{extra}]'"
+    packages = [r.name for r in required if r.marker and r.marker.evaluate({"extra": extra})]
+    return f"pip install {' '.join(packages)}"
+
 
 class TunerError(Exception):
     """Root of the errors caused by input: a bad argument, dataset, space or store."""
