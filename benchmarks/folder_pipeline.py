@@ -15,7 +15,7 @@ smooth random colour fields plus noise, quality 90) into 10 class folders, then 
    decoded), from an empty cache: decoding, statistics and up to ``--search-seconds`` (600) of training. The
    largest resident set of any of its processes (``RUSAGE_CHILDREN`` of a wrapper process).
 
-    python benchmarks/folder_pipeline.py                       # the README's figures (~15 min)
+    python benchmarks/folder_pipeline.py                       # the benchmarks page's figures (~15 min)
     python benchmarks/folder_pipeline.py --images 2000 --skip-big   # a quick look
 """
 

@@ -373,7 +373,7 @@ def request_flags() -> dict[str, dict[str, Any]]:
 
 def options_table() -> str:
     """``tuner search``'s options as a Markdown table (option, meaning), from ``request_flags``: the
-    CLI reference's table (``docs/generate.py`` writes it into README.md)."""
+    CLI reference's table (``docs/hooks.py`` puts it on the reference page)."""
     rows = ["| option | meaning |", "|---|---|"]
     for spec in request_flags().values():
         value = spec.get("metavar") or "|".join(spec.get("choices") or ()) or spec["flag"][2:].upper()
