@@ -422,13 +422,19 @@ def explore_until(job: SearchJob) -> float:
 
 def is_final(job: SearchJob, trial: optuna.Trial, epoch: float) -> bool:
     """Whether ``trial`` is the search's final trial: enqueued as such (``Commit``), or the first
-    trial of a search with nothing to explore for: ``--trials 1``, or too little time to explore
-    ``MIN_EXPLORE_EPOCHS`` epochs of this (``epoch`` seconds each) before ``explore_until``."""
+    trial of a search with nothing to explore for: ``--trials 1``, or too little time before
+    ``explore_until`` for ``explore_epochs`` epochs of this (``epoch`` seconds each)."""
     if trial.user_attrs.get(ROLE_ATTR) == FINAL:
         return True
     if job.request.multi_objective or job.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         return False
-    return job.request.trials == 1 or explore_until(job) - time.time() < MIN_EXPLORE_EPOCHS * epoch
+    return job.request.trials == 1 or explore_until(job) - time.time() < explore_epochs(job.request.epochs) * epoch
+
+
+def explore_epochs(max_epochs: int) -> int:
+    """The epochs of the defaults that exploring must have room for to pay: ``EXPLORE_TRIALS``
+    trials of ``--epochs`` epochs, and ``MIN_EXPLORE_EPOCHS`` at least."""
+    return max(MIN_EXPLORE_EPOCHS, EXPLORE_TRIALS * max_epochs)
 
 
 def record_final(job: SearchJob, trial: optuna.Trial) -> None:
@@ -458,10 +464,17 @@ PLAN_FRACTION = 0.9
 REPLAN_SHARES = (0.1, 0.5)
 # Of a --timeout, the share kept for the final trial: exploring stops when that much is left.
 COMMIT_SHARE = 0.5
-# Exploring pays where its share of the timeout trains at least this many epochs of the defaults;
-# below it the defaults are the final trial from the start, trained for the whole timeout (on 2
-# CPU cores, full Fashion-MNIST at 600 and 1800 s: the defaults trained alone beat every search).
+# The fewest epochs the final trial must be able to train an explored configuration for (an epoch
+# too long for that is refused while exploring), and the fewest of the defaults that exploring's
+# share of the timeout must hold (on 2 CPU cores, full Fashion-MNIST at 600 s: the defaults trained
+# alone beat every search).
 MIN_EXPLORE_EPOCHS = 20
+# Exploring pays where its share of the timeout holds this many trials of --epochs epochs of the
+# defaults (the first trial is the defaults themselves); below it the defaults are the final trial
+# from the start, trained for the whole timeout. An 1800 s search on full Fashion-MNIST whose
+# exploring half held 25 predicted epochs of the defaults explored nothing else (the defaults' 10
+# epochs took 509 of its 900 s), then trained them again for half the time they get alone.
+EXPLORE_TRIALS = 3
 # Of an epoch, what a trial's start (tracing or compiling the model) is allowed at least when its
 # epochs are planned against a deadline.
 START_FRACTION = 0.1
