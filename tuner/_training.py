@@ -266,10 +266,10 @@ class RungReport(keras.callbacks.Callback):
     """
 
     def __init__(self, report: Callable[[int, dict[str, float]], None], rungs: Sequence[int],
-                 batch_size: int, validation: Any) -> None:
+                 batch_size: int, validation: dict[str, Any]) -> None:
         super().__init__()
         self.report, self.rungs = report, sorted(rungs)
-        self.batch_size, self.validation = batch_size, validation
+        self.batch_size, self.validation = batch_size, validation  # ``evaluate``'s data keywords
         self._epoch = 0
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
@@ -278,9 +278,7 @@ class RungReport(keras.callbacks.Callback):
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         while self._epoch == 0 and self.rungs and (batch + 1) * self.batch_size >= self.rungs[0]:
             images = self.rungs.pop(0)
-            data = ({"x": self.validation} if isinstance(self.validation, Batches) else
-                    {"x": self.validation[0], "y": self.validation[1], "batch_size": self.batch_size})
-            logs = self.model.evaluate(**data, verbose=0, return_dict=True)
+            logs = self.model.evaluate(**self.validation, verbose=0, return_dict=True)
             self.report(images, {f"val_{k}": float(v) for k, v in logs.items()})
 
 
@@ -477,6 +475,11 @@ def train_and_evaluate(
     clock = Deadline(deadline or math.inf, steps_per_epoch=steps, eval_steps=eval_steps)
     if on_step is not None:
         callbacks = [*callbacks, StepReport(on_step, steps)]
+
+    def evaluated(x: Any, y: Any) -> dict[str, Any]:
+        """``evaluate``'s data keywords for a split: batches read from the cache, or arrays."""
+        return {"x": Batches(x, y, batch_size)} if data.streamed else {"x": x, "y": y, "batch_size": batch_size}
+
     start = time.perf_counter()
     build_training_state(model, data.x_train[:2], data.y_train[:2])
     stopped_by = None
@@ -489,7 +492,7 @@ def train_and_evaluate(
             train = {"x": data.x_train, "y": data.y_train, "batch_size": batch_size}
             validation = (data.x_val, data.y_val)
         if on_rung is not None and rungs and initial_epoch == 0:
-            callbacks = [*callbacks, RungReport(on_rung, rungs, batch_size, validation)]
+            callbacks = [*callbacks, RungReport(on_rung, rungs, batch_size, evaluated(data.x_val, data.y_val))]
 
         def fit(first: int, last: int) -> None:
             model.fit(**train, validation_data=validation, epochs=last, initial_epoch=first,
@@ -524,9 +527,7 @@ def train_and_evaluate(
     if clock.stopped_by != "too_slow":  # a discarded configuration is not tested
         model.set_weights(best.best_weights)
         tested = inference(model) if inference else model
-        test = {"x": Batches(data.x_test, data.y_test, batch_size)} if data.streamed else \
-            {"x": data.x_test, "y": data.y_test, "batch_size": batch_size}
-        test_loss, test_accuracy = tested.evaluate(**test, verbose=0)[:2]
+        test_loss, test_accuracy = tested.evaluate(**evaluated(data.x_test, data.y_test), verbose=0)[:2]
         if take_held_interrupt():  # during the test: the trial is complete, and the search stops
             stopped_by = "interrupt"
     return TrialResult(
