@@ -11,7 +11,8 @@ For each: trials finished and pruned, epochs trained, the hypervolume of the fro
 trials in (validation accuracy, log10 parameters) against the reference point (accuracy 0,
 10^7 parameters), the smallest model it completed, and the best validation and test accuracy under
 50k and 200k parameters (the ResNet space's smallest model, ResNet-8 with 16 filters, has about 78k).
-Prints a Markdown table; ``--json`` writes the numbers.
+Prints a Markdown table; ``--json`` writes the numbers; ``--plot PNG`` draws each run's models and
+its front (``pip install -e '.[plots]'``).
 
     python benchmarks/pareto.py --budget 600 --epochs 5
     python benchmarks/pareto.py --dataset fashion_mnist --budget 1800
@@ -64,6 +65,7 @@ def summarise(study) -> dict:
         "epochs": sum(int(t.user_attrs.get("epochs", 0)) for t in trials),
         "hypervolume": round(hypervolume(points), 4),
         "smallest": min((p for _, p in points), default=None),
+        "points": points,
     }
     for budget in BUDGETS:
         within = [t for t in complete if t.user_attrs["param_count"] <= budget]
@@ -71,6 +73,42 @@ def summarise(study) -> dict:
         found[f"val_{budget // 1000}k"] = None if best is None else round(best.user_attrs["val_accuracy"], 4)
         found[f"test_{budget // 1000}k"] = None if best is None else round(best.user_attrs["test_accuracy"], 4)
     return found
+
+
+def front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point dominates (higher accuracy, fewer parameters), smallest model first."""
+    kept: list[tuple[float, float]] = []
+    for accuracy, params in sorted(points, key=lambda p: (p[1], -p[0])):
+        if not kept or accuracy > kept[-1][0]:
+            kept.append((accuracy, params))
+    return kept
+
+
+def plot(results: dict, title: str, path: str) -> None:
+    """Every complete model of each run (validation accuracy against parameters) and its front."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, ax = pyplot.subplots(figsize=(7, 4.5))
+    for key, row in results.items():
+        if not row["points"]:
+            continue
+        accuracy, params = zip(*row["points"], strict=True)
+        dots = ax.scatter(params, accuracy, s=14, alpha=0.45)
+        edge = front(row["points"])
+        ax.step([p for _, p in edge], [a for a, _ in edge], where="post", color=dots.get_facecolor()[0][:3],
+                label=f"({key}) {row['name']}: hypervolume {row['hypervolume']}")
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("validation accuracy")
+    ax.set_ylim(max(0.5, min(a for row in results.values() for a, _ in row["points"] or [(0.5, 0)])), None)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="lower right", fontsize="small")
+    ax.set_title(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
 
 
 def main() -> None:
@@ -81,6 +119,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
     parser.add_argument("--json", metavar="PATH")
+    parser.add_argument("--plot", metavar="PNG", help="draw each run's models and front (needs matplotlib)")
     args = parser.parse_args()
 
     import tuner
@@ -94,7 +133,7 @@ def main() -> None:
                                  seed=args.seed, storage=f"sqlite:///{Path(tmp) / (key + '.db')}", keep=0,
                                  **options)
             results[key] = {"name": name, **summarise(study), "wall_s": round(time.time() - start)}
-            print(key, results[key], flush=True)
+            print(key, {k: v for k, v in results[key].items() if k != "points"}, flush=True)
     print(f"\n{args.dataset}, {args.budget:.0f} s per search, seed {args.seed}, {os.cpu_count()} CPUs "
           f"({platform.processor() or platform.machine()}); hypervolume in (val accuracy, log10 params) "
           f"from (0, 1e7)\n")
@@ -107,6 +146,8 @@ def main() -> None:
         print(f"| ({key}) {row['name']} | " + " | ".join(cells) + " |")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
+    if args.plot:
+        plot(results, f"{args.dataset}, {args.budget:.0f} s per search, seed {args.seed}", args.plot)
 
 
 if __name__ == "__main__":

@@ -347,6 +347,39 @@ def table(results: dict[str, list[dict]], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def plot(results: dict[str, list[dict]], args: argparse.Namespace, path: str) -> None:
+    """Each competitor's validation accuracy over time (``pip install -e '.[plots]'``): every epoch
+    as a dot, the best so far as a step line; one panel per seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    seeds = sorted({r["seed"] for rows in results.values() for r in rows})
+    figure, axes = pyplot.subplots(1, len(seeds), figsize=(6.5 * len(seeds), 4.2), squeeze=False, sharey=True)
+    for ax, seed in zip(axes[0], seeds, strict=True):
+        for competitor, rows in results.items():
+            marks = next((r["marks"] for r in rows if r["seed"] == seed and r.get("marks")), None)
+            if not marks:
+                continue
+            seconds, values = zip(*marks, strict=True)
+            best = [max(values[: i + 1]) for i in range(len(values))]
+            line, = ax.step(seconds, best, where="post", label=f"({competitor}) {NAMES[competitor]}")
+            ax.plot(seconds, values, ".", color=line.get_color(), alpha=0.35)
+        ax.set_title(f"seed {seed}")
+        ax.set_xlabel("seconds since the competitor's start")
+        ax.set_xlim(0, args.budget)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("validation accuracy (dots: each epoch; line: best so far)")
+    low = min((v for rows in results.values() for r in rows for _, v in r.get("marks", [])), default=0.5)
+    axes[0][0].set_ylim(max(low, 0.5), None)
+    axes[0][-1].legend(loc="lower right", fontsize="small")
+    size = f", {args.train_size:,} training images" if args.train_size else ""
+    figure.suptitle(f"{Path(args.dataset).stem}{size}, {args.budget:.0f} s per competitor")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="fashion_mnist")
@@ -356,6 +389,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--competitors", nargs="+", default=["a", "b"], choices=sorted(RUNNERS))
     parser.add_argument("--json", help="also write every run's results to this file")
+    parser.add_argument("--plot", metavar="PNG",
+                        help="also draw each competitor's validation accuracy over time (needs matplotlib)")
     parser.add_argument("--tables", nargs="+", metavar="JSON",
                         help="print the table of earlier runs' --json files (merged) instead of racing")
     parser.add_argument("--tuner-args", default="", metavar="FLAGS",
@@ -376,6 +411,8 @@ def main() -> None:
                 results.setdefault(competitor, []).extend(rows)
         args.seeds = sorted({r["seed"] for rows in results.values() for r in rows})
         print(table(results, args))
+        if args.plot:
+            plot(results, args, args.plot)
         return
     with tempfile.TemporaryDirectory() as folder:
         if args.train_size:
@@ -384,6 +421,8 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     print("\n" + table(results, args))
+    if args.plot:
+        plot(results, args, args.plot)
 
 
 if __name__ == "__main__":

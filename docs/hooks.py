@@ -2,7 +2,9 @@
 
 ``<!-- generated: search-options -->`` becomes ``tuner search``'s options table
 (``tuner.cli.options_table``: each option as ``SearchRequest`` declares it);
-``<!-- generated: spaces -->`` one table per registered search space, from its declarations.
+``<!-- generated: spaces -->`` one table per registered search space, from its declarations;
+``<!-- generated: study-attributes -->`` and ``<!-- generated: trial-attributes -->`` the attributes
+``tuner.attributes`` declares.
 """
 
 from __future__ import annotations
@@ -25,10 +27,21 @@ def spaces_tables() -> str:
     return "\n\n".join(parts)
 
 
+def attributes_table(on: str) -> str:
+    """The attributes tuner stores on a study or a trial (``on``), with what each holds."""
+    from tuner.attributes import ATTRIBUTES
+
+    rows = ["| attribute | what it holds |", "|---|---|"]
+    rows += [f"| `{a.name}` | {a.meaning} |" for a in ATTRIBUTES.values() if a.on == on]
+    return "\n".join(rows)
+
+
 def on_page_markdown(markdown: str, **kwargs: Any) -> str:
     from tuner.cli import options_table
 
-    generated = {"search-options": options_table, "spaces": spaces_tables}
+    generated = {"search-options": options_table, "spaces": spaces_tables,
+                 "study-attributes": lambda: attributes_table("study"),
+                 "trial-attributes": lambda: attributes_table("trial")}
     for name, make in generated.items():
         marker = f"<!-- generated: {name} -->"
         if marker in markdown:

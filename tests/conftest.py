@@ -172,3 +172,13 @@ def unique_name(request) -> str:
     import uuid
 
     return f"{request.node.name[:40]}-{uuid.uuid4().hex[:8]}"
+
+
+def undeclared_attributes(study) -> list[str]:
+    """The user attributes of ``study`` and its trials that ``tuner.attributes`` does not declare
+    (the stored-attributes reference page would not list them)."""
+    from tuner.attributes import declared
+
+    found = [f"study {name}" for name in study.user_attrs if not declared("study", name)]
+    found += [f"trial {t.number} {name}" for t in study.trials for name in t.user_attrs if not declared("trial", name)]
+    return found

@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import optuna
 import pytest
+from conftest import undeclared_attributes
 
 import tuner
 from tuner._cost import epoch_seconds
@@ -235,6 +236,7 @@ def test_a_search_explores_then_trains_its_best_configuration_for_the_time_left(
     trained = [t for t in explored if "skipped" not in t.user_attrs]  # not those too late to explore
     assert split["final_trial"] == final.number and split["explored_trials"] == len(trained)
     assert split["explore_seconds"] <= 14 * 0.5 + 1 <= split["final_seconds"] + 2  # at most half explores
+    assert undeclared_attributes(study) == []  # the reference page lists all it stored
 
 
 @pytest.mark.core  # a model compiled again mid-trial, its optimizer's state carried over: on every backend

@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import optuna
 import pytest
+from conftest import undeclared_attributes
 from keeper_worker import offer_trials
 from test_search import _call
 
@@ -83,6 +84,8 @@ def test_export_round_trip_in_a_python_with_only_keras(capsys, trained_study, tm
     tests = sorted(r["test_accuracy"] for r in runs["runs"])
     assert len(tests) == 3 and len({r["seed"] for r in runs["runs"]}) == 3 and tests[0] > 0.3
     assert runs["test_accuracy"]["mean"] == pytest.approx(np.mean(tests))
+    # Everything the search, the keeper, the ensemble and the retrains stored is on the reference page.
+    assert undeclared_attributes(optuna.load_study(study_name="d", storage=trained_study)) == []
     middle = sorted(r["value"] for r in runs["runs"])[1]
     medians = [r["test_accuracy"] for r in runs["runs"] if r["value"] == middle]  # runs may tie
 
@@ -220,8 +223,8 @@ def test_keeping_tolerates_a_file_another_worker_already_evicted(tmp_path):
     from optuna.artifacts import FileSystemArtifactStore
     from optuna.artifacts import upload_artifact
 
-    from tuner._models import MODEL_ATTR
     from tuner._models import ModelKeeper
+    from tuner.attributes import MODEL_ATTR
 
     (tmp_path / "store").mkdir()
     store = FileSystemArtifactStore(str(tmp_path / "store"))
@@ -258,8 +261,8 @@ def test_four_workers_keeping_two_models_end_with_exactly_two(sqlite_url, tmp_pa
     best trials' (no eviction is lost, no file removed twice, no false ``model_error``)."""
     import multiprocessing
 
-    from tuner._models import KEPT_ATTR
-    from tuner._models import MODEL_ATTR
+    from tuner.attributes import KEPT_ATTR
+    from tuner.attributes import MODEL_ATTR
 
     folder = tmp_path / "artifacts"
     folder.mkdir()

@@ -7,6 +7,7 @@ import optuna
 import pytest
 from conftest import TINY
 from conftest import fake_training
+from conftest import undeclared_attributes
 from optuna.distributions import CategoricalDistribution
 from optuna.distributions import FloatDistribution
 from optuna.distributions import IntDistribution
@@ -15,7 +16,7 @@ from optuna.trial import TrialState
 import tuner
 import tuner.backends._keras_tuner as kt_backend
 from storage import StudyMismatchError
-from tuner.backends._keras_tuner import TRIAL_ID_ATTR
+from tuner.attributes import TRIAL_ID_ATTR
 from tuner.backends._keras_tuner import optuna_params
 from tuner.backends._keras_tuner import optuna_state
 from tuner.errors import TunerError
@@ -90,6 +91,7 @@ def test_random_search_mirrors_every_trial(sqlite_url, monkeypatch):
         assert trial.value == trial.intermediate_values[2 * n]
         assert set(trial.params) >= {"depth", "learning_rate", "optimizer"} and trial.params["depth"] == 8
     assert study.user_attrs["backend"] == "keras-tuner" and study.user_attrs["algorithm"] == "random"
+    assert undeclared_attributes(study) == []
     # Running the same command again: the budget is spent, nothing is added.
     assert len(kt_search(sqlite_url).trials) == 3
     assert len(kt_search(sqlite_url, trials=4).trials) == 4

@@ -7,6 +7,7 @@ import json
 
 import optuna
 import pytest
+from conftest import undeclared_attributes
 
 import tuner
 from tuner._objectives import cheaper_peers_better
@@ -93,6 +94,7 @@ def test_two_objectives_store_a_front_with_pruned_trials_and_best_lists_it(tiny_
     assert {p["number"] for p in found["front"] if p["kept"]} == {p["number"] for p in found["front"]}
     assert main(["best", "--study", "front", "--storage", sqlite_url]) == 0  # the front by default
     assert "Pareto front" in capsys.readouterr().out
+    assert undeclared_attributes(study) == []  # curves and constraints included
     assert main(["export", "--study", "front", "--storage", sqlite_url, "--output", "m.keras"]) == 2
     assert "choose a point of its front with --trial N" in capsys.readouterr().err
     point = found["front"][-1]["number"]

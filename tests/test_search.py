@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import re
 import wsgiref.util
 from collections.abc import Iterator
 
 import keras
+import numpy as np
 import optuna
 import pytest
 from conftest import TINY
@@ -526,3 +528,18 @@ def test_worker_processes_share_the_study_and_leave_the_settings_the_user_gave(s
         "trials": 4, "timeout": None, "seed": 5, "sampler": "tpe", "pruner": "none", "backend": "optuna",
         "max_epochs": 1, "batch_size": 32}
     assert len({t.user_attrs["seed"] for t in complete}) == 4  # each weight seed its own
+
+
+def test_a_search_leaves_the_callers_policy_and_random_states_as_it_found_them(tiny_space, sqlite_url):
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    random.seed(7)
+    np.random.seed(7)
+    expected = (random.random(), np.random.rand())
+    random.seed(7)
+    np.random.seed(7)
+    try:
+        tuner.search(tiny_space, "digits", trials=1, epochs=1, storage=sqlite_url, keep=0, precision="float32")
+        assert keras.config.dtype_policy().name == "mixed_bfloat16"
+        assert (random.random(), np.random.rand()) == expected
+    finally:
+        keras.config.set_dtype_policy("float32")

@@ -8,6 +8,8 @@ from typing import Any
 from tuner._objectives import DIRECTIONS
 from tuner._objectives import curve_objective
 from tuner._objectives import parse_objectives
+from tuner.attributes import ENSEMBLES_ATTR
+from tuner.attributes import RETRAIN_ATTR
 from tuner.errors import TunerError
 
 
@@ -212,9 +214,9 @@ def record_runs(study: Any, number: int, results: list[Any]) -> dict[str, Any]:
     """Add the summary of ``results`` (retrains of trial ``number``) to the study's ``retrain_runs``
     attribute (each trial's retrains, oldest first: a later retrain adds, never replaces); returns it."""
     summary = {"epochs": max(r.epochs for r in results), **run_summary(results)}
-    recorded = dict(study.user_attrs.get("retrain_runs", {}))
+    recorded = dict(study.user_attrs.get(RETRAIN_ATTR, {}))
     recorded[str(number)] = [*recorded.get(str(number), []), summary]
-    study.set_user_attr("retrain_runs", recorded)
+    study.set_user_attr(RETRAIN_ATTR, recorded)
     return summary
 
 
@@ -259,10 +261,10 @@ def _export_ensemble(loaded: Any, store: Any, k: int, out: Any) -> dict[str, Any
     test_accuracy = float(np.mean(predicted == data.y_test.reshape(-1)))
     kind = write_model(model, out)
     best_single = members[0].user_attrs.get("test_accuracy")
-    recorded = [*loaded.user_attrs.get("ensembles", []),  # each export adds one; none is replaced
+    recorded = [*loaded.user_attrs.get(ENSEMBLES_ATTR, []),  # each export adds one; none is replaced
                 {"trials": [t.number for t in members], "test_accuracy": test_accuracy,
                  "best_single_test_accuracy": best_single}]
-    loaded.set_user_attr("ensembles", recorded)
+    loaded.set_user_attr(ENSEMBLES_ATTR, recorded)
     return {**describe_export(loaded, members[0], test_accuracy, out, kind, retrained=False),
             "ensemble": [t.number for t in members], "best_single_test_accuracy": best_single,
             "hyperparameters": [dict(t.params) for t in members]}

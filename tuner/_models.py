@@ -29,11 +29,11 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import TrialState
 
 from tuner._objectives import dominates
+from tuner.attributes import KEPT_ATTR
+from tuner.attributes import MODEL_ATTR
 from tuner.errors import TunerError
 
-MODEL_ATTR = "model_artifact"
 MODEL_FILENAME = "model.keras"
-KEPT_ATTR = "kept_models"  # on the study: [[trial number, value, artifact id], ...], best first
 LOCK_FILENAME = ".keeper.lock"  # in the artifact folder: one offer at a time, across workers
 FORMATS = (".keras (whole model), .weights.h5 (weights only), a folder (TensorFlow SavedModel), "
            ".tflite (LiteRT) or .onnx")

@@ -22,6 +22,10 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from tuner.attributes import OVER_BUDGET_ATTR
+from tuner.attributes import REJECTED_ATTR
+from tuner.attributes import SKIPPED_ATTR
+
 
 def format_params(params: Mapping[str, Any]) -> str:
     """``depth=20 learning_rate=0.00123 ...``, numbers shortened to 3 significant digits."""
@@ -100,11 +104,12 @@ class SearchProgress:
 
     def trial_finished(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         attrs = trial.user_attrs
-        state = "SKIPPED" if "skipped" in attrs else "REJECTED" if "rejected" in attrs else trial.state.name
+        state = "SKIPPED" if SKIPPED_ATTR in attrs else "REJECTED" if REJECTED_ATTR in attrs else trial.state.name
         names = self.objective.split(",")
         value = "".join(f"{name}={v:{VALUE_FORMATS.get(name, '.4f')}}  "
                         for name, v in zip(names, trial.values or (), strict=False))
-        why = attrs.get("error") or attrs.get("skipped") or attrs.get("rejected") or attrs.get("over_budget") or (
+        reasons = ("error", SKIPPED_ATTR, REJECTED_ATTR, OVER_BUDGET_ATTR)
+        why = next((attrs[key] for key in reasons if attrs.get(key)), None) or (
             f"stopped by the {attrs['stopped_by']} after {attrs.get('epochs')} epochs"
             if "stopped_by" in attrs else "")
         reason = f"  ({why})" if why else ""
@@ -116,11 +121,11 @@ class SearchProgress:
             trials = study.get_trials(deepcopy=False)
             self.counts = {
                 "finished": sum(t.state == TrialState.COMPLETE for t in trials),
-                "pruned": sum(t.state == TrialState.PRUNED and "skipped" not in t.user_attrs
-                              and "rejected" not in t.user_attrs for t in trials),
+                "pruned": sum(t.state == TrialState.PRUNED and SKIPPED_ATTR not in t.user_attrs
+                              and REJECTED_ATTR not in t.user_attrs for t in trials),
                 "failed": sum(t.state == TrialState.FAIL for t in trials),
             }
-            rejected = sum("rejected" in t.user_attrs for t in trials)
+            rejected = sum(REJECTED_ATTR in t.user_attrs for t in trials)
             if rejected:  # over --max-params: not trained
                 self.counts["rejected (over --max-params)"] = rejected
             self.best = self.best_text(study)

@@ -21,6 +21,8 @@ from tuner._results import importance_of
 from tuner._results import load_study
 from tuner._results import pareto_of
 from tuner._results import trial_record
+from tuner.attributes import ENSEMBLES_ATTR
+from tuner.attributes import RETRAIN_ATTR
 from tuner.errors import TunerError
 from tuner.errors import install_hint
 
@@ -92,7 +94,7 @@ def _robustness(study: optuna.Study) -> list[str]:
     several seeds (``--retrain --seeds``) and averaged models (``--ensemble``)."""
     parts: list[str] = []
     rows: list[tuple[Any, ...]]
-    retrains = study.user_attrs.get("retrain_runs", {})
+    retrains = study.user_attrs.get(RETRAIN_ATTR, {})
     if retrains:
         rows = [(f"trial {number}", summary["epochs"], len(summary["runs"]),
                  f"{summary['value']['mean']:.4f} ± {summary['value']['std']:.4f}",
@@ -103,7 +105,7 @@ def _robustness(study: optuna.Study) -> list[str]:
         parts += ["<h2>Retrained with other seeds</h2>",
                   _table(rows, ("trial", "epochs", "runs", "objective mean ± std", "test accuracy mean ± std",
                                 "test accuracy of each run"))]
-    ensembles = study.user_attrs.get("ensembles", [])
+    ensembles = study.user_attrs.get(ENSEMBLES_ATTR, [])
     if ensembles:
         rows = [(", ".join(str(n) for n in e["trials"]), e["test_accuracy"], e["best_single_test_accuracy"])
                 for e in ensembles]

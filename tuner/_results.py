@@ -8,11 +8,12 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from tuner._models import KEPT_ATTR
 from tuner._models import feasible
 from tuner._models import ranked_trials
 from tuner._objectives import DIRECTIONS
 from tuner._objectives import pareto_front as front_of
+from tuner.attributes import KEPT_ATTR
+from tuner.attributes import RETRAIN_ATTR
 from tuner.errors import TunerError
 
 
@@ -80,7 +81,7 @@ def best_trial(study: str, storage: str | None = None) -> dict[str, Any]:
     record = trial_record(ranked[0])
     record["study"] = {"name": loaded.study_name, "direction": loaded.direction.name.lower(),
                        **loaded.user_attrs}
-    record["retrain_runs"] = loaded.user_attrs.get("retrain_runs", {}).get(str(record["number"]), [])
+    record["retrain_runs"] = loaded.user_attrs.get(RETRAIN_ATTR, {}).get(str(record["number"]), [])
     found = importance_of(loaded)
     record["importance"] = None if found is None else {row["name"]: row["importance"]
                                                        for row in found["hyperparameters"]}

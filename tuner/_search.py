@@ -36,6 +36,7 @@ from tuner._objectives import DIRECTIONS
 from tuner._progress import SearchProgress
 from tuner._request import SearchRequest
 from tuner._request import options_of
+from tuner._training import callers_state_kept
 from tuner._training import keep_callers_gradients
 from tuner._trial import TrialRunner
 from tuner._workers import run_workers
@@ -125,7 +126,9 @@ def search(space: str = "resnet", dataset: Any = "digits", **options: Any) -> op
     ``StoreUnreachable``; run it again once the store is back.
 
     Everything the user can get wrong is checked before anything is created on disk, and raised as
-    a ``TunerError`` (``SpaceError``, ``StoreError`` and ``DataError`` among them). Returns the study.
+    a ``TunerError`` (``SpaceError``, ``StoreError`` and ``DataError`` among them). The Keras dtype
+    policy and Python's and NumPy's random states are as they were when it returns
+    (``callers_state_kept``). Returns the study.
     """
     given = dataset if isinstance(dataset, (str, os.PathLike)) else None
     try:
@@ -135,7 +138,8 @@ def search(space: str = "resnet", dataset: Any = "digits", **options: Any) -> op
     if given is None:  # checked first: nothing is written for a request that is refused
         get_space(request.space)
         request = dataclasses.replace(request, dataset=str(save_arrays(dataset, cache_path(request.storage))))
-    return run_search(request)
+    with callers_state_kept():
+        return run_search(request)
 
 
 def run_search(request: SearchRequest) -> optuna.Study:

@@ -6,10 +6,13 @@ Only the ``keras`` API is used: it runs on the TensorFlow, JAX and PyTorch backe
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
+import random
 import time
 from collections.abc import Callable
+from collections.abc import Iterator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
@@ -65,6 +68,22 @@ def predict_classes(model: keras.Model, x: Any, batch_size: int = 256) -> np.nda
     if isinstance(x, np.ndarray):
         return np.argmax(model.predict(x, batch_size=batch_size, verbose=0), axis=-1)
     return np.argmax(model.predict(Batches(x, None, batch_size), verbose=0), axis=-1)
+
+
+@contextlib.contextmanager
+def callers_state_kept() -> Iterator[None]:
+    """Put back, when a search ends, the process-wide state its trials set (``start_trial``): the
+    Keras dtype policy and the global random states of Python and NumPy, so that a notebook's next
+    model is built as it would have been without the search. (TensorFlow's global seed, which Keras
+    seeds too, has no public getter; ``clear_session`` frees the search's models, not the caller's.)"""
+    policy = keras.config.dtype_policy()
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(policy)
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
 
 
 def start_trial(seed: int, precision: str) -> None:

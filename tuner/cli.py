@@ -22,6 +22,9 @@ from tuner._process import VERBOSE_ENV
 from tuner._process import load_frameworks
 from tuner._process import quiet_interrupts
 from tuner._process import stop_on_signals
+from tuner.attributes import OVER_BUDGET_ATTR
+from tuner.attributes import REJECTED_ATTR
+from tuner.attributes import SKIPPED_ATTR
 from tuner.errors import DISTRIBUTION
 from tuner.errors import TunerError
 from tuner.errors import WorkerFailed
@@ -156,7 +159,7 @@ def cmd_trials(args: argparse.Namespace) -> int:
         table.add_column(column, overflow="fold")
     for row in rows:
         value = ", ".join(_fmt(v) for v in row["values"]) if "values" in row else _fmt(row["value"])
-        why = next((f" ({key})" for key in ("rejected", "skipped", "over_budget") if key in row), "")
+        why = next((f" ({key})" for key in (REJECTED_ATTR, SKIPPED_ATTR, OVER_BUDGET_ATTR) if key in row), "")
         table.add_row(str(row["number"]), row["state"] + why, value,
                       _fmt(row.get("test_accuracy")), _fmt(row.get("epochs")),
                       _fmt(row.get("train_seconds")), format_params(row["params"]))

@@ -31,6 +31,9 @@ from tuner._models import ModelKeeper
 from tuner._progress import SearchProgress
 from tuner._request import SearchRequest
 from tuner._trial import TrialRunner
+from tuner.attributes import REJECTED_ATTR
+from tuner.attributes import ROLE_ATTR
+from tuner.attributes import SKIPPED_ATTR
 from tuner.errors import TunerError
 
 
@@ -185,19 +188,9 @@ class SearchJob:
                 or trailing(trials, REJECTED_ATTR, since) >= MAX_REJECTED)
 
 
-# A configuration not trained because its first epoch could not end before the deadline is stored
-# PRUNED with this attribute (so samplers learn it is too costly); it does not count as a trial.
-SKIPPED_ATTR = "skipped"
-# A configuration over --max-params, known from its built model and not trained: stored PRUNED with
-# this attribute and a violated constraint; it does not count as a trial either.
-REJECTED_ATTR = "rejected"
 # Under --timeout, the search's last trial trains the best configuration found for all the time left:
 # it records ``role: final`` (``tuner._search`` and the race read it).
-ROLE_ATTR, FINAL = "role", "final"
-# A trial over --max-latency-ms (timed after training): COMPLETE, infeasible, keeps no model.
-OVER_BUDGET_ATTR = "over_budget"
-# In a multi-objective study (no ``trial.report``): the curve objective after each epoch.
-CURVE_ATTR = "curve"
+FINAL = "final"
 
 
 # Configurations in a row skipped as too slow for the time left before the search gives up.

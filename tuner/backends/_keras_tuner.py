@@ -35,6 +35,7 @@ from tuner._names import ALGORITHMS
 from tuner._objectives import DIRECTIONS
 from tuner._training import TrialResult
 from tuner._training import trial_error
+from tuner.attributes import TRIAL_ID_ATTR
 from tuner.backends._base import ConsecutiveFailures
 from tuner.backends._base import SearchBackend
 from tuner.backends._base import SearchJob
@@ -43,7 +44,6 @@ from tuner.errors import TunerError
 
 # Keras Tuner's own bookkeeping values (Hyperband's rounds); attributes of a trial, not parameters.
 PRIVATE_PREFIX = "tuner/"
-TRIAL_ID_ATTR = "kt_trial_id"
 # Keras Tuner marks a trial COMPLETED, FAILED (given up) or INVALID (an error; FAILED without retries).
 STATES = {"COMPLETED": TrialState.COMPLETE, "FAILED": TrialState.FAIL, "INVALID": TrialState.FAIL}
 

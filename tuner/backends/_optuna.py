@@ -39,14 +39,15 @@ from tuner._objectives import DIRECTIONS
 from tuner._objectives import cheaper_peers_better
 from tuner._training import SAVE_SECONDS
 from tuner._training import trial_error
-from tuner.backends._base import CURVE_ATTR
+from tuner.attributes import BUDGET_SPLIT_ATTR
+from tuner.attributes import CURVE_ATTR
+from tuner.attributes import OVER_BUDGET_ATTR
+from tuner.attributes import REJECTED_ATTR
+from tuner.attributes import ROLE_ATTR
+from tuner.attributes import SKIPPED_ATTR
 from tuner.backends._base import FINAL
 from tuner.backends._base import MAX_REJECTED
 from tuner.backends._base import MAX_SKIPPED
-from tuner.backends._base import OVER_BUDGET_ATTR
-from tuner.backends._base import REJECTED_ATTR
-from tuner.backends._base import ROLE_ATTR
-from tuner.backends._base import SKIPPED_ATTR
 from tuner.backends._base import ConsecutiveFailures
 from tuner.backends._base import Resource
 from tuner.backends._base import SearchAborted  # noqa: F401 - re-exported for callers
@@ -444,7 +445,7 @@ def record_final(job: SearchJob, trial: optuna.Trial) -> None:
     now = time.time()
     started = job.deadline - job.request.timeout if job.request.timeout else None
     explored = [t for t in counted(job.study.get_trials(deepcopy=False)) if t.number != trial.number]
-    job.study.set_user_attr("budget_split", {
+    job.study.set_user_attr(BUDGET_SPLIT_ATTR, {
         "final_trial": trial.number,
         "explored_trials": len(explored),
         "explore_seconds": None if started is None else round(now - started, 1),
