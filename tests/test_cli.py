@@ -164,7 +164,7 @@ def _sha(path) -> str:
     (["search", "--max-params", "lots"], "--max-params takes a count such as 250000, 250k or 1.5M, got 'lots'"),
     (["search", "--max-latency-ms", "-1"], "--max-latency-ms must be a positive number"),
     (["search", "--trials", "many"], "argument --trials: invalid int value"),
-    (["search", "--space", "vgg"], "unknown space 'vgg'; choose one of: densenet, resnet"),
+    (["search", "--space", "alexnet"], "unknown space 'alexnet'; choose one of: densenet, inception, resnet, resnet_imagenet, vgg"),
     (["search", "--set", "depth=21"], "--set depth=21: depth must be one of 8, 14, 20"),
     (["search", "--set", "width=2"], "unknown hyperparameter 'width'; choose one of:"),
     (["search", "--dataset", "imagenet"], "unknown dataset 'imagenet'; choose one of: digits"),

@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import optuna
 import pytest
+from conftest import TINY
 from keeper_worker import offer_trials
 from test_search import _call
 
@@ -146,6 +147,30 @@ def test_export_round_trip_in_a_python_with_only_keras(capsys, trained_study, tm
     study_id = _call(app, "/api/studies")["study_summaries"][0]["study_id"]
     trials = _call(app, f"/api/studies/{study_id}")["trials"]
     assert any(a["filename"] == "model.keras" for t in trials for a in t["artifacts"])
+
+
+@pytest.mark.core
+@pytest.mark.parametrize("space", ["inception", "resnet_imagenet", "vgg"])  # the spaces added after resnet and densenet
+def test_a_new_space_learns_digits_and_exports_a_model_plain_keras_loads(space, capsys, sqlite_url, tmp_path):
+    tuner.search(space, "digits", trials=1, epochs=2, storage=sqlite_url, study="s", overrides=TINY[space],
+                 batch_size=32, seed=0)
+    assert main(["export", "--study", "s", "--storage", sqlite_url, "--output", str(tmp_path / "m.keras"),
+                 "--json"]) == 0
+    out = capsys.readouterr().out
+    recorded = json.loads(out[out.index("{"):])["test_accuracy"]
+    assert recorded > 0.3  # chance: 0.1
+    data = tuner.load_dataset("digits")
+    np.savez(tmp_path / "test.npz", x=data.x_test, y=data.y_test)
+    script = (
+        "import sys, numpy as np, keras\n"
+        f"model = keras.saving.load_model({str(tmp_path / 'm.keras')!r})\n"
+        f"d = np.load({str(tmp_path / 'test.npz')!r})\n"
+        "print(model.evaluate(d['x'], d['y'], verbose=0)[1])\n"
+        "assert not any(m.split('.')[0] in ('tuner', 'search_spaces', 'storage') for m in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-I", "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert abs(float(result.stdout.strip().splitlines()[-1]) - recorded) <= 0.005
 
 
 def test_retraining_the_top_trials_ranks_them_by_their_mean(capsys, sqlite_url, tmp_path, monkeypatch):
