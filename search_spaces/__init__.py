@@ -14,7 +14,10 @@ import importlib
 from typing import TYPE_CHECKING
 from typing import Any
 
+from search_spaces._declarations import AUGMENTATION_HELP
+from search_spaces._declarations import TRANSFORMS
 from search_spaces._declarations import smallest_values
+from search_spaces._declarations import transforms_of
 from search_spaces._errors import SpaceError
 from search_spaces._params import Declarations
 from search_spaces._params import ParamSpec
@@ -31,20 +34,34 @@ if TYPE_CHECKING:
     from search_spaces._base import SparseSmoothedCrossentropy
     from search_spaces._base import TunableSpace
     from search_spaces._layers import is_flip_averaged
+    from search_spaces.auto import TunableAuto
     from search_spaces.densenet import TunableDenseNet
     from search_spaces.densenet import build_densenet
+    from search_spaces.inception import TunableInception
+    from search_spaces.inception import build_inception
     from search_spaces.resnet import TunableResNet
     from search_spaces.resnet import build_resnet
+    from search_spaces.resnet_imagenet import TunableResNetImageNet
+    from search_spaces.resnet_imagenet import build_resnet_imagenet
+    from search_spaces.vgg import TunableVGG
+    from search_spaces.vgg import build_vgg
 
 # The names that import Keras, and the module each comes from.
 _NEEDS_KERAS = {
     "TunableSpace": "search_spaces._base",
     "SparseSmoothedCrossentropy": "search_spaces._base",
     "is_flip_averaged": "search_spaces._layers",
+    "TunableAuto": "search_spaces.auto",
     "TunableDenseNet": "search_spaces.densenet",
     "build_densenet": "search_spaces.densenet",
     "TunableResNet": "search_spaces.resnet",
     "build_resnet": "search_spaces.resnet",
+    "TunableInception": "search_spaces.inception",
+    "build_inception": "search_spaces.inception",
+    "TunableResNetImageNet": "search_spaces.resnet_imagenet",
+    "build_resnet_imagenet": "search_spaces.resnet_imagenet",
+    "TunableVGG": "search_spaces.vgg",
+    "build_vgg": "search_spaces.vgg",
 }
 
 
@@ -55,17 +72,27 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AUGMENTATION_HELP",
+    "TRANSFORMS",
     "smallest_values",
+    "transforms_of",
     "Declarations",
     "ParamSpec",
     "SpaceEntry",
     "SpaceError",
     "SparseSmoothedCrossentropy",
+    "TunableAuto",
     "TunableDenseNet",
+    "TunableInception",
     "TunableResNet",
+    "TunableResNetImageNet",
     "TunableSpace",
+    "TunableVGG",
     "build_densenet",
+    "build_inception",
     "build_resnet",
+    "build_resnet_imagenet",
+    "build_vgg",
     "declared",
     "get_space",
     "is_flip_averaged",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from collections.abc import Sequence
 from typing import Any
 from typing import ClassVar
@@ -9,11 +11,12 @@ from typing import ClassVar
 import keras
 import keras_tuner
 
+from search_spaces._declarations import ARCHITECTURES
 from search_spaces._declarations import OPTIMIZERS
 from search_spaces._declarations import SCHEDULES
+from search_spaces._declarations import declare_space
+from search_spaces._declarations import transforms_of
 from search_spaces._errors import SpaceError
-from search_spaces._layers import AUGMENTATIONS
-from search_spaces._layers import FLIP_AUGMENTATIONS
 from search_spaces._layers import augment_images
 from search_spaces._layers import flip_averaged
 from search_spaces._layers import normalize_inputs
@@ -26,6 +29,11 @@ MIN_INPUT_SIZE = 8
 # Fashion-MNIST 10 epochs are 4,220 steps at batch 128).
 WARMUP_FRACTION = 0.05
 MAX_WARMUP_STEPS = 100
+# "step": the rate is divided by 10 at these fractions of the steps (He et al. 2016: 32k and 48k of 64k).
+STEP_BOUNDARIES = (0.5, 0.75)
+# "plateau": the rate is multiplied by this after this many epochs without a better objective.
+PLATEAU_FACTOR = 0.2
+PLATEAU_PATIENCE = 2
 
 
 class TunableSpace(keras_tuner.HyperModel):
@@ -40,7 +48,7 @@ class TunableSpace(keras_tuner.HyperModel):
 
     ``input_shape`` is ``(height, width, channels)`` with both sides >= 8; ``classes`` >= 2. ``mean``
     and ``variance`` are per-channel pixel statistics of the training data: normalisation happens
-    inside the model, so it takes raw pixels. ``augment`` (see ``AUGMENTATIONS``) adds random
+    inside the model, so it takes raw pixels. ``augment`` (see ``transforms_of``) adds random
     training-time transforms inside the model, so they run on the accelerator and vanish at inference.
     ``train_steps``, the optimiser steps a trial will take, scales the learning-rate schedule; without
     it the learning rate is constant. ``label_smoothing`` moves that much of each target's
@@ -71,8 +79,7 @@ class TunableSpace(keras_tuner.HyperModel):
         self.classes = int(classes)
         self.mean = None if mean is None else [float(v) for v in mean]
         self.variance = None if variance is None else [float(v) for v in variance]
-        if augment not in AUGMENTATIONS:
-            raise SpaceError(f"unknown augmentation {augment!r}; choose one of: {', '.join(AUGMENTATIONS)}")
+        transforms_of(augment)  # refuses an unknown name
         self.augment = augment
         self.train_steps = train_steps
         if not 0.0 <= float(label_smoothing) < 1.0:
@@ -81,10 +88,23 @@ class TunableSpace(keras_tuner.HyperModel):
 
     @classmethod
     def declare(cls, hp: Any) -> dict[str, Any]:
-        raise NotImplementedError
+        """A built-in space's declarations (``declare_space``); a space of your own declares its own."""
+        if cls.space_name not in ARCHITECTURES:
+            raise NotImplementedError(f"{cls.__name__} must declare its hyperparameters")
+        return declare_space(cls.space_name, hp)
+
+    # The space's pure builder, ``builder(input_shape, classes, **values, preprocess=...)``, where its
+    # keywords are the hyperparameters' names; a space whose values need translating overrides
+    # ``architecture`` instead.
+    builder: ClassVar[Callable[..., keras.Model] | None] = None
 
     def architecture(self, values: dict[str, Any]) -> keras.Model:
-        raise NotImplementedError
+        """The uncompiled model of ``values``: the ``builder`` called with those it takes."""
+        if self.builder is None:
+            raise NotImplementedError(f"{type(self).__name__} must build its architecture")
+        takes = inspect.signature(self.builder).parameters
+        return self.builder(self.input_shape, self.classes, preprocess=self.preprocess,
+                            **{name: value for name, value in values.items() if name in takes})
 
     def preprocess(self, inputs: keras.KerasTensor) -> keras.KerasTensor:
         """Layers between the raw image and the network: normalisation, then augmentation."""
@@ -93,11 +113,20 @@ class TunableSpace(keras_tuner.HyperModel):
     def inference_model(self, model: keras.Model) -> keras.Model:
         """The model to test, keep and export: flip-averaged (``flip_averaged``) when the space trains
         with random flips, else ``model`` itself; compiled with ``model``'s loss for ``evaluate``."""
-        if self.augment not in FLIP_AUGMENTATIONS:
+        if "flip" not in transforms_of(self.augment):
             return model
         averaged = flip_averaged(model)
         averaged.compile(loss=model.loss, metrics=["accuracy"])
         return averaged
+
+    @staticmethod
+    def training_callbacks(values: dict[str, Any], monitor: str, mode: str) -> list[keras.callbacks.Callback]:
+        """What the recipe of ``values`` needs beside the optimizer while it trains: for
+        ``lr_schedule="plateau"``, lowering the rate when ``monitor`` (``mode``: min or max) stalls."""
+        if values.get("lr_schedule") != "plateau":
+            return []
+        return [keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=mode, factor=PLATEAU_FACTOR,
+                                                  patience=PLATEAU_PATIENCE, min_lr=values["learning_rate"] / 1000)]
 
     def build(self, hp: Any) -> keras.Model:
         values = self.declare(hp)
@@ -135,11 +164,16 @@ def learning_rate_schedule(
     learning_rate: float, schedule: str, train_steps: int | None
 ) -> float | keras.optimizers.schedules.LearningRateSchedule:
     """Cosine decay to zero over ``train_steps`` after a short linear warm-up (5% of the steps, at
-    most ``MAX_WARMUP_STEPS``), or a constant rate."""
+    most ``MAX_WARMUP_STEPS``); steps down by 10 at ``STEP_BOUNDARIES``; or a constant rate (also for
+    "plateau", which lowers it from a callback: ``training_callbacks``)."""
     if schedule not in SCHEDULES:
         raise SpaceError(f"unknown lr_schedule {schedule!r}; choose one of: {', '.join(SCHEDULES)}")
-    if schedule == "constant" or not train_steps:
+    if schedule in ("constant", "plateau") or not train_steps:
         return learning_rate
+    if schedule == "step":
+        boundaries = [max(int(f * train_steps), 1) for f in STEP_BOUNDARIES]
+        return keras.optimizers.schedules.PiecewiseConstantDecay(
+            boundaries, [learning_rate / 10**i for i in range(len(boundaries) + 1)])
     warmup = min(int(WARMUP_FRACTION * train_steps), MAX_WARMUP_STEPS)
     return keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=learning_rate / 10 if warmup else learning_rate,
@@ -150,13 +184,16 @@ def learning_rate_schedule(
 
 
 def make_optimizer(name: str, learning_rate: Any, weight_decay: float = 0.0) -> keras.optimizers.Optimizer:
-    """Adam; AdamW with decoupled ``weight_decay``; or SGD with Nesterov momentum 0.9 (the ResNet paper)."""
+    """Adam; AdamW with decoupled ``weight_decay``; SGD with Nesterov momentum 0.9 (the ResNet paper);
+    or RMSprop (Keras' defaults: rho 0.9, no momentum)."""
     if name == "adam":
         return keras.optimizers.Adam(learning_rate=learning_rate)
     if name == "adamw":
         return keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay)
     if name == "sgd":
         return keras.optimizers.SGD(learning_rate=learning_rate, momentum=0.9, nesterov=True)
+    if name == "rmsprop":
+        return keras.optimizers.RMSprop(learning_rate=learning_rate)
     raise SpaceError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
 
 

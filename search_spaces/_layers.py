@@ -12,6 +12,9 @@ import keras
 import numpy as np
 from keras import layers
 
+from search_spaces._declarations import transforms_of
+from search_spaces._errors import SpaceError
+
 # Below this side length a feature map is not halved again: a 3x3 kernel still sees context at 4x4.
 MIN_FEATURE_SIZE = 4
 # Inputs larger than this get an ImageNet-style strided stem, so stage 1 works at <= 64 px.
@@ -30,8 +33,10 @@ def batch_norm(name: str) -> layers.BatchNormalization:
     return layers.BatchNormalization(momentum=BN_MOMENTUM, name=name)
 
 
-def regularizer(l2: float) -> keras.regularizers.Regularizer | None:
-    """An L2 kernel regulariser, or none for ``l2 == 0``."""
+def regularizer(l2: float, l1: float = 0.0) -> keras.regularizers.Regularizer | None:
+    """A kernel regulariser penalising squared weights (``l2``) and absolute ones (``l1``); none at 0."""
+    if l1 > 0:
+        return keras.regularizers.L1L2(l1=l1, l2=l2)
     return keras.regularizers.L2(l2) if l2 > 0 else None
 
 
@@ -50,29 +55,35 @@ def normalize_inputs(
 
 
 # "shift": random translations of up to 1/8 of the side (4 px at 32x32, the CIFAR recipe's pad-and-crop);
-# "flip": random horizontal flips, for images where a mirror shows the same class; "flip_shift": both.
-AUGMENTATIONS = ("none", "flip", "shift", "flip_shift")
+# "flip": random horizontal flips, for images where a mirror shows the same class; "rotate": up to 15
+# degrees either way (a fraction of a full turn); "zoom": in or out by up to 10%.
 SHIFT_FRACTION = 0.125
+ROTATION_FRACTION = 15 / 360
+ZOOM_FRACTION = 0.1
 
 
 def augment_images(x: keras.KerasTensor, augment: str) -> keras.KerasTensor:
-    """Random training-time flips and shifts (identity at inference); zero fill is the mean pixel."""
-    if augment in ("flip", "flip_shift"):
+    """Random training-time transforms (``transforms_of(augment)``; identity at inference); where a
+    transform leaves pixels uncovered they are zero, the mean pixel after normalisation."""
+    transforms = transforms_of(augment)
+    if "flip" in transforms:
         x = layers.RandomFlip("horizontal", name="augment_flip")(x)
-    if augment in ("shift", "flip_shift"):
-        shift = layers.RandomTranslation(SHIFT_FRACTION, SHIFT_FRACTION, fill_mode="constant",
-                                         name="augment_shift")
-        if keras.backend.backend() == "jax":
-            # Keras marks this layer as not XLA-compilable (TensorFlow's image transform is not), which
-            # turns off compilation of the whole train step on every backend; JAX compiles it fine,
-            # and uncompiled JAX trained ResNet-8 on digits 20-200x slower (AdamW worst).
-            shift.supports_jit = True
-        x = shift(x)
+    geometric = {
+        "shift": lambda: layers.RandomTranslation(SHIFT_FRACTION, SHIFT_FRACTION, fill_mode="constant",
+                                                  name="augment_shift"),
+        "rotate": lambda: layers.RandomRotation(ROTATION_FRACTION, fill_mode="constant", name="augment_rotate"),
+        "zoom": lambda: layers.RandomZoom(ZOOM_FRACTION, fill_mode="constant", name="augment_zoom"),
+    }
+    for name, make in geometric.items():
+        if name in transforms:
+            layer = make()
+            if keras.backend.backend() == "jax":
+                # Keras marks these layers as not XLA-compilable (TensorFlow's image transform is not),
+                # which turns off compilation of the whole train step on every backend; JAX compiles them
+                # fine, and uncompiled JAX trained ResNet-8 on digits 20-200x slower (AdamW worst).
+                layer.supports_jit = True
+            x = layer(x)
     return x
-
-
-# Augmentations that mirror images: a model trained with them predicts by flip averaging.
-FLIP_AUGMENTATIONS = ("flip", "flip_shift")
 FLIP_AVERAGE = "flip_average"  # the name of flip_averaged's output layer
 
 
@@ -148,13 +159,15 @@ def stem(
     kernel_size: int,
     downsamples: int,
     l2: float,
+    l1: float = 0.0,
     activate: bool,
+    activation: str = "relu",
     name: str = "stem",
 ) -> keras.KerasTensor:
     """First convolution; for large inputs a stride-2 conv then max-pools, as ImageNet ResNets do.
 
-    ``activate`` adds BatchNorm+ReLU after the conv (post-activation nets); pre-activation nets
-    leave that to their first block.
+    ``activate`` adds BatchNorm and ``activation`` after the conv (post-activation nets);
+    pre-activation nets leave that to their first block.
     """
     x = layers.Conv2D(
         filters,
@@ -163,24 +176,47 @@ def stem(
         padding="same",
         use_bias=False,
         kernel_initializer="he_normal",
-        kernel_regularizer=regularizer(l2),
+        kernel_regularizer=regularizer(l2, l1),
         name=f"{name}_conv",
     )(x)
     if activate:
         x = batch_norm(f"{name}_bn")(x)
-        x = layers.Activation("relu", name=f"{name}_relu")(x)
+        x = layers.Activation(activation, name=f"{name}_{activation}")(x)
     for i in range(1, downsamples):
         x = layers.MaxPooling2D(3, strides=2, padding="same", name=f"{name}_pool{i}")(x)
     return x
 
 
 def classifier_head(
-    x: keras.KerasTensor, classes: int, *, dropout: float, l2: float
+    x: keras.KerasTensor, classes: int, *, dropout: float, l2: float, l1: float = 0.0
 ) -> keras.KerasTensor:
-    """Global average pooling, optional dropout, and a softmax classifier kept in float32."""
-    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    """Global average pooling, then the ``classifier``."""
+    return classifier(layers.GlobalAveragePooling2D(name="avg_pool")(x), classes, dropout=dropout, l2=l2, l1=l1)
+
+
+def pooled_head(x: keras.KerasTensor, classes: int, *, pooling: str = "avg", pool_dropout: float = 0.0,
+                dense_units: int = 0, dropout: float, l2: float, l1: float = 0.0,
+                activation: str = "relu") -> keras.KerasTensor:
+    """The heads of VGG, Inception and ImageNet ResNets: global ``pooling`` (``avg`` or ``max``),
+    dropout, an optional bias-free dense layer with batch norm and ``activation``, then the
+    ``classifier`` with its own ``dropout``."""
+    if pooling not in ("avg", "max"):
+        raise SpaceError(f"pooling must be 'avg' or 'max', got {pooling!r}")
+    pool = layers.GlobalAveragePooling2D if pooling == "avg" else layers.GlobalMaxPooling2D
+    x = pool(name=f"{pooling}_pool")(x)
+    if pool_dropout > 0:
+        x = layers.Dropout(pool_dropout, name="pool_dropout")(x)
+    if dense_units:
+        x = layers.Dense(dense_units, use_bias=False, kernel_regularizer=regularizer(l2, l1), name="dense")(x)
+        x = batch_norm("dense_bn")(x)
+        x = layers.Activation(activation, name=f"dense_{activation}")(x)
+    return classifier(x, classes, dropout=dropout, l2=l2, l1=l1)
+
+
+def classifier(x: keras.KerasTensor, classes: int, *, dropout: float, l2: float, l1: float = 0.0) -> keras.KerasTensor:
+    """Optional dropout and a softmax classifier kept in float32, on pooled features."""
     if dropout > 0:
         x = layers.Dropout(dropout, name="head_dropout")(x)
-    x = layers.Dense(classes, kernel_regularizer=regularizer(l2), name="logits")(x)
+    x = layers.Dense(classes, kernel_regularizer=regularizer(l2, l1), name="logits")(x)
     # float32 softmax keeps the loss stable under mixed precision.
     return layers.Activation("softmax", dtype="float32", name="predictions")(x)

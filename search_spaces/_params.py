@@ -9,6 +9,7 @@ declared and turned into narrower specs; nothing a space cannot build gets throu
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Callable
 from collections.abc import Iterable
@@ -34,6 +35,8 @@ class ParamSpec:
     config: Mapping[str, Any] = field(default_factory=dict)
     # Where it is declared under ``hp.conditional_scope``: when it applies, e.g. "optimizer=adamw".
     condition: str = ""
+    # The same as (parent name, parent values) pairs, outermost first: what ``declare`` scopes it in.
+    parents: tuple[tuple[str, tuple[Any, ...]], ...] = ()
 
     @classmethod
     def from_keras_tuner(cls, hp_object: Any) -> ParamSpec:
@@ -41,13 +44,16 @@ class ParamSpec:
         config = dict(hp_object.get_config())
         config.pop("conditions", None)
         name = config.pop("name")
-        condition = " and ".join(
-            f"{c.name}={','.join(_fmt(v) for v in c.values)}" for c in hp_object.conditions)
-        return cls(type(hp_object).__name__, name, config, condition)
+        parents = tuple((c.name, tuple(c.values)) for c in hp_object.conditions)
+        return cls(type(hp_object).__name__, name, config, _condition(parents), parents)
 
     def declare(self, hp: Any) -> Any:
-        """Declare this hyperparameter on a Keras-Tuner-like ``hp`` object and return its value."""
-        return getattr(hp, self.kind)(self.name, **self.config)
+        """Declare this hyperparameter on a Keras-Tuner-like ``hp`` object, under its conditions (their
+        parents declared already), and return its value."""
+        with contextlib.ExitStack() as scopes:
+            for parent, values in self.parents:
+                scopes.enter_context(hp.conditional_scope(parent, list(values)))
+            return getattr(hp, self.kind)(self.name, **self.config)
 
     @property
     def default(self) -> Any:
@@ -115,9 +121,9 @@ class Declarations:
         if parent_name is not None:  # Keras Tuner's one-declaration form of a scope
             with self.conditional_scope(parent_name, parent_values):
                 return self._declare(kind, name, config)
-        condition = " and ".join(f"{parent}={','.join(_fmt(v) for v in allowed)}"
-                                 for parent, allowed in self._scopes)
-        spec = ParamSpec(kind, name, {k: v for k, v in config.items() if v is not None}, condition)
+        parents = tuple((parent, tuple(allowed)) for parent, allowed in self._scopes)
+        spec = ParamSpec(kind, name, {k: v for k, v in config.items() if v is not None}, _condition(parents),
+                         parents)
         self.specs.append(spec)
         if not all(self.values.get(parent) in allowed for parent, allowed in self._scopes):
             return None
@@ -161,6 +167,11 @@ def declared(declare: Callable[[Any], Any]) -> list[ParamSpec]:
     return hp.specs
 
 
+def _condition(parents: Iterable[tuple[str, Iterable[Any]]]) -> str:
+    """Conditions as read: "optimizer=adam,sgd and ..."."""
+    return " and ".join(f"{parent}={','.join(_fmt(v) for v in values)}" for parent, values in parents)
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
@@ -202,14 +213,16 @@ def resolve_overrides(
 
 
 def narrow(spec: ParamSpec, text: str) -> ParamSpec:
-    """The spec that ``--set NAME=text`` leaves of ``spec``; raises ``SpaceError`` outside the space."""
+    """The spec that ``--set NAME=text`` leaves of ``spec``, under the same conditions; raises
+    ``SpaceError`` outside the space."""
     if ".." in text:
         low, _, high = text.partition("..")
-        return _narrow_range(spec, low.strip(), high.strip())
-    if "," in text:
-        values = [part.strip() for part in text.split(",") if part.strip()]
-        return _narrow_choices(spec, values)
-    return ParamSpec("Fixed", spec.name, {"value": _check_value(spec, text)})
+        narrowed = _narrow_range(spec, low.strip(), high.strip())
+    elif "," in text:
+        narrowed = _narrow_choices(spec, [part.strip() for part in text.split(",") if part.strip()])
+    else:
+        narrowed = ParamSpec("Fixed", spec.name, {"value": _check_value(spec, text)})
+    return dataclasses.replace(narrowed, condition=spec.condition, parents=spec.parents)
 
 
 def _allowed(spec: ParamSpec) -> str:

@@ -7,6 +7,7 @@ listing the spaces imports no framework and no module here imports a space.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,10 +15,14 @@ from typing import TYPE_CHECKING
 from typing import Any
 from typing import TypeVar
 
+from search_spaces._declarations import AUTO_DESCRIPTION
 from search_spaces._declarations import DENSENET_DESCRIPTION
+from search_spaces._declarations import INCEPTION_DESCRIPTION
 from search_spaces._declarations import RESNET_DESCRIPTION
-from search_spaces._declarations import declare_densenet
-from search_spaces._declarations import declare_resnet
+from search_spaces._declarations import RESNET_IMAGENET_DESCRIPTION
+from search_spaces._declarations import VGG_DESCRIPTION
+from search_spaces._declarations import declare_auto
+from search_spaces._declarations import declare_space
 from search_spaces._errors import SpaceError
 from search_spaces._params import ParamSpec
 from search_spaces._params import declared
@@ -45,10 +50,18 @@ def _by_name(module: str, name: str) -> Callable[[], type[TunableSpace]]:
     return lambda: getattr(importlib.import_module(module), name)
 
 
+# The built-in spaces: description, and the module and class that build them.
+BUILT_IN = {
+    "resnet": (RESNET_DESCRIPTION, "search_spaces.resnet", "TunableResNet"),
+    "densenet": (DENSENET_DESCRIPTION, "search_spaces.densenet", "TunableDenseNet"),
+    "vgg": (VGG_DESCRIPTION, "search_spaces.vgg", "TunableVGG"),
+    "resnet_imagenet": (RESNET_IMAGENET_DESCRIPTION, "search_spaces.resnet_imagenet", "TunableResNetImageNet"),
+    "inception": (INCEPTION_DESCRIPTION, "search_spaces.inception", "TunableInception"),
+}
 SPACES: dict[str, SpaceEntry] = {
-    "resnet": SpaceEntry(RESNET_DESCRIPTION, declare_resnet, _by_name("search_spaces.resnet", "TunableResNet")),
-    "densenet": SpaceEntry(DENSENET_DESCRIPTION, declare_densenet,
-                           _by_name("search_spaces.densenet", "TunableDenseNet")),
+    **{name: SpaceEntry(description, functools.partial(declare_space, name), _by_name(module, cls))
+       for name, (description, module, cls) in BUILT_IN.items()},
+    "auto": SpaceEntry(AUTO_DESCRIPTION, declare_auto, _by_name("search_spaces.auto", "TunableAuto")),
 }
 
 

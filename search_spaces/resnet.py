@@ -10,14 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from collections.abc import Sequence
-from typing import Any
 
 import keras
 from keras import layers
 
 from search_spaces._base import TunableSpace
 from search_spaces._declarations import RESNET_DESCRIPTION
-from search_spaces._declarations import declare_resnet
 from search_spaces._errors import SpaceError
 from search_spaces._layers import batch_norm
 from search_spaces._layers import classifier_head
@@ -36,7 +34,7 @@ def blocks_per_stage(depth: int) -> int:
     return (depth - 2) // 6
 
 
-def conv(x: keras.KerasTensor, filters: int, kernel_size: int, *, stride: int, l2: float, name: str):
+def conv(x: keras.KerasTensor, filters: int, kernel_size: int, *, stride: int, l2: float, l1: float, name: str):
     """A bias-free, He-initialised 'same' convolution."""
     return layers.Conv2D(
         filters,
@@ -45,49 +43,52 @@ def conv(x: keras.KerasTensor, filters: int, kernel_size: int, *, stride: int, l
         padding="same",
         use_bias=False,
         kernel_initializer="he_normal",
-        kernel_regularizer=regularizer(l2),
+        kernel_regularizer=regularizer(l2, l1),
         name=name,
     )(x)
 
 
-def bn_relu(x: keras.KerasTensor, name: str) -> keras.KerasTensor:
+def bn_act(x: keras.KerasTensor, activation: str, name: str) -> keras.KerasTensor:
+    """Batch normalisation, then ``activation``."""
     x = batch_norm(f"{name}_bn")(x)
-    return layers.Activation("relu", name=f"{name}_relu")(x)
+    return layers.Activation(activation, name=f"{name}_{activation}")(x)
 
 
-def block_v1(x, filters: int, *, stride: int, kernel_size: int, l2: float, name: str):
-    """Post-activation basic block: conv-BN-ReLU-conv-BN, add the shortcut, ReLU."""
+def block_v1(x, filters: int, *, stride: int, kernel_size: int, l2: float, l1: float,
+             activation: str, name: str):
+    """Post-activation basic block: conv-BN-act-conv-BN, add the shortcut, act (ReLU in the paper)."""
     shortcut = x
     if stride != 1 or x.shape[-1] != filters:
-        shortcut = conv(x, filters, 1, stride=stride, l2=l2, name=f"{name}_proj")
+        shortcut = conv(x, filters, 1, stride=stride, l2=l2, l1=l1, name=f"{name}_proj")
         shortcut = batch_norm(f"{name}_proj_bn")(shortcut)
-    x = conv(x, filters, kernel_size, stride=stride, l2=l2, name=f"{name}_conv1")
-    x = bn_relu(x, f"{name}_1")
-    x = conv(x, filters, kernel_size, stride=1, l2=l2, name=f"{name}_conv2")
+    x = conv(x, filters, kernel_size, stride=stride, l2=l2, l1=l1, name=f"{name}_conv1")
+    x = bn_act(x, activation, f"{name}_1")
+    x = conv(x, filters, kernel_size, stride=1, l2=l2, l1=l1, name=f"{name}_conv2")
     x = batch_norm(f"{name}_2_bn")(x)
     x = layers.Add(name=f"{name}_add")([shortcut, x])
-    return layers.Activation("relu", name=f"{name}_out")(x)
+    return layers.Activation(activation, name=f"{name}_out")(x)
 
 
-def block_v2(x, filters: int, *, stride: int, kernel_size: int, l2: float, name: str):
-    """Pre-activation basic block: BN-ReLU-conv-BN-ReLU-conv, add the shortcut."""
-    preact = bn_relu(x, f"{name}_pre")
+def block_v2(x, filters: int, *, stride: int, kernel_size: int, l2: float, l1: float,
+             activation: str, name: str):
+    """Pre-activation basic block: BN-act-conv-BN-act-conv, add the shortcut."""
+    preact = bn_act(x, activation, f"{name}_pre")
     shortcut = x
     if stride != 1 or x.shape[-1] != filters:
-        shortcut = conv(preact, filters, 1, stride=stride, l2=l2, name=f"{name}_proj")
-    x = conv(preact, filters, kernel_size, stride=stride, l2=l2, name=f"{name}_conv1")
-    x = bn_relu(x, f"{name}_1")
-    x = conv(x, filters, kernel_size, stride=1, l2=l2, name=f"{name}_conv2")
+        shortcut = conv(preact, filters, 1, stride=stride, l2=l2, l1=l1, name=f"{name}_proj")
+    x = conv(preact, filters, kernel_size, stride=stride, l2=l2, l1=l1, name=f"{name}_conv1")
+    x = bn_act(x, activation, f"{name}_1")
+    x = conv(x, filters, kernel_size, stride=1, l2=l2, l1=l1, name=f"{name}_conv2")
     return layers.Add(name=f"{name}_add")([shortcut, x])
 
 
-def residual_stage(x, filters: int, blocks: int, *, stride: int, kernel_size: int, l2: float,
-                   version: str, name: str):
+def residual_stage(x, filters: int, blocks: int, *, stride: int, kernel_size: int, l2: float, l1: float,
+                   activation: str, version: str, name: str):
     """``blocks`` residual blocks; the first may downsample and widen."""
     block = block_v2 if version == "v2" else block_v1
-    x = block(x, filters, stride=stride, kernel_size=kernel_size, l2=l2, name=f"{name}_block1")
-    for i in range(2, blocks + 1):
-        x = block(x, filters, stride=1, kernel_size=kernel_size, l2=l2, name=f"{name}_block{i}")
+    for i in range(1, blocks + 1):  # only the first may downsample
+        x = block(x, filters, stride=stride if i == 1 else 1, kernel_size=kernel_size, l2=l2, l1=l1,
+                  activation=activation, name=f"{name}_block{i}")
     return x
 
 
@@ -101,6 +102,8 @@ def build_resnet(
     version: str = "v1",
     dropout: float = 0.0,
     l2: float = 1e-4,
+    l1: float = 0.0,
+    activation: str = "relu",
     stem_stride: int = 1,
     preprocess: Callable[[keras.KerasTensor], keras.KerasTensor] | None = None,
 ) -> keras.Model:
@@ -120,14 +123,14 @@ def build_resnet(
     size = min(input_shape[:2])
     downsamples = stem_downsamples(size, stem_stride)
     size //= 2**downsamples
-    x = stem(x, filters, kernel_size=kernel_size, downsamples=downsamples, l2=l2,
-             activate=version == "v1")
+    x = stem(x, filters, kernel_size=kernel_size, downsamples=downsamples, l2=l2, l1=l1,
+             activate=version == "v1", activation=activation)
     for i, stride in enumerate(stage_strides(size, STAGES)):
-        x = residual_stage(x, filters * 2**i, blocks, stride=stride, kernel_size=kernel_size, l2=l2,
-                           version=version, name=f"stage{i + 1}")
+        x = residual_stage(x, filters * 2**i, blocks, stride=stride, kernel_size=kernel_size, l2=l2, l1=l1,
+                           activation=activation, version=version, name=f"stage{i + 1}")
     if version == "v2":
-        x = bn_relu(x, "post")
-    outputs = classifier_head(x, classes, dropout=dropout, l2=l2)
+        x = bn_act(x, activation, "post")
+    outputs = classifier_head(x, classes, dropout=dropout, l2=l2, l1=l1)
     return keras.Model(inputs, outputs, name=f"resnet{depth}_{version}")
 
 
@@ -136,22 +139,5 @@ class TunableResNet(TunableSpace):
 
     space_name = "resnet"
     description = RESNET_DESCRIPTION
-    added = {"stem_stride": 1}
-
-    @classmethod
-    def declare(cls, hp: Any) -> dict[str, Any]:
-        return declare_resnet(hp)
-
-    def architecture(self, values: dict[str, Any]) -> keras.Model:
-        return build_resnet(
-            self.input_shape,
-            self.classes,
-            depth=values["depth"],
-            filters=values["filters"],
-            kernel_size=values["kernel_size"],
-            stem_stride=values["stem_stride"],
-            version=values["version"],
-            dropout=values["dropout"],
-            l2=values["l2"],
-            preprocess=self.preprocess,
-        )
+    added = {"stem_stride": 1, "activation": "relu", "l1": 0.0}
+    builder = staticmethod(build_resnet)

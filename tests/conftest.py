@@ -23,7 +23,10 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 # The smallest member of each space, for tests that run whole searches.
 TINY = {
     "resnet": ["depth=8", "filters=16", "kernel_size=3"],
-    "densenet": ["depth=10", "growth_rate=8", "filters=16", "bottleneck=true"],
+    "densenet": ["blocks=depth", "depth=10", "growth_rate=8", "filters=16", "bottleneck=true"],
+    "vgg": ["depth=8", "filters=16", "dense_units=128"],
+    "resnet_imagenet": ["depth=18", "filters=16"],
+    "inception": ["stage3_modules=1", "stage4_modules=1", "stage5_modules=1", "width=0.25", "stem_filters=16"],
 }
 POSTGRES_URL = os.environ.get("TUNER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 

@@ -171,7 +171,7 @@ def test_a_search_ends_by_its_timeout_with_the_trial_in_flight_kept(sqlite_url, 
     too low), the trial in flight is cut by the deadline and kept as a COMPLETE trial."""
     import tuner.backends._optuna as backend
 
-    monkeypatch.setattr(backend, "plan_epochs", lambda job, trial, model: (None, job.request.epochs, None))
+    monkeypatch.setattr(backend, "plan_epochs", lambda job, trial, model, runner: (None, job.request.epochs, None))
     start = time.monotonic()
     study = tuner.search(tiny_space, "digits", trials=100, epochs=10_000, timeout=5, study="t",
                          storage=sqlite_url, patience=None, pruner="none")

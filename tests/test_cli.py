@@ -24,7 +24,7 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 def test_spaces_lists_both_spaces_with_ranges(capsys):
     code, out, _ = run(capsys, "spaces", "--json")
     spaces = json.loads(out)
-    assert code == 0 and set(spaces) == {"resnet", "densenet"}
+    assert code == 0 and set(spaces) == {"auto", "densenet", "inception", "resnet", "resnet_imagenet", "vgg"}
     assert spaces["resnet"]["hyperparameters"]["depth"]["values"] == [8, 14, 20, 32, 44, 56, 110]
     assert spaces["densenet"]["hyperparameters"]["learning_rate"]["sampling"] == "log"
     code, out, _ = run(capsys, "spaces")
@@ -95,7 +95,7 @@ def test_best_trials_and_studies_read_the_store(capsys, trained_study):
     trials = json.loads(listed.stdout)
     assert len(trials) == 3
     assert set(trials[0]["params"]) == {"depth", "filters", "kernel_size", "stem_stride", "version", "dropout", "l2",
-                                        "learning_rate", "optimizer", "lr_schedule"}
+                                        "learning_rate", "optimizer", "lr_schedule", "activation", "l1"}
 
 
 def test_importance_ranks_the_hyperparameter_that_decides_the_objective(capsys, sqlite_url):
@@ -164,7 +164,7 @@ def _sha(path) -> str:
     (["search", "--max-params", "lots"], "--max-params takes a count such as 250000, 250k or 1.5M, got 'lots'"),
     (["search", "--max-latency-ms", "-1"], "--max-latency-ms must be a positive number"),
     (["search", "--trials", "many"], "argument --trials: invalid int value"),
-    (["search", "--space", "vgg"], "unknown space 'vgg'; choose one of: densenet, resnet"),
+    (["search", "--space", "alexnet"], "unknown space 'alexnet'; choose one of: auto, densenet, inception, resnet, resnet_imagenet, vgg"),
     (["search", "--set", "depth=21"], "--set depth=21: depth must be one of 8, 14, 20"),
     (["search", "--set", "width=2"], "unknown hyperparameter 'width'; choose one of:"),
     (["search", "--dataset", "imagenet"], "unknown dataset 'imagenet'; choose one of: digits"),

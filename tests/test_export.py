@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import optuna
 import pytest
+from conftest import TINY
 from conftest import undeclared_attributes
 from keeper_worker import offer_trials
 from test_search import _call
@@ -149,6 +150,36 @@ def test_export_round_trip_in_a_python_with_only_keras(capsys, trained_study, tm
     study_id = _call(app, "/api/studies")["study_summaries"][0]["study_id"]
     trials = _call(app, f"/api/studies/{study_id}")["trials"]
     assert any(a["filename"] == "model.keras" for t in trials for a in t["artifacts"])
+
+
+@pytest.mark.slow
+def test_the_new_spaces_learn_digits_and_export_models_plain_keras_loads(capsys, sqlite_url, tmp_path):
+    """Each space added after resnet and densenet: a trial learns digits, its export loads and scores
+    the same in a Python with Keras and without this project."""
+    spaces = ["inception", "resnet_imagenet", "vgg"]
+    recorded = {}
+    for space in spaces:
+        tuner.search(space, "digits", trials=1, epochs=2, storage=sqlite_url, study=space, overrides=TINY[space],
+                     batch_size=32, seed=0)
+        assert main(["export", "--study", space, "--storage", sqlite_url, "--output", str(tmp_path / f"{space}.keras"),
+                     "--json"]) == 0
+        out = capsys.readouterr().out
+        recorded[space] = json.loads(out[out.index("{"):])["test_accuracy"]
+    assert all(accuracy > 0.3 for accuracy in recorded.values()), recorded  # chance: 0.1
+    data = tuner.load_dataset("digits")
+    np.savez(tmp_path / "test.npz", x=data.x_test, y=data.y_test)
+    script = (
+        "import sys, numpy as np, keras\n"
+        f"d = np.load({str(tmp_path / 'test.npz')!r})\n"
+        f"for space in {spaces!r}:\n"
+        f"    model = keras.saving.load_model({str(tmp_path)!r} + '/' + space + '.keras')\n"
+        "    print(model.evaluate(d['x'], d['y'], verbose=0)[1])\n"
+        "assert not any(m.split('.')[0] in ('tuner', 'search_spaces', 'storage') for m in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-I", "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    loaded = [float(line) for line in result.stdout.strip().splitlines()[-3:]]
+    assert loaded == pytest.approx([recorded[space] for space in spaces], abs=0.005)
 
 
 def test_retraining_the_top_trials_ranks_them_by_their_mean(capsys, sqlite_url, tmp_path, monkeypatch):

@@ -32,7 +32,8 @@ TRIAL_ATTRS = {"epochs", "best_epoch", "train_seconds", "seconds_per_epoch", "pa
 def test_adapter_turns_every_declaration_into_a_suggestion():
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     overrides = resolve_overrides(get_space("densenet").hyperparameters(),
-                                  parse_assignments(["depth=22", "learning_rate=1e-3..1e-2", "optimizer=sgd,adam"]))
+                                  parse_assignments(["blocks=depth", "depth=22", "learning_rate=1e-3..1e-2",
+                                                     "optimizer=sgd,adam"]))
     for _ in range(5):
         trial = study.ask()
         values = get_space("densenet").declare(OptunaHyperParameters(trial, overrides))
@@ -84,7 +85,7 @@ def test_search_stores_every_trial_and_continues(sqlite_url):
         assert trial.value == max(trial.intermediate_values.values())
         assert 0.0 <= trial.user_attrs["test_accuracy"] <= 1.0
         assert set(trial.params) == {"depth", "filters", "kernel_size", "stem_stride", "version", "dropout", "l2",
-                                     "learning_rate", "optimizer", "lr_schedule"}
+                                     "learning_rate", "optimizer", "lr_schedule", "activation", "l1"}
     attrs = optuna.load_study(study_name="s", storage=sqlite_url).user_attrs
     assert attrs["space"] == "resnet" and attrs["dataset"] == "digits"
     assert attrs["input_shape"] == [8, 8, 1] and attrs["classes"] == 10
@@ -113,6 +114,49 @@ def test_search_stores_every_trial_and_continues(sqlite_url):
     assert len(detail["trials"]) == 2
     assert len(detail["trials"][0]["intermediate_values"]) == 2
     assert {p["name"] for p in detail["trials"][0]["params"]} >= {"depth", "learning_rate"}
+
+
+def test_several_batch_sizes_make_the_batch_size_a_hyperparameter(tiny_space, sqlite_url):
+    study = tuner.search(tiny_space, "digits", trials=4, epochs=1, storage=sqlite_url, study="b", batch_size=[64, 16],
+                         sampler="random", pruner="none", seed=0, keep=0)
+    first, *others = study.trials
+    assert first.params["batch_size"] == 16  # the automatic size on digits, one of the choices: the defaults'
+    assert first.distributions["batch_size"] == optuna.distributions.CategoricalDistribution([16, 64])
+    assert all(t.state.name == "COMPLETE" and t.params["batch_size"] == t.user_attrs["batch_size"]
+               for t in study.trials)
+    assert {t.params["batch_size"] for t in study.trials} == {16, 64}
+    with pytest.raises(tuner.TunerError, match="--backend optuna only"):
+        tuner.SearchRequest(batch_size=[16, 32], backend="keras-tuner").checked()
+
+
+def test_batch_sizes_on_the_command_line():
+    from tuner._request import batch_sizes
+
+    assert batch_sizes("64") == 64 and batch_sizes("32,64,128") == [32, 64, 128]
+    with pytest.raises(ValueError):
+        batch_sizes("32,x")
+    with pytest.raises(tuner.TunerError, match="--batch-size must be a positive number, got 0"):
+        tuner.SearchRequest(batch_size=[0, 32]).checked()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["optuna", "keras-tuner"])
+def test_one_search_across_families_and_its_best_model(backend, sqlite_url, tmp_path, capsys):
+    """``--space auto``: trials of several families in one study, which best, export and report read."""
+    from tuner.cli import main
+
+    tiny = [f"{family}.{item}" for family, items in TINY.items() for item in items]
+    study = tuner.search("auto", "digits", trials=4, epochs=1, storage=sqlite_url, study="a", overrides=tiny,
+                         pruner="none", seed=3, backend=backend, batch_size=64,
+                         **({"algorithm": "random"} if backend == "keras-tuner" else {"sampler": "random"}))
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len({t.params["family"] for t in complete}) >= 2
+    assert all(name == "family" or name.startswith(t.params["family"] + ".") or "." not in name
+               for t in complete for name in t.params)
+    store = ["--study", "a", "--storage", sqlite_url]
+    assert main(["best", *store]) == 0 and "family" in capsys.readouterr().out
+    assert main(["export", *store, "--output", str(tmp_path / "m.keras")]) == 0
+    assert main(["report", *store, "--output", str(tmp_path / "r.html")]) == 0
 
 
 @pytest.mark.core
@@ -159,7 +203,7 @@ def test_same_seed_same_suggestions(sqlite_url, monkeypatch, tiny_space):
 
 
 @pytest.mark.parametrize("kwargs,error,message", [
-    ({"space": "vgg"}, SpaceError, "choose one of: densenet, resnet"),
+    ({"space": "alexnet"}, SpaceError, "choose one of: auto, densenet, inception, resnet, resnet_imagenet, vgg"),
     ({"overrides": ["depth=21"]}, SpaceError, "depth must be one of"),
     ({"sampler": "grid"}, tuner.TunerError, "choose one of: tpe, random, gp, cmaes, qmc"),
     ({"objective": "accuracy"}, tuner.TunerError, "val_accuracy, val_loss"),
@@ -492,7 +536,7 @@ def test_a_study_from_an_older_space_is_refused_before_any_trial(sqlite_url):
     study.add_trial(optuna.trial.create_trial(
         params={"optimizer": "adam"}, value=0.9,
         distributions={"optimizer": optuna.distributions.CategoricalDistribution(["adam", "sgd"])}))
-    with pytest.raises(tuner.TunerError, match=r"drew optimizer from \{adam, sgd\}.*\{adam, adamw, sgd\}"):
+    with pytest.raises(tuner.TunerError, match=r"drew optimizer from \{adam, sgd\}.*\{adam, adamw, sgd, rmsprop\}"):
         tuner.search("resnet", "digits", trials=2, epochs=1, storage=sqlite_url, study="old")
     assert len(optuna.load_study(study_name="old", storage=sqlite_url).trials) == 1
 

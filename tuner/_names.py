@@ -7,7 +7,6 @@ SAMPLERS = ("tpe", "random", "gp", "cmaes", "qmc", "nsga2")
 # What a sampler imports beyond the base install, and the extra that brings it: (module, extra).
 SAMPLER_NEEDS = {"gp": ("torch", "torch")}  # Optuna's GPSampler fits its Gaussian process with PyTorch
 PRUNERS = ("hyperband", "sha", "median", "none")
-AUGMENT_CHOICES = ("auto", "none", "flip", "shift", "flip_shift")
 CURVE_OBJECTIVES = ("val_accuracy", "val_loss")  # read off the training curve
 OBJECTIVES = (*CURVE_OBJECTIVES, "param_count", "latency_ms")  # one, or several for a Pareto front
 BACKENDS = ("optuna", "keras-tuner")

@@ -25,9 +25,10 @@ from typing import Any
 from typing import ParamSpec
 from typing import TypeVar
 
+from search_spaces import AUGMENTATION_HELP
+from search_spaces import transforms_of
 from tuner._images import parse_image_size
 from tuner._names import ALGORITHMS
-from tuner._names import AUGMENT_CHOICES
 from tuner._names import BACKENDS
 from tuner._names import OBJECTIVES
 from tuner._names import PRECISIONS
@@ -88,9 +89,10 @@ class SearchRequest:
         "best epoch", type=float, metavar="SECONDS")
     epochs: int = option(10, "epochs per trial, whose value is its best epoch's (default 10); under --timeout "
                          "the final trial trains as many as fill the time left", type=int, metavar="N")
-    batch_size: int | None = option(
+    batch_size: int | Sequence[int] | None = option(
         None, "training batch size (default: the largest of 16..64 on a CPU, 16..128 on a GPU, that leaves "
-        "64 steps an epoch)", type=int, metavar="N")
+        "64 steps an epoch); several (32,64,128) make it a hyperparameter, batch_size, that the search tunes",
+        type=lambda text: batch_sizes(text), metavar="N[,N...]")
     study: str | None = option(None, "study name (default SPACE-DATASET); reuse it to continue", metavar="NAME")
     storage: str | None = option(
         None, "SQLAlchemy URL of the store (default: $TUNER_STORAGE or sqlite:///tuner.db)", metavar="URL")
@@ -107,7 +109,7 @@ class SearchRequest:
         "(a cosine schedule runs to its end; default 5; 0: off)", type=int, metavar="N")
     augment: str = option(
         "auto", "training augmentation (default auto: flips except for digits/mnist, plus shifts for under "
-        "20,000 training images or 30+ epochs)", choices=AUGMENT_CHOICES)
+        f"20,000 training images or 30+ epochs), {AUGMENTATION_HELP}", metavar="NAME")
     label_smoothing: float = option(
         0.0, "label smoothing of the training loss, in [0, 1) (default 0: none; 0.1 is common)",
         type=float, metavar="EPS")
@@ -171,6 +173,19 @@ class SearchRequest:
     def multi_objective(self) -> bool:
         return len(self.objectives) > 1
 
+    def batch_choices(self) -> tuple[int, ...]:
+        """The batch sizes the search chooses from (``batch_size`` a hyperparameter); () for one size."""
+        if isinstance(self.batch_size, int) or self.batch_size is None:
+            return ()
+        sizes = tuple(sorted(set(self.batch_size)))
+        return sizes if len(sizes) > 1 else ()
+
+    def fixed_batch_size(self) -> int | None:
+        """The one batch size asked for, or None (the automatic one, or several to choose from)."""
+        if isinstance(self.batch_size, int) or self.batch_size is None:
+            return self.batch_size
+        return None if self.batch_choices() else next(iter(self.batch_size), None)
+
     def limits(self) -> dict[str, float]:
         """The budgets a trial must stay within to be feasible, by metric."""
         found = {"param_count": self.max_params, "latency_ms": self.max_latency_ms}
@@ -183,7 +198,11 @@ class SearchRequest:
         _positive("max-latency-ms", self.max_latency_ms, allow_none=True)
         for flag, value in (("trials", self.trials), ("epochs", self.epochs)):
             _positive(flag, value)
-        _positive("batch-size", self.batch_size, allow_none=True)
+        sizes = self.batch_choices()
+        for size in sizes or [self.batch_size]:
+            _positive("batch-size", size, allow_none=True)  # type: ignore[arg-type]
+        if sizes and self.backend != "optuna":
+            raise TunerError("several --batch-size values are a hyperparameter of --backend optuna only")
         _positive("timeout", self.timeout, allow_none=True)
         _positive("store-timeout", self.store_timeout)
         workers = len(self.gpus) if self.gpus else self.workers
@@ -191,8 +210,8 @@ class SearchRequest:
             raise TunerError(f"--workers must be 1 or more, got {workers}")
         if self.patience is not None and self.patience < 0:
             raise TunerError(f"--patience must be 0 (off) or a positive number, got {self.patience}")
-        if self.augment not in AUGMENT_CHOICES:
-            raise TunerError(f"unknown augmentation {self.augment!r}; choose one of: {', '.join(AUGMENT_CHOICES)}")
+        if self.augment != "auto":
+            transforms_of(self.augment)  # refuses an unknown name
         if not 0.0 <= self.label_smoothing < 1.0:
             raise TunerError(f"--label-smoothing must be at least 0 and below 1, got {self.label_smoothing}")
         _known("precision", self.precision, PRECISIONS)
@@ -277,6 +296,12 @@ def check_algorithm(backend: str, algorithm: str | None) -> str:
 def _known(what: str, name: str, names: Sequence[str]) -> None:
     if name not in names:
         raise TunerError(f"unknown {what} {name!r}; choose one of: {', '.join(names)}")
+
+
+def batch_sizes(text: str) -> int | list[int]:
+    """``--batch-size``'s value: one size (``64``), or several for the search to choose from (``32,64``)."""
+    sizes = [int(part) for part in text.split(",")]  # a ValueError is argparse's "invalid value"
+    return sizes[0] if len(sizes) == 1 else sizes
 
 
 def _positive(flag: str, value: float | None, *, allow_none: bool = False) -> None:

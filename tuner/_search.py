@@ -212,7 +212,10 @@ def prepare(request: SearchRequest, *, seed: int, process_trials: int | None = N
     augment = request.augment
     if augment == "auto":
         augment = auto_augmentation(data.name, len(data.y_train), request.epochs)
-    batch_size = request.batch_size or auto_batch_size(len(data.y_train), accelerator())
+    # Several sizes to choose from: the automatic one where it is among them (the defaults' first trial).
+    choices = request.batch_choices()
+    automatic = auto_batch_size(len(data.y_train), accelerator())
+    batch_size = request.fixed_batch_size() or (automatic if not choices or automatic in choices else choices[0])
     steps_per_epoch = math.ceil(len(data.y_train) / batch_size)
     hypermodel = space_cls(data.input_shape, data.classes, mean=mean, variance=variance, augment=augment,
                            train_steps=request.epochs * steps_per_epoch,
@@ -228,8 +231,8 @@ def prepare(request: SearchRequest, *, seed: int, process_trials: int | None = N
         # A multi-objective study prunes by its own rule (backends/_optuna.py: prune_multi_objective).
         pruner=make_pruner("none" if request.multi_objective else request.pruner, request.epochs,
                            Resource(len(data.y_train), batch_size)),
-        first_trials=first_trials(request, specs) if request.start_from_defaults and request.backend == "optuna"
-        else (),
+        first_trials=(first_trials(request, specs, batch_size)
+                      if request.start_from_defaults and request.backend == "optuna" else ()),
     )
     check_space_unchanged(study, specs)
     keeper = None
@@ -262,15 +265,17 @@ def prepare(request: SearchRequest, *, seed: int, process_trials: int | None = N
     )
 
 
-def first_trials(request: SearchRequest, specs: Sequence[Any]) -> list[dict[str, Any]]:
+def first_trials(request: SearchRequest, specs: Sequence[Any], batch_size: int | None = None) -> list[dict[str, Any]]:
     """What a new study tries first: the space's defaults (a paper recipe, a known-good baseline); and
     in a Pareto search with a cost objective or under ``--max-params``, also its smallest model
     (``smallest_values``), so the front has its cheap end from the start instead of after the
-    sampler's random start-up trials, and a budget that the defaults exceed trains a model at once."""
+    sampler's random start-up trials, and a budget that the defaults exceed trains a model at once.
+    Where the batch size is a hyperparameter, they train at ``batch_size``."""
     defaults = {spec.name: spec.default for spec in specs}
     smallest = smallest_values(specs)
     costly = any(name in COST_BEFORE_TRAINING for name in request.objectives) or request.max_params
-    return [defaults, smallest] if costly and smallest != defaults else [defaults]
+    chosen = [defaults, smallest] if costly and smallest != defaults else [defaults]
+    return [{**values, "batch_size": batch_size} for values in chosen] if request.batch_choices() else chosen
 
 
 def auto_batch_size(train_images: int, device: str = "cpu") -> int:

@@ -24,6 +24,7 @@ import keras
 from search_spaces import TunableSpace
 from tuner._cost import latency_ms
 from tuner._cost import stored_bytes
+from tuner._objectives import DIRECTIONS
 from tuner._progress import SearchProgress
 from tuner._training import EpochReport
 from tuner._training import TrialResult
@@ -65,7 +66,7 @@ class TrialRunner:
         return self.hypermodel.build(hp)
 
     def with_augmentation(self, augment: str) -> TrialRunner:
-        """This runner with the space's training augmentation set to ``augment`` (``AUGMENTATIONS``)."""
+        """This runner with the space's training augmentation set to ``augment`` (``transforms_of``)."""
         hypermodel = copy.copy(self.hypermodel)
         hypermodel.augment = augment
         return dataclasses.replace(self, hypermodel=hypermodel)
@@ -103,9 +104,11 @@ class TrialRunner:
         if progress is not None:
             progress.trial_started(label, params, epochs, note)
         reports = EpochReport(after_epoch)
+        mode = "max" if DIRECTIONS[self.objective] == "maximize" else "min"
         result = train_and_evaluate(
             model, self.data, epochs=epochs, initial_epoch=initial_epoch, batch_size=self.batch_size,
-            objective=self.objective, patience=self.patience, callbacks=[reports], deadline=self.deadline,
+            objective=self.objective, patience=self.patience, deadline=self.deadline,
+            callbacks=[reports, *self.hypermodel.training_callbacks(dict(params), self.objective, mode)],
             inference=self.hypermodel.inference_model,
             on_step=None if progress is None else progress.on_step, replan=replan,
             reschedule=None if hp is None else lambda epochs: self.schedule(model, hp, epochs),

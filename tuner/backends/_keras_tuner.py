@@ -62,8 +62,8 @@ def make_oracle(algorithm: str, job: SearchJob) -> keras_tuner.Oracle:
     direction = "max" if DIRECTIONS[request.curve_objective] == "maximize" else "min"
     objective = keras_tuner.Objective(request.curve_objective, direction)
     hp = keras_tuner.HyperParameters()
-    for spec in job.overrides.values():
-        spec.declare(hp)  # declared first, a narrowed spec wins over the space's own declaration
+    for spec in job.runner.hypermodel.hyperparameters():  # the whole space, in order: parents first
+        job.overrides.get(spec.name, spec).declare(hp)  # a narrowed spec wins over the space's own
     common = {"objective": objective, "hyperparameters": hp, "seed": job.seed,
               "max_consecutive_failed_trials": 10**9}  # ours counts (SearchAborted)
     if algorithm == "random":

@@ -39,6 +39,7 @@ from tuner._objectives import DIRECTIONS
 from tuner._objectives import cheaper_peers_better
 from tuner._training import SAVE_SECONDS
 from tuner._training import trial_error
+from tuner._trial import TrialRunner
 from tuner.attributes import BUDGET_SPLIT_ATTR
 from tuner.attributes import CURVE_ATTR
 from tuner.attributes import OVER_BUDGET_ATTR
@@ -149,7 +150,10 @@ def run_trial(job: SearchJob, trial: optuna.Trial) -> float | tuple[float, ...]:
     runner, request = job.runner, job.request
     max_epochs, limits = request.epochs, request.limits()
     seed = job.seed + trial.number
-    for key, value in {**job.recipe, "seed": seed}.items():
+    if request.batch_choices():  # the batch size is a hyperparameter (--batch-size 32,64,128)
+        runner = dataclasses.replace(runner, batch_size=trial.suggest_categorical("batch_size",
+                                                                                  list(request.batch_choices())))
+    for key, value in {**job.recipe, "batch_size": runner.batch_size, "seed": seed}.items():
         trial.set_user_attr(key, value)
     skip = None
     try:
@@ -159,7 +163,7 @@ def run_trial(job: SearchJob, trial: optuna.Trial) -> float | tuple[float, ...]:
         trial.set_user_attr("param_count", params)
         rejected = over_limit(trial, "param_count", params, limits)
         if rejected is None:
-            plan, epochs, refused = plan_epochs(job, trial, model)
+            plan, epochs, refused = plan_epochs(job, trial, model, runner)
             if refused is not None:
                 kind, reason = refused
                 rejected, skip = (reason, None) if kind == REJECTED_ATTR else (None, reason)
@@ -170,7 +174,7 @@ def run_trial(job: SearchJob, trial: optuna.Trial) -> float | tuple[float, ...]:
                 hp = OptunaHyperParameters(trial, job.overrides)
                 model = runner.build(hp, seed)
                 trial.set_user_attr("augment", augment)
-            if epochs != max_epochs:
+            if epochs != max_epochs or runner.batch_size != job.runner.batch_size:  # its own schedule
                 runner.schedule(model, hp, epochs)
                 trial.set_user_attr("max_epochs", epochs)
 
@@ -338,10 +342,10 @@ class EpochPlan:
         return fit if self.cap is None else min(self.cap, fit)
 
 
-def plan_epochs(job: SearchJob, trial: optuna.Trial,
-                model: Any) -> tuple[EpochPlan | None, int, tuple[str, str] | None]:
-    """The plan of this trial's epochs (None without a deadline), the epochs it gives, and why the
-    configuration is not trained (None: it is): ``(SKIPPED_ATTR, why)`` or ``(REJECTED_ATTR, why)``.
+def plan_epochs(job: SearchJob, trial: optuna.Trial, model: Any,
+                runner: TrialRunner) -> tuple[EpochPlan | None, int, tuple[str, str] | None]:
+    """The plan of this trial's epochs (None without a deadline) trained by ``runner``, the epochs it
+    gives, and why the configuration is not trained (None: it is): ``(SKIPPED_ATTR, why)`` or ``(REJECTED_ATTR, why)``.
 
     Records the model's FLOPs per image and its predicted seconds per epoch: from the rate of the
     study's trials timed at this batch size, or, with a deadline and no such trial yet, from a few
@@ -357,7 +361,7 @@ def plan_epochs(job: SearchJob, trial: optuna.Trial,
     whose first epoch cannot end in the time left is skipped. Both record by how many seconds the epoch
     is too long as a violated ``epoch_seconds`` constraint, so the sampler learns what the time pays for.
     """
-    runner, max_epochs = job.runner, job.request.epochs
+    max_epochs = job.request.epochs
     data, batch_size = runner.data, runner.batch_size
     flops = model_flops(model)
     trial.set_user_attr("flops", flops)
