@@ -28,6 +28,7 @@ TINY = {
     "resnet_imagenet": ["depth=18", "filters=16"],
     "inception": ["stage3_modules=1", "stage4_modules=1", "stage5_modules=1", "width=0.25", "stem_filters=16"],
 }
+TINY["auto"] = [f"{family}.{item}" for family, items in TINY.items() for item in items]  # every family small
 POSTGRES_URL = os.environ.get("TUNER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
