@@ -187,17 +187,10 @@ def stem(
     return x
 
 
-def classifier_head(
-    x: keras.KerasTensor, classes: int, *, dropout: float, l2: float, l1: float = 0.0
-) -> keras.KerasTensor:
-    """Global average pooling, then the ``classifier``."""
-    return classifier(layers.GlobalAveragePooling2D(name="avg_pool")(x), classes, dropout=dropout, l2=l2, l1=l1)
-
-
 def pooled_head(x: keras.KerasTensor, classes: int, *, pooling: str = "avg", pool_dropout: float = 0.0,
                 dense_units: int = 0, dropout: float, l2: float, l1: float = 0.0,
                 activation: str = "relu") -> keras.KerasTensor:
-    """The heads of VGG, Inception and ImageNet ResNets: global ``pooling`` (``avg`` or ``max``),
+    """Every space's head: global ``pooling`` (``avg`` or ``max``),
     dropout, an optional bias-free dense layer with batch norm and ``activation``, then the
     ``classifier`` with its own ``dropout``."""
     if pooling not in ("avg", "max"):

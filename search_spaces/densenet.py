@@ -21,7 +21,7 @@ from search_spaces._base import TunableSpace
 from search_spaces._declarations import DENSENET_DESCRIPTION
 from search_spaces._errors import SpaceError
 from search_spaces._layers import batch_norm
-from search_spaces._layers import classifier_head
+from search_spaces._layers import pooled_head
 from search_spaces._layers import regularizer
 from search_spaces._layers import stage_strides
 from search_spaces._layers import stem
@@ -139,7 +139,7 @@ def build_densenet(
                            activation=activation, name=f"transition{i + 1}")
     x = batch_norm("post_bn")(x)
     x = layers.Activation(activation, name=f"post_{activation}")(x)
-    outputs = classifier_head(x, classes, dropout=0.0, l2=l2, l1=l1)
+    outputs = pooled_head(x, classes, dropout=0.0, l2=l2, l1=l1)
     kind = "densenet_bc" if bottleneck and compression < 1 else "densenet"
     return keras.Model(inputs, outputs, name=f"{kind}{size_name}_k{growth_rate}")
 

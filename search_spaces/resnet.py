@@ -18,7 +18,7 @@ from search_spaces._base import TunableSpace
 from search_spaces._declarations import RESNET_DESCRIPTION
 from search_spaces._errors import SpaceError
 from search_spaces._layers import batch_norm
-from search_spaces._layers import classifier_head
+from search_spaces._layers import pooled_head
 from search_spaces._layers import regularizer
 from search_spaces._layers import stage_strides
 from search_spaces._layers import stem
@@ -130,7 +130,7 @@ def build_resnet(
                            activation=activation, version=version, name=f"stage{i + 1}")
     if version == "v2":
         x = bn_act(x, activation, "post")
-    outputs = classifier_head(x, classes, dropout=dropout, l2=l2, l1=l1)
+    outputs = pooled_head(x, classes, dropout=dropout, l2=l2, l1=l1)
     return keras.Model(inputs, outputs, name=f"resnet{depth}_{version}")
 
 

@@ -65,6 +65,12 @@ def _gpu_list(text: str) -> list[str]:
     return [gpu.strip() for gpu in text.split(",") if gpu.strip()]
 
 
+def batch_sizes(text: str) -> int | list[int]:
+    """``--batch-size``'s value: one size (``64``), or several for the search to choose from (``32,64``)."""
+    sizes = [int(part) for part in text.split(",")]  # a ValueError is argparse's "invalid value"
+    return sizes[0] if len(sizes) == 1 else sizes
+
+
 @dataclass(frozen=True)
 class SearchRequest:
     """What a search is asked for: the options of ``tuner.search`` and ``tuner search``, each declared
@@ -92,7 +98,7 @@ class SearchRequest:
     batch_size: int | Sequence[int] | None = option(
         None, "training batch size (default: the largest of 16..64 on a CPU, 16..128 on a GPU, that leaves "
         "64 steps an epoch); several (32,64,128) make it a hyperparameter, batch_size, that the search tunes",
-        type=lambda text: batch_sizes(text), metavar="N[,N...]")
+        type=batch_sizes, metavar="N[,N...]")
     study: str | None = option(None, "study name (default SPACE-DATASET); reuse it to continue", metavar="NAME")
     storage: str | None = option(
         None, "SQLAlchemy URL of the store (default: $TUNER_STORAGE or sqlite:///tuner.db)", metavar="URL")
@@ -174,17 +180,9 @@ class SearchRequest:
         return len(self.objectives) > 1
 
     def batch_choices(self) -> tuple[int, ...]:
-        """The batch sizes the search chooses from (``batch_size`` a hyperparameter); () for one size."""
-        if isinstance(self.batch_size, int) or self.batch_size is None:
-            return ()
-        sizes = tuple(sorted(set(self.batch_size)))
-        return sizes if len(sizes) > 1 else ()
-
-    def fixed_batch_size(self) -> int | None:
-        """The one batch size asked for, or None (the automatic one, or several to choose from)."""
-        if isinstance(self.batch_size, int) or self.batch_size is None:
-            return self.batch_size
-        return None if self.batch_choices() else next(iter(self.batch_size), None)
+        """The batch sizes the search chooses from (``batch_size`` a hyperparameter; ``checked`` makes
+        several sizes a sorted tuple, one an int); () for one size or the automatic one."""
+        return self.batch_size if isinstance(self.batch_size, tuple) else ()
 
     def limits(self) -> dict[str, float]:
         """The budgets a trial must stay within to be feasible, by metric."""
@@ -198,10 +196,11 @@ class SearchRequest:
         _positive("max-latency-ms", self.max_latency_ms, allow_none=True)
         for flag, value in (("trials", self.trials), ("epochs", self.epochs)):
             _positive(flag, value)
-        sizes = self.batch_choices()
-        for size in sizes or [self.batch_size]:
-            _positive("batch-size", size, allow_none=True)  # type: ignore[arg-type]
-        if sizes and self.backend != "optuna":
+        given = self.batch_size
+        sizes = [] if given is None else [given] if isinstance(given, int) else sorted(set(given))
+        for batch in sizes:
+            _positive("batch-size", batch)
+        if len(sizes) > 1 and self.backend != "optuna":
             raise TunerError("several --batch-size values are a hyperparameter of --backend optuna only")
         _positive("timeout", self.timeout, allow_none=True)
         _positive("store-timeout", self.store_timeout)
@@ -246,6 +245,7 @@ class SearchRequest:
             deadline=deadline, overrides=overrides, recycle_after=self.recycle_after or None,
             objective=",".join(objectives), max_params=max_params,
             image_size=None if size is None else f"{size[0]}x{size[1]}",
+            batch_size=tuple(sizes) if len(sizes) > 1 else next(iter(sizes), None),
         )
 
     def settings(self) -> dict[str, Any]:
@@ -296,12 +296,6 @@ def check_algorithm(backend: str, algorithm: str | None) -> str:
 def _known(what: str, name: str, names: Sequence[str]) -> None:
     if name not in names:
         raise TunerError(f"unknown {what} {name!r}; choose one of: {', '.join(names)}")
-
-
-def batch_sizes(text: str) -> int | list[int]:
-    """``--batch-size``'s value: one size (``64``), or several for the search to choose from (``32,64``)."""
-    sizes = [int(part) for part in text.split(",")]  # a ValueError is argparse's "invalid value"
-    return sizes[0] if len(sizes) == 1 else sizes
 
 
 def _positive(flag: str, value: float | None, *, allow_none: bool = False) -> None:

@@ -215,7 +215,8 @@ def prepare(request: SearchRequest, *, seed: int, process_trials: int | None = N
     # Several sizes to choose from: the automatic one where it is among them (the defaults' first trial).
     choices = request.batch_choices()
     automatic = auto_batch_size(len(data.y_train), accelerator())
-    batch_size = request.fixed_batch_size() or (automatic if not choices or automatic in choices else choices[0])
+    batch_size = (request.batch_size if isinstance(request.batch_size, int)
+                  else automatic if not choices or automatic in choices else choices[0])
     steps_per_epoch = math.ceil(len(data.y_train) / batch_size)
     hypermodel = space_cls(data.input_shape, data.classes, mean=mean, variance=variance, augment=augment,
                            train_steps=request.epochs * steps_per_epoch,

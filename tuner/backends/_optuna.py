@@ -150,9 +150,9 @@ def run_trial(job: SearchJob, trial: optuna.Trial) -> float | tuple[float, ...]:
     runner, request = job.runner, job.request
     max_epochs, limits = request.epochs, request.limits()
     seed = job.seed + trial.number
-    if request.batch_choices():  # the batch size is a hyperparameter (--batch-size 32,64,128)
-        runner = dataclasses.replace(runner, batch_size=trial.suggest_categorical("batch_size",
-                                                                                  list(request.batch_choices())))
+    choices = request.batch_choices()
+    if choices:  # the batch size is a hyperparameter (--batch-size 32,64,128)
+        runner = dataclasses.replace(runner, batch_size=trial.suggest_categorical("batch_size", list(choices)))
     for key, value in {**job.recipe, "batch_size": runner.batch_size, "seed": seed}.items():
         trial.set_user_attr(key, value)
     skip = None
