@@ -93,6 +93,13 @@ class TunableSpace(keras_tuner.HyperModel):
             raise NotImplementedError(f"{cls.__name__} must declare its hyperparameters")
         return declare_space(cls.space_name, hp)
 
+    def alternatives(self) -> tuple[dict[str, Any], ...]:
+        """Known-good configurations beside the defaults for this input, each as the values it changes
+        (none by default). A search that explores tries them right after the defaults, before its
+        sampler proposes anything, and trains each for ``--epochs`` unpruned; one over the search's
+        budgets is refused as any configuration is."""
+        return ()
+
     # The space's pure builder, ``builder(input_shape, classes, **values, preprocess=...)``, where its
     # keywords are the hyperparameters' names; a space whose values need translating overrides
     # ``architecture`` instead.

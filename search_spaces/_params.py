@@ -67,6 +67,17 @@ class ParamSpec:
             return False
         return c["values"][0] if self.kind == "Choice" else c["min_value"]
 
+    def allows(self, value: Any) -> bool:
+        """Whether this hyperparameter, as declared (or narrowed by ``--set``), can take ``value``."""
+        c = self.config
+        if self.kind == "Choice":
+            return value in c["values"]
+        if self.kind == "Fixed":
+            return bool(value == c["value"])
+        if self.kind == "Boolean":
+            return isinstance(value, bool)
+        return _is_number(value) and _in_range(self, value)
+
     def describe(self) -> str:
         """A short human description: ``choice of 14, 20, 32 (default 20)``, ``float 1e-4..0.1 log``."""
         c = self.config
@@ -259,18 +270,10 @@ def _convert(text: str, like: Any) -> Any:
 def _check_value(spec: ParamSpec, text: str) -> Any:
     """Parse one value and check the space can build it."""
     c = spec.config
-    if spec.kind == "Choice":
-        value = _convert(text, c["values"][0])
-        ok = value in c["values"]
-    elif spec.kind == "Boolean":
-        value, ok = _convert(text, True), True
-    elif spec.kind == "Fixed":
-        value = _convert(text, c["value"])
-        ok = value == c["value"]
-    else:
-        value = _convert(text, 0 if spec.kind == "Int" else 0.0)
-        ok = _in_range(spec, value)
-    if not ok or (isinstance(value, float) and not math.isfinite(value)):
+    like = (c["values"][0] if spec.kind == "Choice" else True if spec.kind == "Boolean"
+            else c["value"] if spec.kind == "Fixed" else 0 if spec.kind == "Int" else 0.0)
+    value = _convert(text, like)
+    if not spec.allows(value) or (isinstance(value, float) and not math.isfinite(value)):
         raise SpaceError(f"{spec.name} must be {_allowed(spec)}")
     return value
 

@@ -262,6 +262,7 @@ def prepare(request: SearchRequest, *, seed: int, process_trials: int | None = N
     return SearchJob(
         request=request, study=study, storage=store, runner=runner, progress=progress, overrides=narrowed,
         recipe=recipe, seed=seed, keeper=keeper, process_trials=process_trials,
+        alternatives=alternative_trials(request, hypermodel.alternatives(), specs, batch_size),
         workdir=str(keras_tuner_path(request.storage)) if request.backend == "keras-tuner" else None,
     )
 
@@ -277,6 +278,24 @@ def first_trials(request: SearchRequest, specs: Sequence[Any], batch_size: int |
     costly = any(name in COST_BEFORE_TRAINING for name in request.objectives) or request.max_params
     chosen = [defaults, smallest] if costly and smallest != defaults else [defaults]
     return [{**values, "batch_size": batch_size} for values in chosen] if request.batch_choices() else chosen
+
+
+def alternative_trials(request: SearchRequest, alternatives: Sequence[Mapping[str, Any]], specs: Sequence[Any],
+                       batch_size: int | None = None) -> tuple[dict[str, Any], ...]:
+    """The space's known-good ``alternatives`` to its defaults for this data (``TunableSpace.alternatives``), each
+    as a whole configuration, those that ``--set`` leaves drawable; none where the search does not
+    start from the defaults, or seeks a Pareto front (which starts from the smallest model)."""
+    if request.multi_objective or not request.start_from_defaults or request.backend != "optuna":
+        return ()
+    by_name = {spec.name: spec for spec in specs}
+    defaults = {spec.name: spec.default for spec in specs}
+    chosen: list[dict[str, Any]] = []
+    for changes in alternatives:
+        values = {**defaults, **changes}
+        if (all(name in by_name and by_name[name].allows(value) for name, value in changes.items())
+                and values != defaults and values not in chosen):
+            chosen.append(values)
+    return tuple({**values, "batch_size": batch_size} if request.batch_choices() else values for values in chosen)
 
 
 def auto_batch_size(train_images: int, device: str = "cpu") -> int:

@@ -94,7 +94,8 @@ trial_attribute("predicted_seconds_per_epoch", "Its epoch time as predicted befo
 trial_attribute("planned_epochs", "The epochs first planned from the prediction, where measured epochs "
                                   "changed the plan (`max_epochs` holds the new one).")
 ROLE_ATTR = trial_attribute("role", "`final`: the search's last trial, the best configuration found "
-                                    "trained for the time left.")
+                                    "trained for the time left; `alternative`: one of the space's "
+                                    "known-good configurations, tried after the defaults and not pruned.")
 SKIPPED_ATTR = trial_attribute(
     "skipped", "Why it was not trained: its first epoch could not end before the deadline. Stored PRUNED; "
                "not counted as a trial.")

@@ -153,6 +153,7 @@ class SearchJob:
     recipe: dict[str, object]
     seed: int
     keeper: ModelKeeper | None = None
+    alternatives: tuple[dict[str, object], ...] = ()  # enqueued after the defaults (``TryAlternatives``)
     process_trials: int | None = None  # the most trials this process runs (None: no limit)
     workdir: str | None = None  # the Keras Tuner backend's own folder for this study
 
@@ -191,6 +192,9 @@ class SearchJob:
 # Under --timeout, the search's last trial trains the best configuration found for all the time left:
 # it records ``role: final`` (``tuner._search`` and the race read it).
 FINAL = "final"
+# A space's known-good alternative to its defaults (``TunableSpace.alternatives``): tried right after
+# them, and trained for ``--epochs`` without pruning so that it is compared with them on equal terms.
+ALTERNATIVE = "alternative"
 
 
 # Configurations in a row skipped as too slow for the time left before the search gives up.

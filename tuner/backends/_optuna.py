@@ -46,6 +46,7 @@ from tuner.attributes import OVER_BUDGET_ATTR
 from tuner.attributes import REJECTED_ATTR
 from tuner.attributes import ROLE_ATTR
 from tuner.attributes import SKIPPED_ATTR
+from tuner.backends._base import ALTERNATIVE
 from tuner.backends._base import FINAL
 from tuner.backends._base import MAX_REJECTED
 from tuner.backends._base import MAX_SKIPPED
@@ -106,6 +107,8 @@ class OptunaBackend(SearchBackend):
         callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = [
             lambda study, _: fail_orphans(study, job.progress),  # a killed worker's trial, retried now
             budget, failures, job.progress.trial_finished]
+        if job.alternatives:  # after Commit: once exploring is over, none is tried
+            callbacks.insert(0, TryAlternatives(job.alternatives, request.trials, final=job.deadline is not None))
         if job.deadline is not None and not request.multi_objective:
             commit = Commit(request.trials, explore_until(job))
             commit(job.study)  # the budget may leave room for the final trial alone
@@ -196,10 +199,12 @@ def run_trial(job: SearchJob, trial: optuna.Trial) -> float | tuple[float, ...]:
                 return again
 
             final = trial.user_attrs.get(ROLE_ATTR) == FINAL
+            unpruned = final or trial.user_attrs.get(ROLE_ATTR) == ALTERNATIVE
             report = (multi_objective_report(job, trial, epochs) if request.multi_objective
-                      else single_objective_report(trial, runner.objective, 0 if final else epochs, job.resource))
+                      else single_objective_report(trial, runner.objective, 0 if unpruned else epochs,
+                                                   job.resource))
             # Judged inside its first epoch too, where the pruner's first rung is there (``Resource``).
-            judged_early = not (final or request.multi_objective or request.pruner == "none")
+            judged_early = not (unpruned or request.multi_objective or request.pruner == "none")
             note = (f"final: {epochs} epochs to the deadline" if final
                     else f"{epochs} epochs fit before the deadline" if epochs < max_epochs else None)
             # The final trial is not stopped by patience: it is planned to use the time left, and
@@ -512,6 +517,27 @@ class Commit:
                 or trailing(trials, SKIPPED_ATTR, self.began) >= MAX_SKIPPED  # nothing fits before it
                 or trailing(trials, REJECTED_ATTR, self.began) >= MAX_REJECTED):  # nothing is affordable
             study.enqueue_trial(study.best_trial.params, user_attrs={ROLE_ATTR: FINAL})
+
+
+class TryAlternatives:
+    """Study callback that enqueues the space's known-good ``alternatives`` (``role: alternative``)
+    once the defaults have run, while the search explores: after the study's first complete trial,
+    with no trial waiting, and as many as leave room in ``trials`` (and for the final trial where
+    ``final``). Once per study: never again once a trial of that role exists."""
+
+    def __init__(self, alternatives: Sequence[Mapping[str, Any]], trials: int, final: bool) -> None:
+        self.alternatives, self.trials, self.final = alternatives, trials, final
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial | None = None) -> None:
+        trials = study.get_trials(deepcopy=False)
+        if (any(t.state == TrialState.WAITING or t.user_attrs.get(ROLE_ATTR) in (ALTERNATIVE, FINAL) for t in trials)
+                or not any(t.state == TrialState.COMPLETE for t in trials)):
+            return
+        active = counted([t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED,
+                                                           TrialState.RUNNING)])
+        room = self.trials - len(active) - int(self.final)
+        for values in self.alternatives[:max(room, 0)]:
+            study.enqueue_trial(dict(values), user_attrs={ROLE_ATTR: ALTERNATIVE})
 
 
 class StudyBudget:
