@@ -106,8 +106,8 @@ def training_throughput(folder: Path, cache: Path, size: str, batch_size: int, l
 
     import tuner.data
     from search_spaces import get_space
-    from tuner._training import Batches
     from tuner.data import load_dataset
+    from tuner.training._training import Batches
 
     tuner.data.IN_MEMORY_BYTES = 0  # stream, whatever the size
     data = load_dataset(str(folder), image_size=size, cache_dir=cache)

@@ -92,8 +92,7 @@ def run_keras_tuner(data_name: str, seed: int, args, workdir: Path) -> dict:
     import numpy as np
 
     from tuner.data import load_dataset
-
-    from tuner._search import auto_batch_size
+    from tuner.driver._search import auto_batch_size
 
     data = load_dataset(data_name)
     batch_size = args.batch_size or auto_batch_size(len(data.y_train))  # the same as (a) and (b)

@@ -2,7 +2,7 @@
 
 Keras on TensorFlow (without a distribution strategy) creates the optimizer's and the compiled
 metrics' variables while tracing the first train step, and a ``tf.function`` that creates variables is
-traced twice. ``tuner._training.build_training_state`` creates them first from one small batch. This
+traced twice. ``tuner.training._training.build_training_state`` creates them first from one small batch. This
 runs the same trials (same seeds, so the same accuracies) alternately without and with it, in one
 process, and prints each trial's wall time and the median per model and mode.
 
@@ -35,7 +35,7 @@ def main() -> None:
     import optuna
 
     import tuner
-    import tuner._training as training
+    import tuner.training._training as training
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -27,7 +27,7 @@ def artifacts_path(url: str | None = None, artifacts: str | None = None) -> Path
 
 
 def cache_path(url: str | None = None) -> Path:
-    """Decoded image files (``tuner/_images.py``): ``<db name>-cache/`` beside a SQLite file, else
+    """Decoded image files (``tuner/data/_images.py``): ``<db name>-cache/`` beside a SQLite file, else
     ``./tuner-cache``."""
     path = sqlite_path(storage_url(url))
     if path is not None:

@@ -33,9 +33,9 @@ POSTGRES_URL = os.environ.get("TUNER_TEST_POSTGRES", "postgresql://postgres@127.
 
 
 def fake_training(model, data, *, epochs, initial_epoch=0, callbacks=(), **_):
-    """A ``train_and_evaluate`` stand-in for bookkeeping tests (patch ``tuner._trial.train_and_evaluate``):
+    """A ``train_and_evaluate`` stand-in for bookkeeping tests (patch ``tuner.training._trial.train_and_evaluate``):
     reports an accuracy per epoch that depends on the learning rate, without training."""
-    from tuner._training import TrialResult
+    from tuner.training._training import TrialResult
 
     lr = float(model.optimizer.learning_rate.numpy()) if hasattr(model.optimizer.learning_rate, "numpy") else 0.01
     logs = {}
@@ -71,7 +71,7 @@ def half_the_steps(request, monkeypatch):
     (the TF suite took 549 s instead of 625 s). Tests of the automatic batch size itself are marked
     ``auto_batch``; worker subprocesses keep the real size."""
     if "auto_batch" not in request.keywords:
-        monkeypatch.setattr("tuner._search.MIN_STEPS_PER_EPOCH", 32)
+        monkeypatch.setattr("tuner.driver._search.MIN_STEPS_PER_EPOCH", 32)
 
 
 @pytest.fixture

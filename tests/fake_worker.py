@@ -9,8 +9,8 @@ import sys
 import time
 
 import tuner
-import tuner._trial as trial_runner
-from tuner._training import TrialResult
+import tuner.training._trial as trial_runner
+from tuner.training._training import TrialResult
 
 
 def fake_training(model, data, *, epochs, callbacks=(), **_):

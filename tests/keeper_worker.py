@@ -22,7 +22,7 @@ def offer_trials(url: str, folder: str, worker: int, barrier) -> None:
     """Six trials, each offered to a keeper of two models and then told its value."""
     from optuna.artifacts import FileSystemArtifactStore
 
-    from tuner._models import ModelKeeper
+    from tuner.models._models import ModelKeeper
 
     study = optuna.load_study(study_name="race", storage=url)
     keeper = ModelKeeper(FileSystemArtifactStore(folder), keep=2, folder=folder)

@@ -18,7 +18,7 @@ import tuner
 from tuner._names import BACKENDS
 from tuner._names import SAMPLER_NEEDS
 from tuner._names import SAMPLERS
-from tuner._training import TrialResult
+from tuner.training._training import TrialResult
 
 RESULT_ATTRS = set(TrialResult(value=0.0, best_epoch=1, epochs=1, train_seconds=0.0, params=1, best_logs={},
                                test_loss=0.0, test_accuracy=0.0).attrs())
@@ -63,7 +63,8 @@ def test_the_budget_counts_finished_trials_and_a_rerun_continues(backend, sqlite
 
 
 def test_failures_are_recorded_and_stop_the_search(backend, sqlite_url, monkeypatch):
-    monkeypatch.setattr("tuner._trial.train_and_evaluate", lambda *a, **k: (_ for _ in ()).throw(ValueError("bad")))
+    monkeypatch.setattr("tuner.training._trial.train_and_evaluate",
+                        lambda *a, **k: (_ for _ in ()).throw(ValueError("bad")))
     with pytest.raises(tuner.TunerError, match="2 failed trials in a row; last error: ValueError: bad"):
         run(backend, sqlite_url, max_failures=2)
     trials = optuna.load_study(study_name="contract", storage=sqlite_url).get_trials()
@@ -91,8 +92,8 @@ def test_every_listed_sampler_proposes_past_its_start_up_or_is_refused_naming_th
 
     from search_spaces import get_space
     from tuner._request import SearchRequest
-    from tuner._search import make_sampler
     from tuner.backends._optuna import OptunaHyperParameters
+    from tuner.driver._search import make_sampler
 
     needs = SAMPLER_NEEDS.get(name)
     if needs is not None and importlib.util.find_spec(needs[0]) is None:

@@ -11,15 +11,15 @@ import pytest
 from conftest import undeclared_attributes
 
 import tuner
-from tuner._cost import epoch_seconds
-from tuner._cost import model_flops
-from tuner._cost import seconds_per_flop
-from tuner._cost import timed_rate
-from tuner._training import PROBE_STEPS
-from tuner._training import Deadline
-from tuner._training import Patience
 from tuner.backends._base import REDUCTION_FACTOR
 from tuner.backends._base import Resource
+from tuner.training._cost import epoch_seconds
+from tuner.training._cost import model_flops
+from tuner.training._cost import seconds_per_flop
+from tuner.training._cost import timed_rate
+from tuner.training._training import PROBE_STEPS
+from tuner.training._training import Deadline
+from tuner.training._training import Patience
 
 
 class FakeModel:
@@ -38,7 +38,7 @@ def run_steps(callback: Deadline, clock: list[float], steps: int, step_seconds: 
 @pytest.fixture
 def clock(monkeypatch) -> list[float]:
     now = [1000.0]
-    monkeypatch.setattr("tuner._training.time.time", lambda: now[0])
+    monkeypatch.setattr("tuner.training._training.time.time", lambda: now[0])
     return now
 
 
@@ -186,7 +186,7 @@ def test_a_search_ends_by_its_timeout_with_the_trial_in_flight_kept(sqlite_url, 
 
 
 def test_ctrl_c_after_an_epoch_keeps_the_trial_in_flight_complete(sqlite_url, monkeypatch, tiny_space):
-    from tuner._progress import SearchProgress
+    from tuner.training._progress import SearchProgress
 
     def interrupt_in_epoch_2(self, number, epoch, logs):
         if epoch == 2:

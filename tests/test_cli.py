@@ -214,7 +214,7 @@ def test_progress_names_a_keras_tuner_trial_by_both_ids():
     import optuna
     from rich.console import Console
 
-    from tuner._progress import SearchProgress
+    from tuner.training._progress import SearchProgress
 
     out = io.StringIO()
     progress = SearchProgress(enabled=True, objective="val_accuracy", epochs=2,
@@ -236,7 +236,7 @@ def test_progress_says_what_the_deadline_did():
     import optuna
     from rich.console import Console
 
-    from tuner._progress import SearchProgress
+    from tuner.training._progress import SearchProgress
 
     out = io.StringIO()
     progress = SearchProgress(enabled=True, objective="val_accuracy", epochs=10,

@@ -16,8 +16,8 @@ from keeper_worker import offer_trials
 from test_search import _call
 
 import tuner
-from tuner._training import TrialResult
 from tuner.cli import main
+from tuner.training._training import TrialResult
 
 
 def _fake_training(values):
@@ -43,7 +43,7 @@ def test_a_failed_write_leaves_the_trial_complete(sqlite_url, monkeypatch):
     def full_disk(self, artifact_id, body):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("tuner._trial.train_and_evaluate", _fake_training([0.5]))
+    monkeypatch.setattr("tuner.training._trial.train_and_evaluate", _fake_training([0.5]))
     monkeypatch.setattr(FileSystemArtifactStore, "write", full_disk)
     (trial,) = tuner.search("resnet", "digits", trials=1, storage=sqlite_url, overrides=["depth=8"]).trials
     assert trial.state.name == "COMPLETE" and "No space left" in trial.user_attrs["model_error"]
@@ -110,8 +110,8 @@ def test_export_round_trip_in_a_python_with_only_keras(capsys, trained_study, tm
     assert abs(best_accuracy - recorded) <= 0.005
     assert any(abs(retrained_accuracy - m) <= 0.005 for m in medians)
     # The ensemble's predictions are the mean of the kept models' own.
-    from tuner._models import kept_trials
-    from tuner._models import load_trial_model
+    from tuner.models._models import kept_trials
+    from tuner.models._models import load_trial_model
 
     study = optuna.load_study(study_name="d", storage=trained_study)
     artifacts = optuna.artifacts.FileSystemArtifactStore(tmp_path / "tuner-artifacts")
@@ -185,10 +185,10 @@ def test_the_new_spaces_learn_digits_and_export_models_plain_keras_loads(capsys,
 def test_retraining_the_top_trials_ranks_them_by_their_mean(capsys, sqlite_url, tmp_path, monkeypatch):
     """--top 2 --seeds 2: the two best trials retrained twice each; the one with the better mean wins
     even where the search ranked it second, and both are recorded on the study."""
-    monkeypatch.setattr("tuner._trial.train_and_evaluate", _fake_training([0.5, 0.9, 0.7]))
+    monkeypatch.setattr("tuner.training._trial.train_and_evaluate", _fake_training([0.5, 0.9, 0.7]))
     tuner.search("resnet", "digits", trials=3, study="t", storage=sqlite_url, overrides=["depth=8"], pruner="none")
     # Retrains run best trial first: trial 1 (0.9) scores 0.60 and 0.62, trial 2 (0.7) 0.80 and 0.78.
-    monkeypatch.setattr("tuner._trial.train_and_evaluate", _fake_training([0.6, 0.62, 0.8, 0.78]))
+    monkeypatch.setattr("tuner.training._trial.train_and_evaluate", _fake_training([0.6, 0.62, 0.8, 0.78]))
     store = ["--storage", sqlite_url]
     assert main(["export", "--study", "t", "--output", str(tmp_path / "top.keras"), "--retrain", "--top", "2",
                  "--seeds", "2", "--json", *store]) == 0
@@ -209,7 +209,7 @@ def test_retraining_the_top_trials_ranks_them_by_their_mean(capsys, sqlite_url, 
 
 def test_missing_corrupt_and_empty_are_clear_errors(capsys, sqlite_url, tmp_path, monkeypatch):
 
-    monkeypatch.setattr("tuner._trial.train_and_evaluate", _fake_training([0.5, 0.9, 0.7]))
+    monkeypatch.setattr("tuner.training._trial.train_and_evaluate", _fake_training([0.5, 0.9, 0.7]))
     tuner.search("resnet", "digits", trials=3, study="m", storage=sqlite_url, keep=1, overrides=["depth=8"],
                  pruner="none")
     store = ["--storage", sqlite_url]
@@ -234,7 +234,7 @@ def test_best_shows_the_model_file_and_dashboard_serves(capsys, sqlite_url, tmp_
     import optuna_dashboard
 
 
-    monkeypatch.setattr("tuner._trial.train_and_evaluate", _fake_training([0.5]))
+    monkeypatch.setattr("tuner.training._trial.train_and_evaluate", _fake_training([0.5]))
     tuner.search("resnet", "digits", trials=1, study="b", storage=sqlite_url, overrides=["depth=8"])
     assert main(["best", "--study", "b", "--storage", sqlite_url, "--json"]) == 0
     best = json.loads(capsys.readouterr().out)
@@ -254,8 +254,8 @@ def test_keeping_tolerates_a_file_another_worker_already_evicted(tmp_path):
     from optuna.artifacts import FileSystemArtifactStore
     from optuna.artifacts import upload_artifact
 
-    from tuner._models import ModelKeeper
     from tuner.attributes import MODEL_ATTR
+    from tuner.models._models import ModelKeeper
 
     (tmp_path / "store").mkdir()
     store = FileSystemArtifactStore(str(tmp_path / "store"))

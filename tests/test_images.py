@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tuner._images import load_cached
 from tuner.data import load_dataset
+from tuner.data._images import load_cached
 from tuner.errors import DataError
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
@@ -166,7 +166,7 @@ def test_the_cache_is_reused_and_a_changed_folder_decodes_only_what_changed(tmp_
 @pytest.mark.core
 def test_a_large_dataset_is_streamed_from_the_cache_and_learns(tmp_path, monkeypatch, tiny_space):
     import tuner
-    from tuner._images import ImageArray
+    from tuner.data._images import ImageArray
 
     monkeypatch.setattr("tuner.data.IN_MEMORY_BYTES", 0)
     root = class_folder(tmp_path / "p", {"dark": shades(40, 20), "light": shades(40, 220)})

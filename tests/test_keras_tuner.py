@@ -80,7 +80,7 @@ def kt_search(url, space="resnet", **kwargs):
 
 
 def test_random_search_mirrors_every_trial(sqlite_url, monkeypatch):
-    monkeypatch.setattr("tuner._trial.train_and_evaluate", fake_training)
+    monkeypatch.setattr("tuner.training._trial.train_and_evaluate", fake_training)
     study = kt_search(sqlite_url)
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
@@ -98,7 +98,7 @@ def test_random_search_mirrors_every_trial(sqlite_url, monkeypatch):
 
 
 def test_hyperband_rounds_are_pruned_and_continued(sqlite_url, monkeypatch, tiny_space):
-    monkeypatch.setattr("tuner._trial.train_and_evaluate", fake_training)
+    monkeypatch.setattr("tuner.training._trial.train_and_evaluate", fake_training)
     study = kt_search(sqlite_url, tiny_space, algorithm="hyperband", trials=8, epochs=3)
     trials = study.get_trials()
     assert len(trials) == 8
@@ -139,7 +139,7 @@ def test_a_failing_trial_is_recorded_and_the_search_goes_on(sqlite_url, monkeypa
             raise RuntimeError("out of memory (simulated)")
         return fake_training(*args, **kwargs)
 
-    monkeypatch.setattr("tuner._trial.train_and_evaluate", sometimes_broken)
+    monkeypatch.setattr("tuner.training._trial.train_and_evaluate", sometimes_broken)
     study = kt_search(sqlite_url, tiny_space)
     states = [t.state for t in study.get_trials()]
     assert states.count(TrialState.FAIL) == 1 and states.count(TrialState.COMPLETE) == 3
@@ -158,7 +158,7 @@ def test_resume_after_a_kill_adds_no_duplicate(sqlite_url, monkeypatch, tiny_spa
             raise KeyboardInterrupt  # stands for SIGKILL: nothing after this line runs
         return fake_training(*args, **kwargs)
 
-    monkeypatch.setattr("tuner._trial.train_and_evaluate", killed_in_second_trial)
+    monkeypatch.setattr("tuner.training._trial.train_and_evaluate", killed_in_second_trial)
     with pytest.raises(KeyboardInterrupt):
         kt_search(sqlite_url, tiny_space)
     study = optuna.load_study(study_name="kt", storage=sqlite_url)
@@ -170,7 +170,7 @@ def test_resume_after_a_kill_adds_no_duplicate(sqlite_url, monkeypatch, tiny_spa
         self.mirror(trial)
         raise KeyboardInterrupt  # Keras Tuner never learns that the trial ended
 
-    monkeypatch.setattr("tuner._trial.train_and_evaluate", fake_training)
+    monkeypatch.setattr("tuner.training._trial.train_and_evaluate", fake_training)
     monkeypatch.setattr(kt_backend.MirroredTuner, "on_trial_end", killed_after_storing)
     with pytest.raises(KeyboardInterrupt):
         kt_search(sqlite_url, tiny_space)
@@ -185,7 +185,7 @@ def test_resume_after_a_kill_adds_no_duplicate(sqlite_url, monkeypatch, tiny_spa
 
 
 def test_backends_and_algorithms_do_not_mix(sqlite_url, monkeypatch, tiny_space):
-    monkeypatch.setattr("tuner._trial.train_and_evaluate", fake_training)
+    monkeypatch.setattr("tuner.training._trial.train_and_evaluate", fake_training)
     kt_search(sqlite_url, tiny_space, trials=1)
     with pytest.raises(StudyMismatchError, match="backend"):
         tuner.search(tiny_space, "digits", trials=1, epochs=1, study="kt", storage=sqlite_url)
@@ -206,7 +206,7 @@ def test_bad_keras_tuner_requests_fail_before_any_trial(sqlite_url, kwargs, mess
 def test_missing_keras_tuner_folder_is_refused(sqlite_url, tmp_path, monkeypatch, tiny_space):
     import shutil
 
-    monkeypatch.setattr("tuner._trial.train_and_evaluate", fake_training)
+    monkeypatch.setattr("tuner.training._trial.train_and_evaluate", fake_training)
     kt_search(sqlite_url, tiny_space, trials=1)
     shutil.rmtree(tmp_path / "tuner-keras-tuner" / "kt")
     with pytest.raises(TunerError, match="Keras Tuner folder .* is missing"):

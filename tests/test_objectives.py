@@ -124,7 +124,7 @@ def test_over_latency_budget_completes_infeasible_and_keeps_nothing(tiny_space, 
 def test_a_pareto_search_for_size_starts_from_both_ends():
     from search_spaces import get_space
     from tuner._request import SearchRequest
-    from tuner._search import first_trials
+    from tuner.driver._search import first_trials
 
     specs = get_space("resnet").hyperparameters()
     single = first_trials(SearchRequest().checked(), specs)

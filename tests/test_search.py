@@ -172,7 +172,7 @@ def test_densenet_search_minimising_val_loss(sqlite_url):
 @pytest.mark.parametrize("error", [MemoryError("host"), RuntimeError("CUDA out of memory. Tried to allocate 2 GiB"),
                                    ValueError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate")])
 def test_out_of_memory_fails_that_trial_and_the_study_goes_on(sqlite_url, monkeypatch, error, tiny_space):
-    from tuner._training import TrialResult
+    from tuner.training._training import TrialResult
 
     calls = []
 
@@ -183,7 +183,7 @@ def test_out_of_memory_fails_that_trial_and_the_study_goes_on(sqlite_url, monkey
         return TrialResult(value=0.5, best_epoch=1, epochs=1, train_seconds=0.1, params=1, best_logs={},
                            test_loss=1.0, test_accuracy=0.5)
 
-    monkeypatch.setattr("tuner._trial.train_and_evaluate", first_runs_out)
+    monkeypatch.setattr("tuner.training._trial.train_and_evaluate", first_runs_out)
     study = tuner.search(tiny_space, "digits", trials=2, study="oom", storage=sqlite_url, keep=0)
     assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE", "COMPLETE"]
     reason = study.trials[0].user_attrs["error"]
@@ -192,7 +192,8 @@ def test_out_of_memory_fails_that_trial_and_the_study_goes_on(sqlite_url, monkey
 
 def test_same_seed_same_suggestions(sqlite_url, monkeypatch, tiny_space):
 
-    monkeypatch.setattr("tuner._trial.train_and_evaluate", lambda *a, **k: (_ for _ in ()).throw(ValueError("x")))
+    monkeypatch.setattr("tuner.training._trial.train_and_evaluate",
+                        lambda *a, **k: (_ for _ in ()).throw(ValueError("x")))
     for name in ("a", "b"):
         with pytest.raises(SearchAborted):
             tuner.search(tiny_space, "digits", trials=3, study=name, storage=sqlite_url, seed=7,
@@ -217,10 +218,10 @@ def test_bad_requests_fail_before_any_trial(sqlite_url, kwargs, error, message):
 
 @pytest.mark.auto_batch
 def test_pruned_trial_keeps_its_learning_curve(sqlite_url, monkeypatch, tiny_space):
-    import tuner._search
+    import tuner.driver._search
 
     # A pruner that rejects every trial after its first epoch.
-    monkeypatch.setattr(tuner._search, "make_pruner",
+    monkeypatch.setattr(tuner.driver._search, "make_pruner",
                         lambda name, epochs, resource: optuna.pruners.ThresholdPruner(lower=2.0))
     study = tuner.search(tiny_space, "digits", trials=1, epochs=3, storage=sqlite_url)
     (trial,) = study.trials
@@ -249,16 +250,16 @@ def test_interrupt_leaves_no_trial_running(sqlite_url, monkeypatch, tiny_space):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("tuner._trial.train_and_evaluate", interrupted)
+    monkeypatch.setattr("tuner.training._trial.train_and_evaluate", interrupted)
     with pytest.raises(KeyboardInterrupt):
         tuner.search(tiny_space, "digits", trials=3, study="i", storage=sqlite_url)
     assert [t.state.name for t in optuna.load_study(study_name="i", storage=sqlite_url).trials] == ["FAIL"]
 
 
 def test_continuing_a_study_does_not_repeat_its_configurations(sqlite_url, monkeypatch, tiny_space):
-    from tuner._training import TrialResult
+    from tuner.training._training import TrialResult
 
-    monkeypatch.setattr("tuner._trial.train_and_evaluate", lambda *a, **k: TrialResult(
+    monkeypatch.setattr("tuner.training._trial.train_and_evaluate", lambda *a, **k: TrialResult(
         value=0.5, best_epoch=1, epochs=1, train_seconds=0.1, params=1, best_logs={}, test_loss=1.0,
         test_accuracy=0.5))
     settings = dict(study="c", storage=sqlite_url, keep=0, start_from_defaults=False)
@@ -275,7 +276,7 @@ def stop_signals(monkeypatch) -> Iterator[list[int]]:
     import signal
     import threading
 
-    import tuner._process as process
+    import tuner.training._process as process
 
     assert threading.current_thread() is threading.main_thread()  # else SIGTERM would end pytest
     for name in ("received", "repeats_ignored", "holding", "pending"):
@@ -289,7 +290,7 @@ def stop_signals(monkeypatch) -> Iterator[list[int]]:
 
 def train_tiny(steps: list[int], *layers: keras.layers.Layer, callbacks=()) -> None:
     """Two epochs of a one-layer model on digits, ``layers`` first, through the trial runner."""
-    from tuner._training import train_and_evaluate
+    from tuner.training._training import train_and_evaluate
 
     data = tuner.load_dataset("digits")
     model = keras.Sequential([keras.Input(data.x_train.shape[1:]), *layers, keras.layers.Flatten(),
@@ -417,7 +418,7 @@ def test_a_trial_whose_worker_died_is_failed_and_retried(sqlite_url, monkeypatch
 
     # A RUNNING trial whose heartbeat stopped long ago, as kill -9 leaves it.
     store = open_storage(sqlite_url, heartbeat=True)
-    monkeypatch.setattr("tuner._trial.train_and_evaluate", lambda *a, **k: (_ for _ in ()).throw(
+    monkeypatch.setattr("tuner.training._trial.train_and_evaluate", lambda *a, **k: (_ for _ in ()).throw(
         RuntimeError("no training in this test")))
     with pytest.raises(SearchAborted):
         tuner.search("resnet", "digits", trials=1, study="k", storage=sqlite_url, max_failures=1,
@@ -428,7 +429,7 @@ def test_a_trial_whose_worker_died_is_failed_and_retried(sqlite_url, monkeypatch
     store.record_heartbeat(dead._trial_id)
     with store.engine.begin() as conn:
         conn.exec_driver_sql("UPDATE trial_heartbeats SET heartbeat = ?", (long_ago,))
-    monkeypatch.setattr("tuner._trial.train_and_evaluate", lambda *a, **k: (_ for _ in ()).throw(
+    monkeypatch.setattr("tuner.training._trial.train_and_evaluate", lambda *a, **k: (_ for _ in ()).throw(
         RuntimeError("still no training")))
     with pytest.raises(SearchAborted):
         tuner.search("resnet", "digits", trials=3, study="k", storage=sqlite_url, max_failures=1,
@@ -446,7 +447,7 @@ def test_workers_must_be_one_or_more(sqlite_url):
 
 @pytest.mark.auto_batch
 def test_the_default_batch_size_leaves_enough_steps_per_epoch():
-    from tuner._search import auto_batch_size
+    from tuner.driver._search import auto_batch_size
 
     assert auto_batch_size(1149) == 16  # digits: 72 steps an epoch, not 36 at 32
     assert auto_batch_size(45_000, "gpu") == 128  # CIFAR-10: large batches keep an accelerator busy
@@ -463,7 +464,7 @@ def test_a_trial_traces_its_train_step_once():
     step, which makes TensorFlow trace it twice; ``build_training_state`` creates them first."""
     import numpy as np
 
-    from tuner._training import build_training_state
+    from tuner.training._training import build_training_state
 
     if keras.backend.backend() != "tensorflow":
         pytest.skip("TensorFlow's tracing")
@@ -492,7 +493,7 @@ def test_a_new_trial_frees_the_graphs_tensorflow_registers_for_the_last_one():
     caller registered before the search."""
     import keras
 
-    from tuner._training import start_trial
+    from tuner.training._training import start_trial
 
     if keras.backend.backend() != "tensorflow":
         pytest.skip("a TensorFlow registry")
@@ -504,7 +505,7 @@ def test_a_new_trial_frees_the_graphs_tensorflow_registers_for_the_last_one():
     import keras_tuner
     import numpy as np
 
-    from tuner._training import keep_callers_gradients
+    from tuner.training._training import keep_callers_gradients
 
     def fit_a_model() -> None:
         hp = keras_tuner.HyperParameters()
@@ -527,7 +528,7 @@ def test_a_study_from_an_older_space_is_refused_before_any_trial(sqlite_url):
     """A study whose trials drew ``optimizer`` from {adam, sgd} (before AdamW joined the space)."""
     from storage import open_storage
     from storage import open_study
-    from tuner._search import study_attrs
+    from tuner.driver._search import study_attrs
 
     data = tuner.load_dataset("digits")
     attrs = study_attrs("resnet", "optuna", "val_accuracy", {}, data.describe())

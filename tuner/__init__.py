@@ -17,15 +17,15 @@ from tuner.errors import StoreUnreachable
 from tuner.errors import TunerError
 
 if TYPE_CHECKING:  # what the lazy imports below give, for type checkers and editors
-    from tuner._export import export
-    from tuner._report import report
     from tuner._request import SearchRequest
-    from tuner._results import best_trial
-    from tuner._results import list_studies
-    from tuner._results import list_trials
-    from tuner._results import param_importance
-    from tuner._search import search
     from tuner.data import load_dataset
+    from tuner.driver._search import search
+    from tuner.results._export import export
+    from tuner.results._report import report
+    from tuner.results._results import best_trial
+    from tuner.results._results import list_studies
+    from tuner.results._results import list_trials
+    from tuner.results._results import param_importance
 
 __all__ = [
     "DataError",
@@ -44,14 +44,14 @@ __all__ = [
 
 _LAZY = {
     "SearchRequest": "tuner._request",
-    "search": "tuner._search",
-    "export": "tuner._export",
-    "best_trial": "tuner._results",
-    "list_studies": "tuner._results",
-    "list_trials": "tuner._results",
+    "search": "tuner.driver._search",
+    "export": "tuner.results._export",
+    "best_trial": "tuner.results._results",
+    "list_studies": "tuner.results._results",
+    "list_trials": "tuner.results._results",
     "load_dataset": "tuner.data",
-    "param_importance": "tuner._results",
-    "report": "tuner._report",
+    "param_importance": "tuner.results._results",
+    "report": "tuner.results._report",
 }
 
 

@@ -7,6 +7,9 @@ documentation are made. ``tuner.search(...)`` and ``tuner search`` build a ``Sea
 combinations) and fills in what follows from the rest (the study's name, the deadline, the Keras
 Tuner algorithm). Worker processes receive the checked request itself, so every process runs the
 search the user asked for.
+
+The backends (a ``SearchJob`` holds the request) and the search (``tuner.driver``) both read it, so it
+sits below both, beside ``_names`` and ``_objectives``, not inside ``tuner.driver``.
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ from typing import TypeVar
 
 from search_spaces import AUGMENTATION_HELP
 from search_spaces import transforms_of
-from tuner._images import parse_image_size
 from tuner._names import ALGORITHMS
 from tuner._names import BACKENDS
 from tuner._names import OBJECTIVES
@@ -39,6 +41,7 @@ from tuner._names import SAMPLERS
 from tuner._objectives import curve_objective
 from tuner._objectives import parse_count
 from tuner._objectives import parse_objectives
+from tuner.data._images import parse_image_size
 from tuner.errors import STORE_TIMEOUT
 from tuner.errors import TunerError
 from tuner.errors import install_hint

@@ -18,16 +18,16 @@ from pathlib import Path
 from typing import Any
 from typing import NoReturn
 
-from tuner._process import VERBOSE_ENV
-from tuner._process import load_frameworks
-from tuner._process import quiet_interrupts
-from tuner._process import stop_on_signals
 from tuner.attributes import OVER_BUDGET_ATTR
 from tuner.attributes import REJECTED_ATTR
 from tuner.attributes import SKIPPED_ATTR
 from tuner.errors import DISTRIBUTION
 from tuner.errors import TunerError
 from tuner.errors import WorkerFailed
+from tuner.training._process import VERBOSE_ENV
+from tuner.training._process import load_frameworks
+from tuner.training._process import quiet_interrupts
+from tuner.training._process import stop_on_signals
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -57,10 +57,10 @@ def _fmt(value: Any) -> str:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from tuner._progress import format_params
     from tuner._request import default_study_name
-    from tuner._results import best_trial
-    from tuner._search import search
+    from tuner.driver._search import search
+    from tuner.results._results import best_trial
+    from tuner.training._progress import format_params
 
     study = args.study or default_study_name(args.space, args.dataset)
     interrupted = False
@@ -124,7 +124,7 @@ def cmd_spaces(args: argparse.Namespace) -> int:
 def cmd_studies(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from tuner._results import list_studies
+    from tuner.results._results import list_studies
 
     rows = list_studies(args.storage)
     if args.json:
@@ -147,8 +147,8 @@ def cmd_studies(args: argparse.Namespace) -> int:
 def cmd_trials(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from tuner._progress import format_params
-    from tuner._results import list_trials
+    from tuner.results._results import list_trials
+    from tuner.training._progress import format_params
 
     rows = list_trials(args.study, args.storage)
     if args.json:
@@ -170,8 +170,8 @@ def cmd_trials(args: argparse.Namespace) -> int:
 def cmd_importance(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from tuner._results import describe_values
-    from tuner._results import param_importance
+    from tuner.results._results import describe_values
+    from tuner.results._results import param_importance
 
     found = param_importance(args.study, args.storage)
     if args.json:
@@ -193,7 +193,7 @@ def cmd_importance(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from tuner._report import report
+    from tuner.results._report import report
 
     written = report(args.study, args.output, storage=args.storage, overwrite=args.overwrite)
     if args.json:
@@ -223,7 +223,7 @@ def print_front(args: argparse.Namespace) -> int:
     """``tuner best --pareto``: the front as a table, or JSON."""
     from rich.table import Table
 
-    from tuner._results import pareto
+    from tuner.results._results import pareto
 
     found = pareto(args.study, args.storage)
     if args.json:
@@ -248,8 +248,8 @@ def print_front(args: argparse.Namespace) -> int:
 def cmd_best(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from tuner._results import best_trial
-    from tuner._results import load_study
+    from tuner.results._results import best_trial
+    from tuner.results._results import load_study
 
     if args.pareto or len(load_study(args.study, args.storage).directions) > 1:
         return print_front(args)
@@ -281,7 +281,7 @@ def cmd_best(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from tuner._export import export
+    from tuner.results._export import export
 
     description = export(args.study, args.output, trial=args.trial, storage=args.storage,
                          artifacts=args.artifacts, retrain=args.retrain, epochs=args.epochs,
@@ -320,7 +320,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if "rebuild" in description:
         print("  rebuild the model, then load the weights:\n" + description["rebuild"])
     elif "verified" in description:
-        from tuner._deploy import LOAD_HINTS
+        from tuner.models._deploy import LOAD_HINTS
 
         print(f"  load it with: {LOAD_HINTS[Path(description['output']).suffix]}")
     else:

@@ -27,14 +27,14 @@ from optuna.distributions import IntDistribution
 
 from search_spaces import ParamSpec
 from storage import fail_orphaned_trials
-from tuner._models import ModelKeeper
-from tuner._progress import SearchProgress
 from tuner._request import SearchRequest
-from tuner._trial import TrialRunner
 from tuner.attributes import REJECTED_ATTR
 from tuner.attributes import ROLE_ATTR
 from tuner.attributes import SKIPPED_ATTR
 from tuner.errors import TunerError
+from tuner.models._models import ModelKeeper
+from tuner.training._progress import SearchProgress
+from tuner.training._trial import TrialRunner
 
 
 class SearchAborted(TunerError):
@@ -137,7 +137,7 @@ def to_distribution(spec: ParamSpec) -> BaseDistribution:
 @dataclass
 class SearchJob:
     """What a backend runs: the checked request, its study, and the trial runner that trains a
-    configuration; built by ``tuner._search.prepare``.
+    configuration; built by ``tuner.driver._search.prepare``.
 
     ``seed`` is this process's sampler seed (a worker's differs from the request's); trial ``n``'s
     weights are seeded with ``seed + n``. ``recipe`` holds the training settings (batch size,
@@ -190,7 +190,7 @@ class SearchJob:
 
 
 # Under --timeout, the search's last trial trains the best configuration found for all the time left:
-# it records ``role: final`` (``tuner._search`` and the race read it).
+# it records ``role: final`` (``tuner.driver._search`` and the race read it).
 FINAL = "final"
 # A space's known-good alternative to its defaults (``TunableSpace.alternatives``): tried right after
 # them, and trained for ``--epochs`` without pruning so that it is compared with them on equal terms.

@@ -33,14 +33,14 @@ from optuna.trial import TrialState
 from search_spaces import ParamSpec
 from tuner._names import ALGORITHMS
 from tuner._objectives import DIRECTIONS
-from tuner._training import TrialResult
-from tuner._training import trial_error
 from tuner.attributes import TRIAL_ID_ATTR
 from tuner.backends._base import ConsecutiveFailures
 from tuner.backends._base import SearchBackend
 from tuner.backends._base import SearchJob
 from tuner.backends._base import to_distribution
 from tuner.errors import TunerError
+from tuner.training._training import TrialResult
+from tuner.training._training import trial_error
 
 # Keras Tuner's own bookkeeping values (Hyperband's rounds); attributes of a trial, not parameters.
 PRIVATE_PREFIX = "tuner/"

@@ -29,17 +29,9 @@ from storage import StoreAway
 from storage import gave_up
 from storage import record_owner
 from storage import while_training
-from tuner._cost import epoch_seconds
-from tuner._cost import model_flops
-from tuner._cost import seconds_per_flop
-from tuner._cost import timed_rate
-from tuner._cost import trace_seconds
 from tuner._objectives import COST_BEFORE_TRAINING
 from tuner._objectives import DIRECTIONS
 from tuner._objectives import cheaper_peers_better
-from tuner._training import SAVE_SECONDS
-from tuner._training import trial_error
-from tuner._trial import TrialRunner
 from tuner.attributes import BUDGET_SPLIT_ATTR
 from tuner.attributes import CURVE_ATTR
 from tuner.attributes import OVER_BUDGET_ATTR
@@ -61,6 +53,14 @@ from tuner.backends._base import since_then
 from tuner.backends._base import to_distribution
 from tuner.backends._base import trailing
 from tuner.data import auto_augmentation
+from tuner.training._cost import epoch_seconds
+from tuner.training._cost import model_flops
+from tuner.training._cost import seconds_per_flop
+from tuner.training._cost import timed_rate
+from tuner.training._cost import trace_seconds
+from tuner.training._training import SAVE_SECONDS
+from tuner.training._training import trial_error
+from tuner.training._trial import TrialRunner
 
 
 def suggest(trial: optuna.Trial, name: str, distribution: BaseDistribution) -> Any:

@@ -14,17 +14,17 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from tuner._models import check_output
-from tuner._models import ranked_trials
-from tuner._results import describe_values
-from tuner._results import importance_of
-from tuner._results import load_study
-from tuner._results import pareto_of
-from tuner._results import trial_record
 from tuner.attributes import ENSEMBLES_ATTR
 from tuner.attributes import RETRAIN_ATTR
 from tuner.errors import TunerError
 from tuner.errors import install_hint
+from tuner.models._models import check_output
+from tuner.models._models import ranked_trials
+from tuner.results._results import describe_values
+from tuner.results._results import importance_of
+from tuner.results._results import load_study
+from tuner.results._results import pareto_of
+from tuner.results._results import trial_record
 
 # What the best trial's table shows, in order, when the trial recorded it.
 BEST_FIELDS = ("value", "test_accuracy", "val_accuracy", "val_loss", "epochs", "best_epoch", "train_seconds",

@@ -22,11 +22,11 @@ import keras
 import numpy as np
 
 from tuner._objectives import DIRECTIONS
-from tuner._process import interrupts_held
-from tuner._process import raise_held_interrupt
-from tuner._process import take_held_interrupt
 from tuner.data import Dataset
 from tuner.errors import TunerError
+from tuner.training._process import interrupts_held
+from tuner.training._process import raise_held_interrupt
+from tuner.training._process import take_held_interrupt
 
 # Training steps timed before a first epoch's end is projected (the first step traces the model).
 PROBE_STEPS = 8

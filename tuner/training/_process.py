@@ -86,7 +86,7 @@ def load_frameworks() -> str:
             # it is installed, importing it: here, so its start-up lines are filtered as well.
             import tensorflow  # noqa: F401
 
-        from tuner._device import accelerator
+        from tuner.training._device import accelerator
 
         return accelerator()
 

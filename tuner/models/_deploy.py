@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from tuner._cost import latency_ms
 from tuner.errors import TunerError
 from tuner.errors import install_hint
+from tuner.training._cost import latency_ms
 
 DEPLOY_SUFFIXES = (".tflite", ".onnx")
 QUANTIZATIONS = ("float16", "int8")

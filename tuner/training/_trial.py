@@ -22,15 +22,15 @@ from typing import Any
 import keras
 
 from search_spaces import TunableSpace
-from tuner._cost import latency_ms
-from tuner._cost import stored_bytes
 from tuner._objectives import DIRECTIONS
-from tuner._progress import SearchProgress
-from tuner._training import EpochReport
-from tuner._training import TrialResult
-from tuner._training import start_trial
-from tuner._training import train_and_evaluate
 from tuner.data import Dataset
+from tuner.training._cost import latency_ms
+from tuner.training._cost import stored_bytes
+from tuner.training._progress import SearchProgress
+from tuner.training._training import EpochReport
+from tuner.training._training import TrialResult
+from tuner.training._training import start_trial
+from tuner.training._training import train_and_evaluate
 
 # ``report(epoch, logs)`` after each epoch (1-based); True asks to stop the trial there (pruned).
 Report = Callable[[int, dict[str, float]], bool]

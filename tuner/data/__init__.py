@@ -4,8 +4,11 @@ and arrays or ``tf.data`` / ``PyDataset`` objects a library caller passes.
 Every loader returns a ``Dataset`` of raw images (uint8 where the source is integer pixels), integer
 labels 0..C-1, and fixed train/validation/test splits. Splits are stratified and deterministic for a
 given ``split_seed``; the test split is never used for selection. Image files are decoded once into a
-cache (``tuner/_images.py``); a decoded dataset over ``IN_MEMORY_BYTES`` stays there and is read in
-batches (``ImageArray``), a smaller one is loaded into memory.
+cache (``_images``, beside this module); a decoded dataset over ``IN_MEMORY_BYTES`` stays there and is
+read in batches (``ImageArray``), a smaller one is loaded into memory.
+
+The loaders live here, in the package itself rather than a private module it re-exports, so that
+setting ``tuner.data.IN_MEMORY_BYTES`` (or another setting) still changes what the loaders do.
 """
 
 from __future__ import annotations
@@ -24,10 +27,10 @@ from typing import Union
 
 import numpy as np
 
-from tuner._images import ImageArray
-from tuner._images import load_cached
-from tuner._images import parse_image_size
 from tuner._names import RESIZE_MODES
+from tuner.data._images import ImageArray
+from tuner.data._images import load_cached
+from tuner.data._images import parse_image_size
 from tuner.errors import DataError
 
 # A split's images: in memory, or rows of an on-disk cache read in batches.

@@ -8,13 +8,13 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from tuner._models import feasible
-from tuner._models import ranked_trials
 from tuner._objectives import DIRECTIONS
 from tuner._objectives import pareto_front as front_of
 from tuner.attributes import KEPT_ATTR
 from tuner.attributes import RETRAIN_ATTR
 from tuner.errors import TunerError
+from tuner.models._models import feasible
+from tuner.models._models import ranked_trials
 
 
 def _open(storage: str | None) -> optuna.storages.BaseStorage:

@@ -82,7 +82,7 @@ def export(
 ) -> dict[str, Any]:
     """Write a trial's model to ``output``: ``.keras``, ``.weights.h5``, a SavedModel folder, or for
     deployment ``.tflite`` (LiteRT; ``quantize`` ``float16`` or ``int8``) or ``.onnx``, which are
-    verified with their own runtime on the test split before the export succeeds (``tuner._deploy``;
+    verified with their own runtime on the test split before the export succeeds (``tuner.models._deploy``;
     the measurements are under ``"verified"``).
 
     Without ``trial`` the best trial. With ``retrain`` the configuration is trained again from
@@ -98,17 +98,17 @@ def export(
     from search_spaces import is_flip_averaged
     from storage import artifacts_path
     from storage import open_artifact_store
-    from tuner._deploy import DEPLOY_SUFFIXES
-    from tuner._deploy import check_deploy_format
-    from tuner._deploy import verify
-    from tuner._deploy import write_deployable
-    from tuner._models import check_output
-    from tuner._models import choose_trial
-    from tuner._models import load_trial_model
-    from tuner._models import pick_trial
-    from tuner._models import ranked_trials
-    from tuner._models import write_model
-    from tuner._results import load_study
+    from tuner.models._deploy import DEPLOY_SUFFIXES
+    from tuner.models._deploy import check_deploy_format
+    from tuner.models._deploy import verify
+    from tuner.models._deploy import write_deployable
+    from tuner.models._models import check_output
+    from tuner.models._models import choose_trial
+    from tuner.models._models import load_trial_model
+    from tuner.models._models import pick_trial
+    from tuner.models._models import ranked_trials
+    from tuner.models._models import write_model
+    from tuner.results._results import load_study
 
     if seeds < 1 or (top is not None and top < 1):
         raise TunerError("--seeds and --top take a number of at least 1")
@@ -171,7 +171,7 @@ def retrain_trial(attrs: dict[str, Any], trial: Any, epochs: int | None, seeds: 
     ``--epochs``); each run's best epoch is kept and tested. The first of ``seeds`` runs uses the
     trial's own seed (it reproduces the trial), the others the next seeds. Returns the
     ``TrialResult`` of each run, each with its ``seed`` set."""
-    from tuner._trial import TrialRunner
+    from tuner.training._trial import TrialRunner
 
     settings = attrs.get("settings", {})
     epochs = epochs or settings.get("max_epochs") or 10
@@ -244,10 +244,10 @@ def _export_ensemble(loaded: Any, store: Any, k: int, out: Any) -> dict[str, Any
     result is added to the study's ``ensembles`` attribute."""
     import numpy as np
 
-    from tuner._models import kept_trials
-    from tuner._models import load_trial_model
-    from tuner._models import write_model
-    from tuner._training import predict_classes
+    from tuner.models._models import kept_trials
+    from tuner.models._models import load_trial_model
+    from tuner.models._models import write_model
+    from tuner.training._training import predict_classes
 
     kept = kept_trials(loaded, store)
     if len(kept) < k:

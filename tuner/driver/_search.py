@@ -27,19 +27,10 @@ from storage import open_artifact_store
 from storage import open_storage
 from storage import open_study
 from storage import unreachable
-from tuner._device import accelerator
-from tuner._device import resolve_precision
-from tuner._images import SHOWN_SKIPPED
-from tuner._models import ModelKeeper
 from tuner._objectives import COST_BEFORE_TRAINING
 from tuner._objectives import DIRECTIONS
-from tuner._progress import SearchProgress
 from tuner._request import SearchRequest
 from tuner._request import options_of
-from tuner._training import callers_state_kept
-from tuner._training import keep_callers_gradients
-from tuner._trial import TrialRunner
-from tuner._workers import run_workers
 from tuner.backends import SearchJob
 from tuner.backends import get_backend
 from tuner.backends._base import REDUCTION_FACTOR
@@ -50,10 +41,19 @@ from tuner.data import MAX_AUTO_SIDE
 from tuner.data import auto_augmentation
 from tuner.data import load_dataset
 from tuner.data import save_arrays
+from tuner.data._images import SHOWN_SKIPPED
+from tuner.driver._workers import run_workers
 from tuner.errors import DISTRIBUTION
 from tuner.errors import StoreUnreachable
 from tuner.errors import TunerError
 from tuner.errors import WorkerFailed
+from tuner.models._models import ModelKeeper
+from tuner.training._device import accelerator
+from tuner.training._device import resolve_precision
+from tuner.training._progress import SearchProgress
+from tuner.training._training import callers_state_kept
+from tuner.training._training import keep_callers_gradients
+from tuner.training._trial import TrialRunner
 
 # The automatic batch size (auto_batch_size): a power of two from MIN_AUTO_BATCH to the device's
 # maximum, and the steps an epoch must at least have.

@@ -27,15 +27,15 @@ REPLACEMENT_SEED = 104_729
 
 
 def _worker(env: dict[str, str], call: bytes, verbosity: int) -> None:
-    """A worker process: ``work(*args)``, pickled in ``call``. ``work`` is ``tuner._search.run_in_worker``,
+    """A worker process: ``work(*args)``, pickled in ``call``. ``work`` is ``tuner.driver._search.run_in_worker``,
     passed in by reference so that this module does not import the one that imports it; it is
     unpickled only after ``load_frameworks``, since unpickling imports its module, and with it Keras."""
     os.environ.update(env)
     import optuna
 
-    from tuner._process import load_frameworks
-    from tuner._process import quiet_interrupts
-    from tuner._process import stop_on_signals
+    from tuner.training._process import load_frameworks
+    from tuner.training._process import quiet_interrupts
+    from tuner.training._process import stop_on_signals
 
     stop_on_signals(ignore_repeats=True)  # repeats: the parent forwards the terminal's Ctrl-C too
     quiet_interrupts()
