@@ -231,6 +231,28 @@ def test_pruned_trial_keeps_its_learning_curve(sqlite_url, monkeypatch, tiny_spa
     assert trial.user_attrs["augment"] == "shift" and trial.user_attrs["batch_size"] == 16  # automatic, for digits
 
 
+def test_the_spaces_alternatives_follow_its_defaults_unpruned(sqlite_url, monkeypatch):
+    from conftest import fake_training
+
+    import tuner.driver._search
+
+    monkeypatch.setattr("tuner.training._trial.train_and_evaluate", fake_training)
+    monkeypatch.setattr(tuner.driver._search, "make_pruner",  # would prune every trial after an epoch
+                        lambda name, epochs, resource: optuna.pruners.ThresholdPruner(lower=2.0))
+    study = tuner.search("resnet", "digits", trials=3, epochs=2, storage=sqlite_url, overrides=TINY["resnet"],
+                         keep=0)
+    roles = [(t.user_attrs.get("role"), t.params.get("version"), t.params["optimizer"], t.state.name)
+             for t in study.trials]
+    assert roles[:2] == [(None, "v1", "adam", "COMPLETE"), ("alternative", "v2", "adamw", "COMPLETE")]
+    assert roles[2][0] is None and roles[2][3] == "PRUNED"  # then the sampler's, judged by the pruner
+    assert study.trials[1].params["learning_rate"] == 1e-2 and study.trials[1].params["dropout"] == 0.1
+    # Where --set rules an alternative out, or the trials leave no room for it, none is tried.
+    for name, overrides, trials in (("v1", [*TINY["resnet"], "version=v1"], 2), ("one", TINY["resnet"], 1)):
+        narrowed = tuner.search("resnet", "digits", trials=trials, epochs=1, storage=sqlite_url, study=name,
+                                overrides=overrides, keep=0)
+        assert [t.user_attrs.get("role") for t in narrowed.trials] == [None] * trials
+
+
 @pytest.mark.core
 def test_a_configuration_is_judged_before_its_first_epoch_ends(sqlite_url, tiny_space):
     # At batch size 8 an epoch of digits is 162 steps: the pruner's first rung is a third of it.
