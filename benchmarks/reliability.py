@@ -150,6 +150,8 @@ def concurrent_search(url: str, study: str, workers: int, trials: int, cwd: Path
     """``--workers`` processes on one study, then what the study holds."""
     from optuna.trial import TrialState
 
+    from tuner._compat import trial_id_of
+
     args = cli("search", *TINY, "--workers", str(workers), "--trials", str(trials), "--epochs", "1",
                "--recycle-after", "0", "--storage", url, "--study", study)
     log(f"{workers} workers x {trials // workers} trials on {url.split(':')[0]}: {' '.join(args[1:])}")
@@ -162,7 +164,7 @@ def concurrent_search(url: str, study: str, workers: int, trials: int, cwd: Path
     except Exception as err:
         result["trials by state"] = f"cannot read the study: {type(err).__name__}: {err}"
         return result
-    ids = [t._trial_id for t in stored]
+    ids = [trial_id_of(t) for t in stored]
     result.update({
         "trials by state": by_state(stored),
         f"COMPLETE (expect {trials})": str(sum(t.state == TrialState.COMPLETE for t in stored)),

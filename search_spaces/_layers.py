@@ -14,6 +14,7 @@ from keras import layers
 
 from search_spaces._declarations import transforms_of
 from search_spaces._errors import SpaceError
+from tuner._compat import let_keras_compile
 
 # Below this side length a feature map is not halved again: a 3x3 kernel still sees context at 4x4.
 MIN_FEATURE_SIZE = 4
@@ -81,7 +82,7 @@ def augment_images(x: keras.KerasTensor, augment: str) -> keras.KerasTensor:
                 # Keras marks these layers as not XLA-compilable (TensorFlow's image transform is not),
                 # which turns off compilation of the whole train step on every backend; JAX compiles them
                 # fine, and uncompiled JAX trained ResNet-8 on digits 20-200x slower (AdamW worst).
-                layer.supports_jit = True
+                layer = let_keras_compile(layer)
             x = layer(x)
     return x
 FLIP_AVERAGE = "flip_average"  # the name of flip_averaged's output layer

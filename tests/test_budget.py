@@ -59,7 +59,7 @@ def test_a_first_epoch_that_cannot_end_before_the_deadline_is_stopped_after_a_fe
     callback = Deadline(1000.0 + 100, steps_per_epoch=1000, eval_steps=0)
     callback.set_model(FakeModel())
     run_steps(callback, clock, 1000, 1.0)
-    assert callback.stopped_by == "too_slow" and callback._steps == PROBE_STEPS
+    assert callback.stopped_by == "too_slow" and callback.steps == PROBE_STEPS
 
     fits = Deadline(1000.0 + 2000, steps_per_epoch=1000, eval_steps=0)
     fits.set_model(FakeModel())

@@ -27,6 +27,7 @@ from storage import StoreError
 from storage import gave_up
 from storage import open_storage
 from storage import while_training
+from tuner._compat import trial_id_of
 from tuner.errors import StoreUnreachable
 
 # Trials asked for outside study.optimize, on a store with heartbeats (as a search opens it).
@@ -100,7 +101,7 @@ def test_past_its_patience_the_store_fails_every_call_at_once(sqlite_url):
     started = time.monotonic()
     with pytest.raises(StoreUnreachable):
         study.get_trials()
-    assert store.record_heartbeat(trial._trial_id) is None  # the heartbeat's thread ends quietly
+    assert store.record_heartbeat(trial_id_of(trial)) is None  # the heartbeat's thread ends quietly
     assert time.monotonic() - started < 0.5
     assert isinstance(gave_up(store), StoreUnreachable)
 
@@ -113,7 +114,7 @@ def test_a_heartbeat_is_not_retried_and_a_training_trial_waits_for_none(flaky, c
     trial = study.ask()
     fault.on = True
     started = time.monotonic()
-    assert store.record_heartbeat(trial._trial_id) is None
+    assert store.record_heartbeat(trial_id_of(trial)) is None
     with while_training(store):
         trial.report(0.5, 1)
         with pytest.raises(StoreAway):
@@ -121,7 +122,7 @@ def test_a_heartbeat_is_not_retried_and_a_training_trial_waits_for_none(flaky, c
     assert time.monotonic() - started < 0.5
     assert capsys.readouterr().err.count("unreachable") == 1
     fault.on = False
-    store.record_heartbeat(trial._trial_id)  # the store is back: it says so, the trial reports again
+    store.record_heartbeat(trial_id_of(trial))  # the store is back: it says so, the trial reports again
     with while_training(store):
         trial.report(0.6, 2)
     assert study.get_trials()[0].intermediate_values == {1: 0.5, 2: 0.6}

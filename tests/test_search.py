@@ -437,6 +437,7 @@ def test_a_trial_whose_worker_died_is_failed_and_retried(sqlite_url, monkeypatch
     import datetime
 
     from storage import open_storage
+    from tuner._compat import trial_id_of
 
     # A RUNNING trial whose heartbeat stopped long ago, as kill -9 leaves it.
     store = open_storage(sqlite_url, heartbeat=True)
@@ -448,7 +449,7 @@ def test_a_trial_whose_worker_died_is_failed_and_retried(sqlite_url, monkeypatch
     study = optuna.load_study(study_name="k", storage=store)
     dead = study.ask({"depth": optuna.distributions.CategoricalDistribution([8])})
     long_ago = datetime.datetime.now() - datetime.timedelta(hours=1)
-    store.record_heartbeat(dead._trial_id)
+    store.record_heartbeat(trial_id_of(dead))
     with store.engine.begin() as conn:
         conn.exec_driver_sql("UPDATE trial_heartbeats SET heartbeat = ?", (long_ago,))
     monkeypatch.setattr("tuner.training._trial.train_and_evaluate", lambda *a, **k: (_ for _ in ()).throw(
@@ -515,14 +516,14 @@ def test_a_new_trial_frees_the_graphs_tensorflow_registers_for_the_last_one():
     caller registered before the search."""
     import keras
 
+    from tuner._compat import tensorflow_gradient_registry
     from tuner.training._training import start_trial
 
     if keras.backend.backend() != "tensorflow":
         pytest.skip("a TensorFlow registry")
-    from tensorflow.python.framework import ops
 
     def registered() -> int:
-        return sum(name.startswith("CustomGradient-") for name in ops._gradient_registry._registry)
+        return sum(name.startswith("CustomGradient-") for name in tensorflow_gradient_registry() or {})
 
     import keras_tuner
     import numpy as np

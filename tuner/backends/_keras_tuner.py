@@ -31,6 +31,8 @@ import optuna
 from optuna.trial import TrialState
 
 from search_spaces import ParamSpec
+from tuner._compat import keras_tuner_tracebacks_hidden
+from tuner._compat import live_trial
 from tuner._names import ALGORITHMS
 from tuner._objectives import DIRECTIONS
 from tuner.attributes import TRIAL_ID_ATTR
@@ -174,7 +176,7 @@ class MirroredTuner(keras_tuner.Tuner):
             model = runner.build(hp, job.seed + int(trial.trial_id))
             if "tuner/trial_id" in private:  # a Hyperband round continues its parent's weights
                 model.optimizer.build(model.trainable_variables)  # and its optimizer's moments
-                model.load_weights(self._get_checkpoint_fname(private["tuner/trial_id"]))
+                model.load_weights(self.round_weights(private["tuner/trial_id"]))
 
             def report(epoch: int, logs: dict[str, float]) -> bool:
                 value = logs.get(runner.objective, math.nan)
@@ -192,7 +194,7 @@ class MirroredTuner(keras_tuner.Tuner):
             self.errors[trial.trial_id] = trial_error(err)
             raise
         if epochs < job.request.epochs:  # a Hyperband round that may be continued by a later one
-            model.save_weights(self._get_checkpoint_fname(trial.trial_id))
+            model.save_weights(self.round_weights(trial.trial_id))
         self.results[trial.trial_id] = result
         self.models[trial.trial_id] = result.model  # as tested: the one to keep
         return {runner.objective: result.value}
@@ -206,6 +208,12 @@ class MirroredTuner(keras_tuner.Tuner):
             self.failures.record(stored)
             if self.failures.tripped:
                 raise self.failures.aborted()
+
+    def round_weights(self, trial_id: str) -> str:
+        """Where a Hyperband round's weights wait for the round that continues it: the trial's folder
+        (``get_trial_dir``), under the name Keras Tuner gives its own checkpoints, so folders written
+        before tuner chose the path itself resume as they did."""
+        return str(Path(self.get_trial_dir(trial_id)) / "checkpoint.weights.h5")
 
     # Writing a trial to the study.
 
@@ -245,20 +253,22 @@ class MirroredTuner(keras_tuner.Tuner):
             params=params, distributions=distributions, user_attrs=attrs, system_attrs={},
             intermediate_values=curve,
         )
-        storage = job.storage
-        study_id = storage.get_study_id_from_name(job.study.study_name)
-        optuna_id = storage.create_new_trial(study_id, template_trial=template)
-        value = None
-        if state == TrialState.COMPLETE and result is not None:
-            value = result.value
-            if job.keeper is not None:
-                job.keeper.offer(optuna.Trial(job.study, optuna_id), model, value)
-        elif state == TrialState.PRUNED and curve:
-            value = curve[max(curve)]  # as Optuna records a pruned trial: its last reported value
-        storage.set_trial_state_values(optuna_id, state, None if value is None else [value])
-        frozen = storage.get_trial(optuna_id)
+        # Added RUNNING and then told its state, as a trial of the Optuna backend ends: the kept model
+        # is written to a running trial, and a pruned one gets its last reported value from Optuna.
+        job.study.add_trial(template)
+        added = stored_trial(job.study, trial_id)
+        value = result.value if state == TrialState.COMPLETE and result is not None else None
+        if value is not None and job.keeper is not None:
+            job.keeper.offer(live_trial(job.study, added), model, value)
+        frozen = job.study.tell(added.number, value, state=state)
         job.progress.trial_finished(job.study, frozen)
         return frozen
+
+
+def stored_trial(study: optuna.Study, trial_id: str) -> optuna.trial.FrozenTrial:
+    """The study's trial mirroring Keras Tuner's ``trial_id``: found by that id, not as the newest
+    trial, which another worker's trial may be."""
+    return next(t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(TRIAL_ID_ATTR) == trial_id)
 
 
 def mirrored_ids(study: optuna.Study) -> dict[str, int]:
@@ -285,22 +295,10 @@ class KerasTunerBackend(SearchBackend):
             check_resumable(job.study, folder)
             tuner = MirroredTuner(job, make_oracle(str(job.request.algorithm), job), folder)
             try:
-                with quiet_failures():
+                with keras_tuner_tracebacks_hidden():  # ours is one line, with the trial's state
                     tuner.search(verbose=0)
             except _StopSearch:
                 pass
-
-
-@contextlib.contextmanager
-def quiet_failures() -> Iterator[None]:
-    """Keras Tuner prints the traceback of every failed trial; ours is one line with the trial's state."""
-    from keras_tuner.src import config  # no public switch for this
-
-    debug, config.DEBUG = config.DEBUG, False
-    try:
-        yield
-    finally:
-        config.DEBUG = debug
 
 
 def check_resumable(study: optuna.Study, folder: Path) -> None:

@@ -302,23 +302,22 @@ class ImageArray:
     shares the open file. A cache opened with ``from_npy`` stays readable after a rebuild removes it."""
 
     def __init__(self, path: Path, shape: Sequence[int], dtype: Any = np.uint8, offset: int = 0,
-                 rows: np.ndarray | None = None) -> None:
+                 rows: np.ndarray | None = None, *, open_now: bool = False) -> None:
         self.path = Path(path)
         self.offset = offset
         self.dtype = np.dtype(dtype)
         self.image_shape = tuple(int(s) for s in shape[1:])
         self.row_bytes = int(np.prod(self.image_shape)) * self.dtype.itemsize
         self.rows = np.arange(shape[0], dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
-        self._file: _Opened | None = None
+        # Opened now (``from_npy``: readable after a rebuild removes the file), or on the first read.
+        self._file: _Opened | None = _Opened(self.path) if open_now else None
 
     @classmethod
     def from_npy(cls, path: Path) -> ImageArray:
         mapped = np.load(path, mmap_mode="r")  # the header only: no page is touched
         shape, dtype, offset = mapped.shape, mapped.dtype, int(mapped.offset)
         del mapped
-        found = cls(path, shape, dtype, offset)
-        found._file = _Opened(path)
-        return found
+        return cls(path, shape, dtype, offset, open_now=True)
 
     @property
     def shape(self) -> tuple[int, ...]:

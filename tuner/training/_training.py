@@ -21,6 +21,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from tuner._compat import tensorflow_gradient_registry
 from tuner._objectives import DIRECTIONS
 from tuner.data import Dataset
 from tuner.errors import TunerError
@@ -98,22 +99,10 @@ def start_trial(seed: int, precision: str) -> None:
 _CALLERS_GRADIENTS: dict[str, set[str]] = {}
 
 
-def _gradient_registry() -> dict | None:
-    """TensorFlow's gradient registry (private API), or None on other backends or where it moved."""
-    if keras.backend.backend() != "tensorflow":
-        return None
-    try:
-        from tensorflow.python.framework import ops
-
-        return ops._gradient_registry._registry  # noqa: SLF001 - see forget_custom_gradients
-    except (ImportError, AttributeError):
-        return None
-
-
 def keep_callers_gradients() -> None:
     """Mark the ``CustomGradient-N`` registrations that exist now as the caller's: a search calls
     this before its first trial, and ``forget_custom_gradients`` then leaves them alone."""
-    registry = _gradient_registry() or {}
+    registry = tensorflow_gradient_registry() or {}
     _CALLERS_GRADIENTS["names"] = {name for name in registry if name.startswith("CustomGradient-")}
 
 
@@ -126,10 +115,10 @@ def forget_custom_gradients() -> None:
     trial that ``clear_session`` cannot free. Between trials no earlier graph is differentiated
     again, so the entries can go; those that existed before the search began
     (``keep_callers_gradients``) are a library caller's own and stay. The registry is private
-    TensorFlow API: where it is missing, nothing happens (and a process recycled by
-    ``--recycle-after`` still bounds memory).
+    TensorFlow API (``tuner._compat.tensorflow_gradient_registry``): where it is missing, nothing
+    happens (and a process recycled by ``--recycle-after`` still bounds memory).
     """
-    registry = _gradient_registry()
+    registry = tensorflow_gradient_registry()
     if registry is None:
         return
     callers = _CALLERS_GRADIENTS.get("names", set())
@@ -322,6 +311,11 @@ class Deadline(keras.callbacks.Callback):
         self._step_start = 0.0
         self._timed = 0.0  # seconds inside training steps 2, 3, ... (validation excluded)
         self.first_step_seconds: float | None = None  # tracing (or compiling) the train step, and the step
+
+    @property
+    def steps(self) -> int:
+        """Training steps run so far, every epoch's counted."""
+        return self._steps
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
         self._step_start = time.time()
