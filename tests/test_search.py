@@ -84,7 +84,8 @@ def test_search_stores_every_trial_and_continues(sqlite_url):
         assert set(trial.intermediate_values) == {n, 2 * n}
         assert trial.value == max(trial.intermediate_values.values())
         assert 0.0 <= trial.user_attrs["test_accuracy"] <= 1.0
-        assert set(trial.params) == {"depth", "filters", "kernel_size", "stem_stride", "version", "dropout", "l2",
+        decay = "weight_decay" if trial.params["optimizer"] == "adamw" else "l2"  # the second: the alternative
+        assert set(trial.params) == {"depth", "filters", "kernel_size", "stem_stride", "version", "dropout", decay,
                                      "learning_rate", "optimizer", "lr_schedule", "activation", "l1"}
     attrs = optuna.load_study(study_name="s", storage=sqlite_url).user_attrs
     assert attrs["space"] == "resnet" and attrs["dataset"] == "digits"
@@ -243,8 +244,9 @@ def test_the_spaces_alternatives_follow_its_defaults_unpruned(sqlite_url, monkey
                          keep=0)
     roles = [(t.user_attrs.get("role"), t.params.get("version"), t.params["optimizer"], t.state.name)
              for t in study.trials]
-    assert roles[:2] == [(None, "v1", "adam", "COMPLETE"), ("alternative", "v2", "adamw", "COMPLETE")]
-    assert roles[2][0] is None and roles[2][3] == "PRUNED"  # then the sampler's, judged by the pruner
+    # The defaults, pruned after an epoch; the alternative, never asked; then the sampler's, asked.
+    assert roles[:2] == [(None, "v1", "adam", "PRUNED"), ("alternative", "v2", "adamw", "COMPLETE")]
+    assert roles[2][0] is None and roles[2][3] == "PRUNED"
     assert study.trials[1].params["learning_rate"] == 1e-2 and study.trials[1].params["dropout"] == 0.1
     # Where --set rules an alternative out, or the trials leave no room for it, none is tried.
     for name, overrides, trials in (("v1", [*TINY["resnet"], "version=v1"], 2), ("one", TINY["resnet"], 1)):

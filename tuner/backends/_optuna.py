@@ -521,17 +521,20 @@ class Commit:
 
 class TryAlternatives:
     """Study callback that enqueues the space's known-good ``alternatives`` (``role: alternative``)
-    once the defaults have run, while the search explores: after the study's first complete trial,
+    once the defaults have run, while the search explores: after the study's first trained trial,
     with no trial waiting, and as many as leave room in ``trials`` (and for the final trial where
-    ``final``). Once per study: never again once a trial of that role exists."""
+    ``final``); not after a trial that Ctrl-C or the deadline stopped. Once per study: never again
+    once a trial of that role exists."""
 
     def __init__(self, alternatives: Sequence[Mapping[str, Any]], trials: int, final: bool) -> None:
         self.alternatives, self.trials, self.final = alternatives, trials, final
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial | None = None) -> None:
+        if trial is not None and "stopped_by" in trial.user_attrs:  # the search ends (Ctrl-C, the deadline)
+            return
         trials = study.get_trials(deepcopy=False)
         if (any(t.state == TrialState.WAITING or t.user_attrs.get(ROLE_ATTR) in (ALTERNATIVE, FINAL) for t in trials)
-                or not any(t.state == TrialState.COMPLETE for t in trials)):
+                or not counted([t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)])):
             return
         active = counted([t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED,
                                                            TrialState.RUNNING)])
