@@ -599,16 +599,26 @@ def test_worker_processes_share_the_study_and_leave_the_settings_the_user_gave(s
     assert len({t.user_attrs["seed"] for t in complete}) == 4  # each weight seed its own
 
 
-def test_a_search_leaves_the_callers_policy_and_random_states_as_it_found_them(tiny_space, sqlite_url):
+@pytest.mark.core
+def test_the_library_leaves_the_callers_policy_random_states_and_handlers_as_it_found_them(tiny_space, sqlite_url,
+                                                                                           tmp_path):
+    import signal
+
+    def state():
+        return (keras.config.dtype_policy().name, random.getstate(), str(np.random.get_state()),
+                signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+
     keras.config.set_dtype_policy("mixed_bfloat16")
     random.seed(7)
     np.random.seed(7)
-    expected = (random.random(), np.random.rand())
-    random.seed(7)
-    np.random.seed(7)
+    before = state()
     try:
-        tuner.search(tiny_space, "digits", trials=1, epochs=1, storage=sqlite_url, keep=0, precision="float32")
-        assert keras.config.dtype_policy().name == "mixed_bfloat16"
-        assert (random.random(), np.random.rand()) == expected
+        tuner.search(tiny_space, "digits", trials=1, epochs=1, storage=sqlite_url, keep=1, precision="float32",
+                     study="guest")
+        assert state() == before
+        tuner.export("guest", str(tmp_path / "retrained.keras"), storage=sqlite_url, retrain=True, epochs=1)
+        assert state() == before
+        assert tuner.best_trial("guest", sqlite_url)["number"] == 0
+        assert state() == before
     finally:
         keras.config.set_dtype_policy("float32")

@@ -170,7 +170,9 @@ def retrain_trial(attrs: dict[str, Any], trial: Any, epochs: int | None, seeds: 
     recipe, precision and guards (``TrialRunner``), for ``epochs`` (default: the study's
     ``--epochs``); each run's best epoch is kept and tested. The first of ``seeds`` runs uses the
     trial's own seed (it reproduces the trial), the others the next seeds. Returns the
-    ``TrialResult`` of each run, each with its ``seed`` set."""
+    ``TrialResult`` of each run, each with its ``seed`` set. The caller's Keras dtype policy and
+    random states are as they were when it returns (``callers_state_kept``)."""
+    from tuner.training._training import callers_state_kept
     from tuner.training._trial import TrialRunner
 
     settings = attrs.get("settings", {})
@@ -186,11 +188,12 @@ def retrain_trial(attrs: dict[str, Any], trial: Any, epochs: int | None, seeds: 
                          deploy_costs=False)  # a retrain records no size or latency
     first = trial.user_attrs.get("seed", settings.get("seed", 0) + trial.number)  # older trials: as searched
     results = []
-    for seed in range(first, first + seeds):
-        label = f"retrain of trial {trial.number}" + (f", seed {seed}" if seeds > 1 else "")
-        result = runner.fit(runner.build(hp, seed), label=label, params=trial.params, epochs=epochs)
-        result.seed = seed
-        results.append(result)
+    with callers_state_kept():  # each run seeds the global random states and sets the dtype policy
+        for seed in range(first, first + seeds):
+            label = f"retrain of trial {trial.number}" + (f", seed {seed}" if seeds > 1 else "")
+            result = runner.fit(runner.build(hp, seed), label=label, params=trial.params, epochs=epochs)
+            result.seed = seed
+            results.append(result)
     return results
 
 
