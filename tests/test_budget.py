@@ -239,6 +239,27 @@ def test_a_search_explores_then_trains_its_best_configuration_for_the_time_left(
     assert undeclared_attributes(study) == []  # the reference page lists all it stored
 
 
+def test_the_defaults_leave_the_spaces_alternative_its_share_of_a_short_time_to_explore(sqlite_url, tiny_space,
+                                                                                        monkeypatch):
+    """Predicted far faster than they run, the defaults are planned for all their ``--epochs``; planned
+    again from their measured epochs, they take half the time to explore, not all of it: the
+    alternative then trains as long as they did before the final trial starts."""
+    import tuner.backends._optuna as backend
+    from search_spaces._registry import SPACES
+
+    timed_rate = backend.timed_rate
+    monkeypatch.setattr(backend, "timed_rate", lambda *args: timed_rate(*args) / 1000)
+    monkeypatch.setattr(SPACES["tiny"].load(), "alternatives", lambda self: ({"units": 32},))
+    study = tuner.search(tiny_space, "digits", trials=100, epochs=1000, timeout=16, study="share",
+                         storage=sqlite_url, keep=0, pruner="none", patience=None)
+    defaults, alternative, *_, final = study.trials
+    assert [t.user_attrs.get("role") for t in (defaults, alternative, final)] == [None, "alternative", "final"]
+    assert defaults.params["units"] == 16 and alternative.params["units"] == 32
+    assert 1 <= defaults.user_attrs["max_epochs"] < 1000 and alternative.user_attrs["epochs"] >= 1
+    assert alternative.state.name == "COMPLETE" and alternative.datetime_start >= defaults.datetime_complete
+    assert final.params == max((defaults, alternative), key=lambda t: t.value).params
+
+
 @pytest.mark.core  # a model compiled again mid-trial, its optimizer's state carried over: on every backend
 def test_a_single_trial_under_a_timeout_is_the_final_one_planned_again_from_its_measured_epochs(
         sqlite_url, tiny_space, monkeypatch):
