@@ -43,9 +43,12 @@ def process_started(pid: int) -> str | None:
 
 
 def this_process() -> dict[str, Any]:
-    """The owner record of the calling process."""
+    """The owner record of the calling process, with the GPUs it sees where it was given some
+    (``CUDA_VISIBLE_DEVICES``: by ``--gpus``, or by Ray)."""
     pid = os.getpid()
-    return {"host": socket.gethostname(), "pid": pid, "started": process_started(pid) or ""}
+    gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return {"host": socket.gethostname(), "pid": pid, "started": process_started(pid) or "",
+            **({"gpus": gpus} if gpus is not None else {})}
 
 
 def record_owner(trial: optuna.Trial) -> None:

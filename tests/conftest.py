@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import shutil
+import time
+from collections.abc import Callable
 from collections.abc import Iterator
+from collections.abc import Mapping
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # One thread per TensorFlow op: pytest-xdist already runs one test process per core, and the tests'
@@ -32,22 +38,38 @@ TINY["auto"] = [f"{family}.{item}" for family, items in TINY.items() for item in
 POSTGRES_URL = os.environ.get("TUNER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
-def fake_training(model, data, *, epochs, initial_epoch=0, callbacks=(), **_):
-    """A ``train_and_evaluate`` stand-in for bookkeeping tests (patch ``tuner.training._trial.train_and_evaluate``):
-    reports an accuracy per epoch that depends on the learning rate, without training."""
+def fake_trainer(values: Sequence[float] | None = None, *, seconds: float = 0.0,
+                 fail: Mapping[int, BaseException] | None = None) -> Callable[..., Any]:
+    """The one ``train_and_evaluate`` stand-in of the bookkeeping tests (patch
+    ``tuner.training._trial.train_and_evaluate``): it trains nothing. Its k-th call (from 1) raises
+    ``fail[k]`` where given; otherwise, after ``seconds``, each epoch reports to the callbacks an
+    accuracy that grows with the learning rate, or the next of ``values`` (then its test accuracy too)."""
     from tuner.training._training import TrialResult
 
-    lr = float(model.optimizer.learning_rate.numpy()) if hasattr(model.optimizer.learning_rate, "numpy") else 0.01
-    logs = {}
-    for callback in callbacks:
-        callback.set_model(model)
-    for epoch in range(initial_epoch, epochs):
-        logs = {"loss": 1.0, "val_accuracy": min(0.5 + lr + 0.01 * epoch, 1.0), "val_loss": 1.0}
+    given = None if values is None else iter(values)
+    calls = itertools.count(1)
+
+    def train(model, data, *, epochs=1, initial_epoch=0, callbacks=(), **_):
+        call = next(calls)
+        if fail and call in fail:
+            raise fail[call]
+        time.sleep(seconds)
+        rate = model.optimizer.learning_rate
+        lr = float(rate.numpy()) if hasattr(rate, "numpy") else 0.01
+        fixed = None if given is None else next(given)
+        logs = {}
         for callback in callbacks:
-            callback.on_epoch_end(epoch, logs)
-    return TrialResult(value=logs["val_accuracy"], best_epoch=epochs, epochs=epochs - initial_epoch,
-                       train_seconds=0.1, params=1, best_logs=logs, test_loss=1.0, test_accuracy=0.5,
-                       model=model)
+            callback.set_model(model)
+        for epoch in range(initial_epoch, epochs):
+            value = min(0.5 + lr + 0.01 * epoch, 1.0) if fixed is None else fixed
+            logs = {"loss": 1.0, "val_accuracy": value, "val_loss": 1.0}
+            for callback in callbacks:
+                callback.on_epoch_end(epoch, logs)
+        return TrialResult(value=logs["val_accuracy"], best_epoch=epochs, epochs=epochs - initial_epoch,
+                           train_seconds=seconds, params=model.count_params(), best_logs=logs, test_loss=1.0,
+                           test_accuracy=0.5 if fixed is None else fixed, model=model)
+
+    return train
 
 
 @pytest.fixture(autouse=True)
@@ -160,8 +182,13 @@ def postgres_available() -> str | None:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def storage_url(request, sqlite_url) -> str:
     """Every store kind tuner supports; PostgreSQL is required when TUNER_REQUIRE_POSTGRES=1 (CI)."""
-    if request.param == "sqlite":
-        return sqlite_url
+    return sqlite_url if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """The PostgreSQL test server, which several machines' workers share; required when
+    TUNER_REQUIRE_POSTGRES=1 (CI), the test skipped without it otherwise."""
     reason = postgres_available()
     if reason:
         if os.environ.get("TUNER_REQUIRE_POSTGRES") == "1":

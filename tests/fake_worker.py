@@ -8,19 +8,13 @@ from __future__ import annotations
 import sys
 import time
 
+from conftest import fake_trainer
+
 import tuner
 import tuner.training._trial as trial_runner
-from tuner.training._training import TrialResult
-
-
-def fake_training(model, data, *, epochs, callbacks=(), **_):
-    time.sleep(0.3)
-    return TrialResult(value=0.5, best_epoch=1, epochs=1, train_seconds=0.3, params=1, best_logs={},
-                       test_loss=1.0, test_accuracy=0.5)
-
 
 if __name__ == "__main__":
-    trial_runner.train_and_evaluate = fake_training
+    trial_runner.train_and_evaluate = fake_trainer(seconds=0.3)
     url, study, trials = sys.argv[1], sys.argv[2], int(sys.argv[3])
     tuner.search("resnet", "digits", trials=trials, study=study, storage=url, seed=int(time.time_ns() % 1000),
                  overrides=["depth=8"], pruner="none",

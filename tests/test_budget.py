@@ -36,14 +36,13 @@ def run_steps(callback: Deadline, clock: list[float], steps: int, step_seconds: 
 
 
 @pytest.fixture
-def clock(monkeypatch) -> list[float]:
-    now = [1000.0]
-    monkeypatch.setattr("tuner.training._training.time.time", lambda: now[0])
-    return now
+def clock() -> list[float]:
+    """The time a ``Deadline`` is given (``clock=lambda: clock[0]``), moved on by the test."""
+    return [1000.0]
 
 
 def test_the_deadline_stops_training_with_time_left_to_test_and_store(clock):
-    callback = Deadline(1000.0 + 60, steps_per_epoch=10, eval_steps=30)
+    callback = Deadline(1000.0 + 60, steps_per_epoch=10, eval_steps=30, clock=lambda: clock[0])
     callback.set_model(FakeModel())
     run_steps(callback, clock, 10, 1.0)  # the first epoch ends at 1010
     clock[0] += 5.0  # its validation is not a training step
@@ -56,12 +55,12 @@ def test_the_deadline_stops_training_with_time_left_to_test_and_store(clock):
 
 
 def test_a_first_epoch_that_cannot_end_before_the_deadline_is_stopped_after_a_few_steps(clock):
-    callback = Deadline(1000.0 + 100, steps_per_epoch=1000, eval_steps=0)
+    callback = Deadline(1000.0 + 100, steps_per_epoch=1000, eval_steps=0, clock=lambda: clock[0])
     callback.set_model(FakeModel())
     run_steps(callback, clock, 1000, 1.0)
     assert callback.stopped_by == "too_slow" and callback.steps == PROBE_STEPS
 
-    fits = Deadline(1000.0 + 2000, steps_per_epoch=1000, eval_steps=0)
+    fits = Deadline(1000.0 + 2000, steps_per_epoch=1000, eval_steps=0, clock=lambda: clock[0])
     fits.set_model(FakeModel())
     run_steps(fits, clock, 1000, 1.0)
     assert fits.stopped_by is None and not fits.model.stop_training
@@ -73,7 +72,7 @@ def test_patience_stops_a_stall_at_a_constant_rate_but_not_a_schedule_that_still
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(optimizer=keras.optimizers.Adam(rate), loss="mse")
     model.optimizer.build(model.trainable_variables)
-    patience = Patience("val_accuracy", "maximize", patience=2)
+    patience = Patience("val_accuracy", patience=2)
     patience.set_model(model)
     stopped_after = None
     for epoch, value in enumerate([0.5, 0.6, 0.6, 0.59, 0.6, 0.6]):

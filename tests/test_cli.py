@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -169,6 +170,9 @@ def _sha(path) -> str:
     (["search", "--set", "width=2"], "unknown hyperparameter 'width'; choose one of:"),
     (["search", "--dataset", "imagenet"], "unknown dataset 'imagenet'; choose one of: digits"),
     (["search", "--epochs", "0"], "--epochs must be a positive number"),
+    (["search", "--gpus-per-trial", "0.5"], "--gpus-per-trial places workers with --ray"),
+    (["search", "--ray", "--gpus", "0,1"], "give --gpus-per-trial instead of --gpus"),
+    (["search", "--ray", "--backend", "keras-tuner"], "--ray need --backend optuna"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     (["best"], "the following arguments are required: --study"),
     (["best", "--study", "x"], "no store at tuner.db"),
@@ -179,6 +183,16 @@ def test_input_mistakes_exit_2_with_one_line(capsys, argv, message, tmp_path):
     assert err.count("\n") == 1 and err.startswith("tuner: error: ") and message in err
     assert "Traceback" not in out + err
     assert list(tmp_path.iterdir()) == []  # nothing created on disk: no store, no artifact folder
+
+
+def test_an_extra_that_is_not_installed_is_named_in_one_line(capsys, monkeypatch, tmp_path):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "ray" else find_spec(name))
+    code, _, err = run(capsys, "search", "--ray", "auto")
+    assert code == 2 and err.count("\n") == 1 and "--ray needs Ray, which is not installed: pip install" in err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_store_errors_exit_2_and_leave_the_file_untouched(capsys, tmp_path, sqlite_url):
@@ -394,3 +408,19 @@ def test_read_only_commands_do_not_load_keras(tmp_path):
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'keras', 'tensorflow', 'jax', 'torch'}))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout + result.stderr[-2000:]
+
+
+def test_the_cluster_recipes_run_valid_searches():
+    """The KubeRay and SLURM recipes in ``deploy/`` give ``tuner search`` flags it takes, with Ray."""
+    import yaml
+
+    from tuner.cli import build_parser
+
+    deploy = Path(__file__).parent.parent / "deploy"
+    (job,) = [d for d in yaml.safe_load_all((deploy / "kuberay-rayjob.yaml").read_text()) if d["kind"] == "RayJob"]
+    script = (deploy / "slurm-ray.sbatch").read_text().replace("\\\n", " ")
+    commands = [job["spec"]["entrypoint"], *(line for line in script.splitlines() if line.startswith("tuner search"))]
+    assert len(commands) == 2
+    for command in commands:
+        args = build_parser().parse_args(shlex.split(command)[1:])
+        assert args.command == "search" and args.ray and args.gpus_per_trial == 0.5 and args.workers > 1

@@ -11,26 +11,13 @@ import numpy as np
 import optuna
 import pytest
 from conftest import TINY
+from conftest import fake_trainer
 from conftest import undeclared_attributes
 from keeper_worker import offer_trials
 from test_search import _call
 
 import tuner
 from tuner.cli import main
-from tuner.training._training import TrialResult
-
-
-def _fake_training(values):
-    """A train_and_evaluate stand-in that trains nothing and returns the next of ``values``."""
-    values = iter(values)
-
-    def fake(model, data, **_):
-        value = next(values)
-        return TrialResult(value=value, best_epoch=1, epochs=1, train_seconds=0.0,
-                           params=model.count_params(), best_logs={}, test_loss=1.0, test_accuracy=value,
-                           model=model)
-
-    return fake
 
 
 def _model_files(tmp_path):
@@ -43,7 +30,7 @@ def test_a_failed_write_leaves_the_trial_complete(sqlite_url, monkeypatch):
     def full_disk(self, artifact_id, body):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("tuner.training._trial.train_and_evaluate", _fake_training([0.5]))
+    monkeypatch.setattr("tuner.training._trial.train_and_evaluate", fake_trainer([0.5]))
     monkeypatch.setattr(FileSystemArtifactStore, "write", full_disk)
     (trial,) = tuner.search("resnet", "digits", trials=1, storage=sqlite_url, overrides=["depth=8"]).trials
     assert trial.state.name == "COMPLETE" and "No space left" in trial.user_attrs["model_error"]
@@ -185,10 +172,10 @@ def test_the_new_spaces_learn_digits_and_export_models_plain_keras_loads(capsys,
 def test_retraining_the_top_trials_ranks_them_by_their_mean(capsys, sqlite_url, tmp_path, monkeypatch):
     """--top 2 --seeds 2: the two best trials retrained twice each; the one with the better mean wins
     even where the search ranked it second, and both are recorded on the study."""
-    monkeypatch.setattr("tuner.training._trial.train_and_evaluate", _fake_training([0.5, 0.9, 0.7]))
+    monkeypatch.setattr("tuner.training._trial.train_and_evaluate", fake_trainer([0.5, 0.9, 0.7]))
     tuner.search("resnet", "digits", trials=3, study="t", storage=sqlite_url, overrides=["depth=8"], pruner="none")
     # Retrains run best trial first: trial 1 (0.9) scores 0.60 and 0.62, trial 2 (0.7) 0.80 and 0.78.
-    monkeypatch.setattr("tuner.training._trial.train_and_evaluate", _fake_training([0.6, 0.62, 0.8, 0.78]))
+    monkeypatch.setattr("tuner.training._trial.train_and_evaluate", fake_trainer([0.6, 0.62, 0.8, 0.78]))
     store = ["--storage", sqlite_url]
     assert main(["export", "--study", "t", "--output", str(tmp_path / "top.keras"), "--retrain", "--top", "2",
                  "--seeds", "2", "--json", *store]) == 0
@@ -209,7 +196,7 @@ def test_retraining_the_top_trials_ranks_them_by_their_mean(capsys, sqlite_url, 
 
 def test_missing_corrupt_and_empty_are_clear_errors(capsys, sqlite_url, tmp_path, monkeypatch):
 
-    monkeypatch.setattr("tuner.training._trial.train_and_evaluate", _fake_training([0.5, 0.9, 0.7]))
+    monkeypatch.setattr("tuner.training._trial.train_and_evaluate", fake_trainer([0.5, 0.9, 0.7]))
     tuner.search("resnet", "digits", trials=3, study="m", storage=sqlite_url, keep=1, overrides=["depth=8"],
                  pruner="none")
     store = ["--storage", sqlite_url]
@@ -234,7 +221,7 @@ def test_best_shows_the_model_file_and_dashboard_serves(capsys, sqlite_url, tmp_
     import optuna_dashboard
 
 
-    monkeypatch.setattr("tuner.training._trial.train_and_evaluate", _fake_training([0.5]))
+    monkeypatch.setattr("tuner.training._trial.train_and_evaluate", fake_trainer([0.5]))
     tuner.search("resnet", "digits", trials=1, study="b", storage=sqlite_url, overrides=["depth=8"])
     assert main(["best", "--study", "b", "--storage", sqlite_url, "--json"]) == 0
     best = json.loads(capsys.readouterr().out)

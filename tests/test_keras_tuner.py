@@ -6,7 +6,7 @@ import keras_tuner
 import optuna
 import pytest
 from conftest import TINY
-from conftest import fake_training
+from conftest import fake_trainer
 from conftest import undeclared_attributes
 from optuna.distributions import CategoricalDistribution
 from optuna.distributions import FloatDistribution
@@ -80,7 +80,7 @@ def kt_search(url, space="resnet", **kwargs):
 
 
 def test_random_search_mirrors_every_trial(sqlite_url, monkeypatch):
-    monkeypatch.setattr("tuner.training._trial.train_and_evaluate", fake_training)
+    monkeypatch.setattr("tuner.training._trial.train_and_evaluate", fake_trainer())
     study = kt_search(sqlite_url)
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
@@ -98,7 +98,7 @@ def test_random_search_mirrors_every_trial(sqlite_url, monkeypatch):
 
 
 def test_hyperband_rounds_are_pruned_and_continued(sqlite_url, monkeypatch, tiny_space):
-    monkeypatch.setattr("tuner.training._trial.train_and_evaluate", fake_training)
+    monkeypatch.setattr("tuner.training._trial.train_and_evaluate", fake_trainer())
     study = kt_search(sqlite_url, tiny_space, algorithm="hyperband", trials=8, epochs=3)
     trials = study.get_trials()
     assert len(trials) == 8
@@ -131,15 +131,8 @@ def test_hyperband_rounds_are_pruned_and_continued(sqlite_url, monkeypatch, tiny
 
 
 def test_a_failing_trial_is_recorded_and_the_search_goes_on(sqlite_url, monkeypatch, tiny_space):
-    calls = []
-
-    def sometimes_broken(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise RuntimeError("out of memory (simulated)")
-        return fake_training(*args, **kwargs)
-
-    monkeypatch.setattr("tuner.training._trial.train_and_evaluate", sometimes_broken)
+    monkeypatch.setattr("tuner.training._trial.train_and_evaluate",
+                        fake_trainer(fail={2: RuntimeError("out of memory (simulated)")}))
     study = kt_search(sqlite_url, tiny_space)
     states = [t.state for t in study.get_trials()]
     assert states.count(TrialState.FAIL) == 1 and states.count(TrialState.COMPLETE) == 3
@@ -150,15 +143,8 @@ def test_a_failing_trial_is_recorded_and_the_search_goes_on(sqlite_url, monkeypa
 
 def test_resume_after_a_kill_adds_no_duplicate(sqlite_url, monkeypatch, tiny_space):
     """A process dying mid-trial, or between storing a trial and Keras Tuner recording it."""
-    calls = []
-
-    def killed_in_second_trial(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # stands for SIGKILL: nothing after this line runs
-        return fake_training(*args, **kwargs)
-
-    monkeypatch.setattr("tuner.training._trial.train_and_evaluate", killed_in_second_trial)
+    # The second trial's KeyboardInterrupt stands for SIGKILL: nothing after it runs.
+    monkeypatch.setattr("tuner.training._trial.train_and_evaluate", fake_trainer(fail={2: KeyboardInterrupt()}))
     with pytest.raises(KeyboardInterrupt):
         kt_search(sqlite_url, tiny_space)
     study = optuna.load_study(study_name="kt", storage=sqlite_url)
@@ -170,7 +156,7 @@ def test_resume_after_a_kill_adds_no_duplicate(sqlite_url, monkeypatch, tiny_spa
         self.mirror(trial)
         raise KeyboardInterrupt  # Keras Tuner never learns that the trial ended
 
-    monkeypatch.setattr("tuner.training._trial.train_and_evaluate", fake_training)
+    monkeypatch.setattr("tuner.training._trial.train_and_evaluate", fake_trainer())
     monkeypatch.setattr(kt_backend.MirroredTuner, "on_trial_end", killed_after_storing)
     with pytest.raises(KeyboardInterrupt):
         kt_search(sqlite_url, tiny_space)
@@ -185,7 +171,7 @@ def test_resume_after_a_kill_adds_no_duplicate(sqlite_url, monkeypatch, tiny_spa
 
 
 def test_backends_and_algorithms_do_not_mix(sqlite_url, monkeypatch, tiny_space):
-    monkeypatch.setattr("tuner.training._trial.train_and_evaluate", fake_training)
+    monkeypatch.setattr("tuner.training._trial.train_and_evaluate", fake_trainer())
     kt_search(sqlite_url, tiny_space, trials=1)
     with pytest.raises(StudyMismatchError, match="backend"):
         tuner.search(tiny_space, "digits", trials=1, epochs=1, study="kt", storage=sqlite_url)
@@ -206,7 +192,7 @@ def test_bad_keras_tuner_requests_fail_before_any_trial(sqlite_url, kwargs, mess
 def test_missing_keras_tuner_folder_is_refused(sqlite_url, tmp_path, monkeypatch, tiny_space):
     import shutil
 
-    monkeypatch.setattr("tuner.training._trial.train_and_evaluate", fake_training)
+    monkeypatch.setattr("tuner.training._trial.train_and_evaluate", fake_trainer())
     kt_search(sqlite_url, tiny_space, trials=1)
     shutil.rmtree(tmp_path / "tuner-keras-tuner" / "kt")
     with pytest.raises(TunerError, match="Keras Tuner folder .* is missing"):
@@ -225,9 +211,8 @@ def test_every_algorithm_trains_real_models(sqlite_url, algorithm, space, reques
     study = kt_search(sqlite_url, space, algorithm=algorithm, trials=2, epochs=1, keep=1, overrides=overrides)
     trials = study.get_trials()
     assert len(trials) == 2 and all(t.state == TrialState.COMPLETE for t in trials)
-    for trial in trials:
-        assert TRIAL_ATTRS <= set(trial.user_attrs)
-        assert 0.0 <= trial.user_attrs["test_accuracy"] <= 1.0
+    assert all(TRIAL_ATTRS <= set(trial.user_attrs) for trial in trials)
+    assert max(t.user_attrs["test_accuracy"] for t in trials) > 0.3  # it learns: chance is 0.1
     exported = tuner.export("kt", "best.keras", storage=sqlite_url)
     assert exported["trial"] == study.best_trial.number
 

@@ -14,6 +14,7 @@ import numpy as np
 import optuna
 import pytest
 from conftest import TINY
+from conftest import fake_trainer
 
 import tuner
 from search_spaces import SpaceError
@@ -173,18 +174,7 @@ def test_densenet_search_minimising_val_loss(sqlite_url):
 @pytest.mark.parametrize("error", [MemoryError("host"), RuntimeError("CUDA out of memory. Tried to allocate 2 GiB"),
                                    ValueError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate")])
 def test_out_of_memory_fails_that_trial_and_the_study_goes_on(sqlite_url, monkeypatch, error, tiny_space):
-    from tuner.training._training import TrialResult
-
-    calls = []
-
-    def first_runs_out(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 1:
-            raise error
-        return TrialResult(value=0.5, best_epoch=1, epochs=1, train_seconds=0.1, params=1, best_logs={},
-                           test_loss=1.0, test_accuracy=0.5)
-
-    monkeypatch.setattr("tuner.training._trial.train_and_evaluate", first_runs_out)
+    monkeypatch.setattr("tuner.training._trial.train_and_evaluate", fake_trainer(fail={1: error}))
     study = tuner.search(tiny_space, "digits", trials=2, study="oom", storage=sqlite_url, keep=0)
     assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE", "COMPLETE"]
     reason = study.trials[0].user_attrs["error"]
@@ -233,11 +223,9 @@ def test_pruned_trial_keeps_its_learning_curve(sqlite_url, monkeypatch, tiny_spa
 
 
 def test_the_spaces_alternatives_follow_its_defaults_unpruned(sqlite_url, monkeypatch):
-    from conftest import fake_training
-
     import tuner.driver._search
 
-    monkeypatch.setattr("tuner.training._trial.train_and_evaluate", fake_training)
+    monkeypatch.setattr("tuner.training._trial.train_and_evaluate", fake_trainer())
     monkeypatch.setattr(tuner.driver._search, "make_pruner",  # would prune every trial after an epoch
                         lambda name, epochs, resource: optuna.pruners.ThresholdPruner(lower=2.0))
     study = tuner.search("resnet", "digits", trials=3, epochs=2, storage=sqlite_url, overrides=TINY["resnet"],
@@ -281,11 +269,7 @@ def test_interrupt_leaves_no_trial_running(sqlite_url, monkeypatch, tiny_space):
 
 
 def test_continuing_a_study_does_not_repeat_its_configurations(sqlite_url, monkeypatch, tiny_space):
-    from tuner.training._training import TrialResult
-
-    monkeypatch.setattr("tuner.training._trial.train_and_evaluate", lambda *a, **k: TrialResult(
-        value=0.5, best_epoch=1, epochs=1, train_seconds=0.1, params=1, best_logs={}, test_loss=1.0,
-        test_accuracy=0.5))
+    monkeypatch.setattr("tuner.training._trial.train_and_evaluate", fake_trainer())
     settings = dict(study="c", storage=sqlite_url, keep=0, start_from_defaults=False)
     tuner.search(tiny_space, "digits", trials=2, **settings)
     study = tuner.search(tiny_space, "digits", trials=4, **settings)  # the same command, continued

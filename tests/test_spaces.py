@@ -132,21 +132,22 @@ def _weighted_layers(model: keras.Model) -> int:
     )
 
 
-@pytest.mark.parametrize("depth", [8, 20, 32])
+@pytest.mark.parametrize("depth,blocks", [(8, 1), (20, 3), (32, 5)])  # ResNet-20: n = 3 in the paper
 @pytest.mark.parametrize("version", ["v1", "v2"])
-def test_resnet_depth_means_what_the_paper_means(depth, version):
+def test_resnet_depth_means_what_the_paper_means(depth, blocks, version):
     model = build_resnet((32, 32, 3), 10, depth=depth, version=version)
     assert _weighted_layers(model) == depth
-    assert blocks_per_stage(depth) == (depth - 2) // 6
+    assert sum(layer.name.endswith("_add") for layer in model.layers) == 3 * blocks == 3 * blocks_per_stage(depth)
     with pytest.raises(SpaceError, match="6n\\+2"):
         blocks_per_stage(depth + 1)
 
 
-@pytest.mark.parametrize("depth,bottleneck", [(40, True), (40, False), (100, True), (10, False)])
-def test_densenet_depth_means_what_the_paper_means(depth, bottleneck):
+# DenseNet-BC-100: 16 bottleneck layers a block, as in the paper; DenseNet-40: 12 plain ones.
+@pytest.mark.parametrize("depth,bottleneck,layers", [(40, True, 6), (40, False, 12), (100, True, 16), (10, False, 2)])
+def test_densenet_depth_means_what_the_paper_means(depth, bottleneck, layers):
     model = build_densenet((32, 32, 3), 10, depth=depth, bottleneck=bottleneck, growth_rate=4)
     assert _weighted_layers(model) == depth
-    assert layers_per_block(depth, bottleneck) == (depth - 4) // (6 if bottleneck else 3)
+    assert layers_per_block(depth, bottleneck) == layers
 
 
 def test_densenet_100_bc_k12_matches_the_paper_size():

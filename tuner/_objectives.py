@@ -66,9 +66,14 @@ def parse_count(text: str | int | None, flag: str = "--max-params") -> int | Non
     return count
 
 
-def signs(objectives: Sequence[str]) -> tuple[float, ...]:
+def sign(objective: str) -> float:
     """+1 for an objective to maximise, -1 for one to minimise: ``sign * value`` is higher-is-better."""
-    return tuple(1.0 if DIRECTIONS[name] == "maximize" else -1.0 for name in objectives)
+    return 1.0 if DIRECTIONS[objective] == "maximize" else -1.0
+
+
+def signs(objectives: Sequence[str]) -> tuple[float, ...]:
+    """Each objective's ``sign``."""
+    return tuple(sign(name) for name in objectives)
 
 
 def dominates(a: Sequence[float], b: Sequence[float], sign: Sequence[float]) -> bool:

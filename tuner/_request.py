@@ -151,6 +151,14 @@ class SearchRequest:
                           metavar="N")
     gpus: Sequence[str] | None = option(None, "one worker per listed GPU id (0,1,2,3), each seeing only its own",
                                         type=_gpu_list, metavar="0,1,...")
+    ray: str | None = option(
+        None, "run the workers as Ray tasks, placed by Ray: on the cluster at ADDRESS (auto: the one running "
+        "here), or with --ray alone on a Ray runtime of this machine's own (needs the ray extra)",
+        nargs="?", const="local", metavar="ADDRESS")
+    gpus_per_trial: float | None = option(
+        None, "with --ray, the share of a GPU each worker takes (default 1 on a cluster with GPUs; 0.5 packs two "
+        "trials on a GPU)", type=float,
+        metavar="F")
     recycle_after: int | None = option(
         None, "run trials in worker processes that exit after N trials, which returns the memory "
         "TensorFlow keeps from every model it built (default 10 for the command, none for tuner.search; "
@@ -225,9 +233,17 @@ class SearchRequest:
             raise TunerError(f"--sampler {self.sampler} needs {module}, which is not installed: {install_hint(extra)}")
         _known("pruner", self.pruner, PRUNERS)
         _known("backend", self.backend, BACKENDS)
-        if self.backend == "keras-tuner" and workers > 1:
-            raise TunerError("Keras Tuner keeps its search state in one process: --workers and --gpus need "
-                             "--backend optuna")
+        if self.ray is not None:
+            if self.gpus:
+                raise TunerError("with --ray, Ray places the workers on GPUs: give --gpus-per-trial instead of --gpus")
+            if importlib.util.find_spec("ray") is None:
+                raise TunerError(f"--ray needs Ray, which is not installed: {install_hint('ray')}")
+        elif self.gpus_per_trial is not None:
+            raise TunerError("--gpus-per-trial places workers with --ray; without Ray, give --gpus 0,1,...")
+        _positive("gpus-per-trial", self.gpus_per_trial, allow_none=True)
+        if self.backend == "keras-tuner" and (workers > 1 or self.ray is not None):
+            raise TunerError("Keras Tuner keeps its search state in one process: --workers, --gpus and --ray "
+                             "need --backend optuna")
         if self.backend == "keras-tuner" and (len(objectives) > 1 or max_params or self.max_latency_ms):
             raise TunerError("several objectives, --max-params and --max-latency-ms need --backend optuna "
                              "(Keras Tuner has one objective and no constraints)")

@@ -86,8 +86,8 @@ trial_attribute("patience", "Epochs without improvement before it stops (`null`:
 trial_attribute("max_epochs", "The epochs it was given: `--epochs`, or fewer where the deadline allowed fewer.")
 trial_attribute("label_smoothing", "The label smoothing of its loss.")
 trial_attribute("seed", "The seed of its weights and data order.")
-trial_attribute("owner", "The process training it (host, process id and start), so that a killed "
-                         "worker's trial is failed and retried at once.")
+trial_attribute("owner", "The process training it (host, process id and start, and the GPUs it was given: "
+                         "`--gpus`, or Ray's), so that a killed worker's trial is failed and retried at once.")
 trial_attribute("param_count", "The model's parameters.")
 trial_attribute("flops", "The model's floating-point operations per image.")
 trial_attribute("predicted_seconds_per_epoch", "Its epoch time as predicted before training.")

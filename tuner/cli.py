@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from typing import NoReturn
 
+from tuner._text import short
 from tuner.attributes import OVER_BUDGET_ATTR
 from tuner.attributes import REJECTED_ATTR
 from tuner.attributes import SKIPPED_ATTR
@@ -46,14 +47,6 @@ def _console():
 
     # Piped output gets a wide table rather than rich's 80 columns.
     return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.0f}" if value.is_integer() and abs(value) >= 1e4 else f"{value:.4g}"
-    return str(value)
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -87,7 +80,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         _print_json(best)
     else:
         print(f"study {study}: best trial {best['number']}  {best['study']['objective']}="
-              f"{_fmt(best['value'])}  test_accuracy={_fmt(best.get('test_accuracy'))}")
+              f"{short(best['value'])}  test_accuracy={short(best.get('test_accuracy'))}")
         print(f"  {format_params(best['params'])}")
         storage_flag = f" --storage {args.storage}" if args.storage else ""
         print(f"  see all trials: tuner trials --study {study}{storage_flag}")
@@ -139,7 +132,7 @@ def cmd_studies(args: argparse.Namespace) -> int:
     for column in columns:
         table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(*(_fmt(row[c]) for c in columns))
+        table.add_row(*(short(row[c]) for c in columns))
     _console().print(table)
     return 0
 
@@ -158,11 +151,11 @@ def cmd_trials(args: argparse.Namespace) -> int:
     for column in ("#", "state", "value", "test_acc", "epochs", "seconds", "params"):
         table.add_column(column, overflow="fold")
     for row in rows:
-        value = ", ".join(_fmt(v) for v in row["values"]) if "values" in row else _fmt(row["value"])
+        value = ", ".join(short(v) for v in row["values"]) if "values" in row else short(row["value"])
         why = next((f" ({key})" for key in (REJECTED_ATTR, SKIPPED_ATTR, OVER_BUDGET_ATTR) if key in row), "")
         table.add_row(str(row["number"]), row["state"] + why, value,
-                      _fmt(row.get("test_accuracy")), _fmt(row.get("epochs")),
-                      _fmt(row.get("train_seconds")), format_params(row["params"]))
+                      short(row.get("test_accuracy")), short(row.get("epochs")),
+                      short(row.get("train_seconds")), format_params(row["params"]))
     _console().print(table)
     return 0
 
@@ -185,7 +178,7 @@ def cmd_importance(args: argparse.Namespace) -> int:
     table.add_column(f"best trial ({found['best_trial']})", overflow="fold")
     for row in found["hyperparameters"]:
         table.add_row(row["name"], f"{row['importance']:.3f}", describe_values(row["top_values"]),
-                      _fmt(row["best_value"]))
+                      short(row["best_value"]))
     _console().print(table)
     if found["note"]:
         print(f"note: {found['note']}")
@@ -237,7 +230,7 @@ def print_front(args: argparse.Namespace) -> int:
     for column in columns:
         table.add_column("trial" if column == "number" else column, justify="right")
     for point in found["front"]:
-        table.add_row(*(("yes" if point[c] else "no") if c == "kept" else _fmt(point.get(c)) for c in columns))
+        table.add_row(*(("yes" if point[c] else "no") if c == "kept" else short(point.get(c)) for c in columns))
     _console().print(table)
     storage_flag = f" --storage {args.storage}" if args.storage else ""
     print(f"export a point: tuner export --study {args.study}{storage_flag}{_artifacts_flag(args)} "
@@ -266,11 +259,11 @@ def cmd_best(args: argparse.Namespace) -> int:
     table.add_column("value", overflow="fold")
     for key in ("test_accuracy", "val_accuracy", "val_loss", "train_accuracy", "train_loss",
                 "epochs", "best_epoch", "train_seconds", "param_count", "model_bytes", "latency_ms"):
-        table.add_row(key, _fmt(best.get(key)))
+        table.add_row(key, short(best.get(key)))
     importance = best["importance"] or {}
     for key, value in best["params"].items():
         share = f"  (importance {importance[key]:.2f})" if key in importance else ""
-        table.add_row(f"param {key}", _fmt(value) + share)
+        table.add_row(f"param {key}", short(value) + share)
     for runs in best["retrain_runs"]:
         table.add_row(f"retrained x{len(runs['runs'])}, {runs['epochs']} epochs",
                       f"val {_spread(runs['value'])}, test_accuracy {_spread(runs['test_accuracy'])}")
@@ -293,20 +286,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     for runs in description.get("retrained_runs", []):
         print(f"trial {runs['trial']} retrained {len(runs['runs'])} times, {runs['epochs']} epochs:")
         for run in runs["runs"]:
-            print(f"  seed {run['seed']}: val {_fmt(run['value'])}  test_accuracy {_fmt(run['test_accuracy'])}")
+            print(f"  seed {run['seed']}: val {short(run['value'])}  test_accuracy {short(run['test_accuracy'])}")
         if len(runs["runs"]) > 1:
             print(f"  mean ± std: val {_spread(runs['value'])}  test_accuracy {_spread(runs['test_accuracy'])}")
     if "ensemble" in description:
         members = ", ".join(str(n) for n in description["ensemble"])
         print(f"wrote {description['output']} ({description['format']}): the average of trials {members} of "
-              f"study {description['study']}, test_accuracy={_fmt(description['test_accuracy'])} (best single "
-              f"model, trial {description['trial']}: {_fmt(description['best_single_test_accuracy'])})")
+              f"study {description['study']}, test_accuracy={short(description['test_accuracy'])} (best single "
+              f"model, trial {description['trial']}: {short(description['best_single_test_accuracy'])})")
         return 0
     what = "retrained, its best epoch" if description["retrained"] else "best epoch"
     if description.get("seed") is not None and len(description["retrained_runs"][0]["runs"]) > 1:
         what = f"retrained, the median run (seed {description['seed']}), its best epoch"
     print(f"wrote {description['output']} ({description['format']}): trial {description['trial']} "
-          f"of study {description['study']}, {what}, test_accuracy={_fmt(description['test_accuracy'])}")
+          f"of study {description['study']}, {what}, test_accuracy={short(description['test_accuracy'])}")
     print(f"  space {description['space']}: {json.dumps(description['hyperparameters'])}")
     shape = "x".join(str(v) for v in description["input_shape"])
     fitted = {"crop": "centre-cropped", "pad": "padded"}.get(description.get("resize", ""))
@@ -380,6 +373,7 @@ def options_table() -> str:
     rows = ["| option | meaning |", "|---|---|"]
     for spec in request_flags().values():
         value = spec.get("metavar") or "|".join(spec.get("choices") or ()) or spec["flag"][2:].upper()
+        value = f"[{value}]" if spec.get("nargs") == "?" else value  # the value may be left out
         flag = {"store_true": spec["flag"], "store_false": spec["flag"],
                 argparse.BooleanOptionalAction: f"{spec['flag']}, --no-{spec['flag'][2:]}"}.get(
                     spec.get("action"), f"{spec['flag']} {value}")

@@ -34,7 +34,7 @@ from search_spaces import ParamSpec
 from tuner._compat import keras_tuner_tracebacks_hidden
 from tuner._compat import live_trial
 from tuner._names import ALGORITHMS
-from tuner._objectives import DIRECTIONS
+from tuner._objectives import sign
 from tuner.attributes import TRIAL_ID_ATTR
 from tuner.backends._base import ConsecutiveFailures
 from tuner.backends._base import SearchBackend
@@ -61,7 +61,7 @@ def make_oracle(algorithm: str, job: SearchJob) -> keras_tuner.Oracle:
     Tuner's ``max_trials``, ends a search, so it counts the same finished trials as the Optuna backend.
     """
     request = job.request
-    direction = "max" if DIRECTIONS[request.curve_objective] == "maximize" else "min"
+    direction = "max" if sign(request.curve_objective) > 0 else "min"
     objective = keras_tuner.Objective(request.curve_objective, direction)
     hp = keras_tuner.HyperParameters()
     for spec in job.runner.hypermodel.hyperparameters():  # the whole space, in order: parents first

@@ -30,7 +30,7 @@ from storage import gave_up
 from storage import record_owner
 from storage import while_training
 from tuner._objectives import COST_BEFORE_TRAINING
-from tuner._objectives import DIRECTIONS
+from tuner._objectives import sign
 from tuner._objectives import cheaper_peers_better
 from tuner.attributes import BUDGET_SPLIT_ATTR
 from tuner.attributes import CURVE_ATTR
@@ -329,7 +329,7 @@ def prune_multi_objective(job: SearchJob, number: int, value: float, epoch: int,
              for t in job.study.get_trials(deepcopy=False)
              if t.number != number and CURVE_ATTR in t.user_attrs]
     return cheaper_peers_better(value, epoch, cost, peers,
-                                maximize=DIRECTIONS[job.runner.objective] == "maximize")
+                                maximize=sign(job.runner.objective) > 0)
 
 
 @dataclass

@@ -42,6 +42,8 @@ from tuner.data import auto_augmentation
 from tuner.data import load_dataset
 from tuner.data import save_arrays
 from tuner.data._images import SHOWN_SKIPPED
+from tuner.driver._ray import connected
+from tuner.driver._ray import run_ray_round
 from tuner.driver._workers import run_workers
 from tuner.errors import DISTRIBUTION
 from tuner.errors import StoreUnreachable
@@ -143,8 +145,14 @@ def search(space: str = "resnet", dataset: Any = "digits", **options: Any) -> op
 
 
 def run_search(request: SearchRequest) -> optuna.Study:
-    """The search's own process: prepare the job, record the study's settings once, then run the
-    trials here or in worker processes (``run_workers``, each running ``run_in_worker``)."""
+    """The search's own process: connect to Ray for ``--ray`` (first: a cluster out of reach stops
+    the search before its store is written), prepare the job, record the study's settings once, then
+    run the trials here or in worker processes (``run_workers``, each running ``run_in_worker``)."""
+    with connected(request.ray):
+        return _run_search(request)
+
+
+def _run_search(request: SearchRequest) -> optuna.Study:
     job = prepare(request, seed=request.seed, creating=True)
     job.study.set_user_attr("settings", {**job.recipe, **request.settings()})
     job.study.set_user_attr("versions", versions())
@@ -152,13 +160,14 @@ def run_search(request: SearchRequest) -> optuna.Study:
     # A trial whose process died on this machine (kill -9, out of memory) is failed now and its
     # parameters retried once, rather than after the heartbeat's grace period.
     fail_orphans(job.study, job.progress)
-    if request.workers > 1 or request.recycle_after:
+    if request.workers > 1 or request.recycle_after or request.ray is not None:
         size = job.runner.data.files.get("image_size")
         if size:  # the size chosen from the data, as this process chose it
             request = dataclasses.replace(request, image_size=f"{size[0]}x{size[1]}")
         began = datetime.datetime.now()
         try:
-            run_workers(run_in_worker, request, lambda: job.spent(since=began), job.stored_trials)
+            run_workers(run_in_worker, request, lambda: job.spent(since=began), job.stored_trials,
+                        run_round=None if request.ray is None else run_ray_round)
         except WorkerFailed:  # a crashed worker's trial in flight is failed at once
             fail_orphans(job.study, job.progress)
             raise

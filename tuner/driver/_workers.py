@@ -26,11 +26,15 @@ MAX_REPLACED = 3
 REPLACEMENT_SEED = 104_729
 
 
-def _worker(env: dict[str, str], call: bytes, verbosity: int) -> None:
-    """A worker process: ``work(*args)``, pickled in ``call``. ``work`` is ``tuner.driver._search.run_in_worker``,
-    passed in by reference so that this module does not import the one that imports it; it is
-    unpickled only after ``load_frameworks``, since unpickling imports its module, and with it Keras."""
+def run_call(env: dict[str, str], call: bytes, verbosity: int, workdir: str | None = None) -> int:
+    """A worker's life: ``work(*args)``, pickled in ``call``, in a fresh process (``_worker``, or a
+    Ray task), in the search's own folder ``workdir`` where this machine has it (a relative store or
+    dataset path means what it meant there); returns its exit code. ``work`` is ``tuner.driver._search.run_in_worker``, passed in by
+    reference so that this module does not import the one that imports it; it is unpickled only after
+    ``load_frameworks``, since unpickling imports its module, and with it Keras."""
     os.environ.update(env)
+    if workdir and os.path.isdir(workdir):
+        os.chdir(workdir)
     import optuna
 
     from tuner.training._process import load_frameworks
@@ -46,30 +50,47 @@ def _worker(env: dict[str, str], call: bytes, verbosity: int) -> None:
     try:
         work(*args)
     except KeyboardInterrupt:
-        sys.exit(130)
+        return 130
     except StoreUnreachable:
-        sys.exit(StoreUnreachable.exit_code)  # the search's process says it, once
+        return StoreUnreachable.exit_code  # the search's process says it, once
     except TunerError as err:
         print(f"tuner: error: {err}", file=sys.stderr)  # one line, as the CLI prints it
-        sys.exit(err.exit_code)
+        return err.exit_code
+    return 0
+
+
+def _worker(env: dict[str, str], call: bytes, verbosity: int) -> None:
+    """A worker process (``spawn``): ``run_call``, its code the process's exit code."""
+    sys.exit(run_call(env, call, verbosity))
 
 
 def run_workers(work: Callable[..., None], request: Any, spent: Callable[[], bool],
-                stored_trials: Callable[[], int]) -> None:
+                stored_trials: Callable[[], int],
+                run_round: Callable[[Callable[..., None], Any, int, Callable[[], bool]], None] | None = None) -> None:
     """Run ``request`` (a checked ``SearchRequest``) in ``request.workers`` processes, each calling
     ``work(request, seed, process_trials, lines)``, until ``spent()`` says the search is over (its
     budget, its deadline or its final trial); with ``request.recycle_after`` each process exits after
     that many trials and a fresh one takes its place. ``stored_trials`` counts the study's trials in
-    any state (a round that stored none would loop forever).
+    any state (a round that stored none would loop forever). ``run_round`` runs one round of workers
+    (default: local processes, ``_run_round``; ``tuner.driver._ray.run_ray_round``: Ray tasks).
     """
+    run_round = run_round or _run_round
     for round_number in itertools.count():
         before = stored_trials()
         if spent():
             return
         # A new seed each round, or a seeded sampler would propose the last round's parameters again.
-        _run_round(work, request, request.seed + 7919 * round_number, spent)
+        run_round(work, request, request.seed + 7919 * round_number, spent)
         if not request.recycle_after or stored_trials() == before:
             return
+
+
+def worker_call(work: Callable[..., None], request: Any, seed: int, i: int, generation: int = 0) -> bytes:
+    """What worker ``i`` of a round runs (``run_call``), pickled: ``work`` with its own sampler seed,
+    or every worker would propose the same parameters (a replacement, ``generation`` > 0, another one
+    again); several workers print plain lines (one live view per terminal)."""
+    args = (request, seed + 1000 * i + REPLACEMENT_SEED * generation, request.recycle_after, request.workers > 1)
+    return pickle.dumps((work, args))
 
 
 def _run_round(work: Callable[..., None], request: Any, seed: int, spent: Callable[[], bool]) -> None:
@@ -85,10 +106,7 @@ def _run_round(work: Callable[..., None], request: Any, seed: int, spent: Callab
 
     def start(i: int, generation: int) -> multiprocessing.process.BaseProcess:
         env = {"CUDA_VISIBLE_DEVICES": str(gpus[i])} if gpus else {}
-        # Different seeds, or every worker would propose the same parameters; several workers print
-        # plain lines (one live view per terminal).
-        args = (request, seed + 1000 * i + REPLACEMENT_SEED * generation, request.recycle_after, workers > 1)
-        process = context.Process(target=_worker, args=(env, pickle.dumps((work, args)), verbosity),
+        process = context.Process(target=_worker, args=(env, worker_call(work, request, seed, i, generation), verbosity),
                                   name=f"tuner-worker-{i}")
         process.start()
         return process
@@ -118,13 +136,18 @@ def _run_round(work: Callable[..., None], request: Any, seed: int, spent: Callab
         for process in running.values():
             process.join()
         raise
-    failed = [p for p in ended if p.exitcode]
-    if failed:
-        names = ", ".join(p.name for p in failed)
-        message = (f"{len(failed)} of {workers} workers failed ({names}); their errors are printed "
-                   "above, and their finished trials are in the study")
-        # A worker exits 2 after an input mistake, 3 when the store stayed away (its one line printed);
-        # anything else is a crash.
-        if any(p.exitcode == StoreUnreachable.exit_code for p in failed):
-            raise StoreUnreachable(message)
-        raise (TunerError if all(p.exitcode == TunerError.exit_code for p in failed) else WorkerFailed)(message)
+    check_exits({p.name: p.exitcode or 0 for p in ended})
+
+
+def check_exits(codes: dict[str, int]) -> None:
+    """Raise for the workers (by name) that exited with an error code: a ``TunerError`` where each
+    exited 2 after an input mistake, ``StoreUnreachable`` where one gave up waiting for the store
+    (its one line printed), ``WorkerFailed`` for anything else (a crash)."""
+    failed = sorted(name for name, code in codes.items() if code)
+    if not failed:
+        return
+    message = (f"{len(failed)} of {len(codes)} workers failed ({', '.join(failed)}); their errors are printed "
+               "above, and their finished trials are in the study")
+    if any(codes[name] == StoreUnreachable.exit_code for name in failed):
+        raise StoreUnreachable(message)
+    raise (TunerError if all(codes[name] == TunerError.exit_code for name in failed) else WorkerFailed)(message)

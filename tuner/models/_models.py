@@ -41,8 +41,8 @@ logger = logging.getLogger(__name__)
 
 
 def _rank_key(study: optuna.Study):
-    sign = _sign(study)
-    return lambda trial: (sign * trial.values[0], trial.number)
+    sign = directions_signs(study)[0]
+    return lambda trial: (-sign * trial.values[0], trial.number)
 
 
 def feasible(trial: optuna.trial.FrozenTrial) -> bool:
@@ -117,9 +117,9 @@ class ModelKeeper:
 
     def _offer(self, trial: optuna.Trial, model: Any, value: float) -> None:
         study = trial.study
-        sign = _sign(study)
+        sign = directions_signs(study)[0]
         kept = _ranked(study.user_attrs.get(KEPT_ATTR, []), sign)
-        if len(kept) >= self.keep and sign * value >= sign * kept[self.keep - 1][1]:
+        if len(kept) >= self.keep and sign * value <= sign * kept[self.keep - 1][1]:
             return  # not among the best: nothing to write
         artifact_id = self._upload(trial, model)
         kept = _ranked([*kept, [trial.number, value, artifact_id]], sign)
@@ -172,13 +172,9 @@ class ModelKeeper:
                 pass  # removed before (an older version's eviction, or by hand)
 
 
-def _sign(study: optuna.Study) -> float:
-    return -1.0 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1.0
-
-
 def _ranked(entries: list[list[Any]], sign: float) -> list[list[Any]]:
     """``[trial number, value, artifact id]`` entries, best first (the earlier trial wins a tie)."""
-    return sorted(entries, key=lambda entry: (sign * entry[1], entry[0]))
+    return sorted(entries, key=lambda entry: (-sign * entry[1], entry[0]))
 
 
 def pick_trial(study: optuna.Study, number: int | None) -> optuna.trial.FrozenTrial:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from tuner._objectives import DIRECTIONS
+from tuner._objectives import sign
 from tuner._objectives import curve_objective
 from tuner._objectives import parse_objectives
 from tuner.attributes import ENSEMBLES_ATTR
@@ -132,7 +132,7 @@ def export(
         return _export_ensemble(loaded, store, ensemble, out)
     retrained: list[tuple[Any, list[Any], dict[str, Any]]] = []  # (trial, runs, their summary)
     if retrain:
-        maximize = DIRECTIONS[study_curve_objective(attrs)] == "maximize"
+        maximize = sign(study_curve_objective(attrs)) > 0
         candidates = [pick_trial(loaded, trial)] if top is None else ranked_trials(loaded)[:top]
         if not candidates:
             raise TunerError(f"study {loaded.study_name!r} has no finished trial to retrain")

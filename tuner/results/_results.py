@@ -10,6 +10,7 @@ from optuna.trial import TrialState
 
 from tuner._objectives import DIRECTIONS
 from tuner._objectives import pareto_front as front_of
+from tuner._text import short
 from tuner.attributes import KEPT_ATTR
 from tuner.attributes import RETRAIN_ATTR
 from tuner.errors import TunerError
@@ -218,9 +219,5 @@ def _value_range(values: list[Any]) -> dict[str, Any]:
 def describe_values(top_values: dict[str, Any]) -> str:
     """``top_values`` as text: ``0.001..0.003`` or ``adam, sgd``."""
     if "low" in top_values:
-        return f"{_short(top_values['low'])}..{_short(top_values['high'])}"
-    return ", ".join(_short(v) for v in top_values["values"])
-
-
-def _short(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+        return f"{short(top_values['low'])}..{short(top_values['high'])}"
+    return ", ".join(short(v) for v in top_values["values"])

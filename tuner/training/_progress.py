@@ -22,6 +22,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from tuner._text import short
 from tuner.attributes import OVER_BUDGET_ATTR
 from tuner.attributes import REJECTED_ATTR
 from tuner.attributes import SKIPPED_ATTR
@@ -29,13 +30,7 @@ from tuner.attributes import SKIPPED_ATTR
 
 def format_params(params: Mapping[str, Any]) -> str:
     """``depth=20 learning_rate=0.00123 ...``, numbers shortened to 3 significant digits."""
-    return " ".join(f"{k}={_short(v)}" for k, v in params.items())
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return str(value)
+    return " ".join(f"{k}={short(v, digits=3)}" for k, v in params.items())
 
 
 class SearchProgress:

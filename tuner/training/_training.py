@@ -22,7 +22,7 @@ import keras
 import numpy as np
 
 from tuner._compat import tensorflow_gradient_registry
-from tuner._objectives import DIRECTIONS
+from tuner._objectives import sign
 from tuner.data import Dataset
 from tuner.errors import TunerError
 from tuner.training._process import interrupts_held
@@ -147,10 +147,10 @@ class TrialDiverged(TunerError):
 class BestEpoch(keras.callbacks.Callback):
     """Remembers every epoch's logs, and the epoch with the best ``monitor`` value and its weights."""
 
-    def __init__(self, monitor: str, direction: str) -> None:
+    def __init__(self, monitor: str) -> None:
         super().__init__()
         self.monitor = monitor
-        self.sign = 1.0 if direction == "maximize" else -1.0
+        self.sign = sign(monitor)
         self.best_value = -math.inf
         self.best_epoch = 0
         self.best_logs: dict[str, float] = {}
@@ -184,10 +184,10 @@ class Patience(keras.callbacks.Callback):
     its schedule.
     """
 
-    def __init__(self, monitor: str, direction: str, patience: int) -> None:
+    def __init__(self, monitor: str, patience: int) -> None:
         super().__init__()
         self.monitor, self.patience = monitor, patience
-        self.sign = 1.0 if direction == "maximize" else -1.0
+        self.sign = sign(monitor)
         self.best = -math.inf
         self.wait = 0
         self.rate_at_best = math.inf
@@ -296,12 +296,14 @@ class Deadline(keras.callbacks.Callback):
 
     Step times are measured from the second step on (the first one traces or compiles the model).
     ``stopped_by`` says why training stopped: ``"deadline"``, or ``"too_slow"`` when the first
-    epoch's projected end is past the deadline, so not even one rung can be scored.
+    epoch's projected end is past the deadline, so not even one rung can be scored. ``clock`` tells
+    the time (a test gives its own).
     """
 
-    def __init__(self, deadline: float, *, steps_per_epoch: int, eval_steps: int) -> None:
+    def __init__(self, deadline: float, *, steps_per_epoch: int, eval_steps: int,
+                 clock: Callable[[], float] = time.time) -> None:
         super().__init__()
-        self.deadline = deadline
+        self.deadline, self.clock = deadline, clock
         self.steps_per_epoch = steps_per_epoch
         self.eval_steps = eval_steps  # validation and test batches still to run at the end
         self.stopped_by: str | None = None
@@ -318,10 +320,10 @@ class Deadline(keras.callbacks.Callback):
         return self._steps
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
-        self._step_start = time.time()
+        self._step_start = self.clock()
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        now = time.time()
+        now = self.clock()
         self._steps += 1
         if self._steps > 1:
             self._timed += now - self._step_start
@@ -476,9 +478,9 @@ def train_and_evaluate(
     with the validation's logs once the first epoch has trained each of ``rungs`` images
     (``RungReport``); it may raise to end the trial there.
     """
-    best = BestEpoch(objective, DIRECTIONS[objective])
+    best = BestEpoch(objective)
     if patience:
-        callbacks = [Patience(objective, DIRECTIONS[objective], patience), *callbacks]
+        callbacks = [Patience(objective, patience), *callbacks]
     steps = math.ceil(len(data.y_train) / batch_size)
     # At an epoch's last step the check is followed by that epoch's validation and one more step
     # before the next: the reserve covers two validations, the test (twice over for a flip-averaged

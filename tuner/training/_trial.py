@@ -22,7 +22,7 @@ from typing import Any
 import keras
 
 from search_spaces import TunableSpace
-from tuner._objectives import DIRECTIONS
+from tuner._objectives import sign
 from tuner.data import Dataset
 from tuner.training._cost import latency_ms
 from tuner.training._cost import stored_bytes
@@ -104,7 +104,7 @@ class TrialRunner:
         if progress is not None:
             progress.trial_started(label, params, epochs, note)
         reports = EpochReport(after_epoch)
-        mode = "max" if DIRECTIONS[self.objective] == "maximize" else "min"
+        mode = "max" if sign(self.objective) > 0 else "min"
         result = train_and_evaluate(
             model, self.data, epochs=epochs, initial_epoch=initial_epoch, batch_size=self.batch_size,
             objective=self.objective, patience=self.patience, deadline=self.deadline,
