@@ -41,6 +41,19 @@ def clock() -> list[float]:
     return [1000.0]
 
 
+def test_the_time_budget_keeps_half_a_timeout_for_the_final_trial_but_in_a_pareto_search():
+    from tuner._request import SearchRequest
+    from tuner._request import TimeBudget
+
+    budget = SearchRequest(timeout=600).checked().time_budget
+    assert budget.end - budget.start == 600 and budget.end - budget.explore_end == 300
+    assert 590 < budget.left() <= 600 and not budget.passed()
+    pareto = SearchRequest(timeout=600, objective="val_accuracy,param_count").checked().time_budget
+    assert pareto.explore_end == pareto.end  # a front has no one best to train at the end
+    assert SearchRequest().checked().time_budget == TimeBudget() and TimeBudget().left() == float("inf")
+    assert SearchRequest(deadline=1.0).checked().time_budget.passed()  # a deadline without a timeout
+
+
 def test_the_deadline_stops_training_with_time_left_to_test_and_store(clock):
     callback = Deadline(1000.0 + 60, steps_per_epoch=10, eval_steps=30, clock=lambda: clock[0])
     callback.set_model(FakeModel())

@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import importlib.util
 import inspect
+import math
 import time
 from collections.abc import Callable
 from collections.abc import Mapping
@@ -48,6 +49,32 @@ from tuner.errors import install_hint
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+# Of a --timeout, the share kept for the final trial: exploring stops when that much is left.
+COMMIT_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class TimeBudget:
+    """A search's wall-clock budget, the one place its deadline lives (``SearchRequest.time_budget``),
+    passed down to what needs it; ``time.time()`` values. ``start``: when the search began counting
+    (None where only a deadline was given); ``end``: when it ends, the trial in flight included (None:
+    no deadline); ``explore_end``: when exploring ends and the final trial starts, ``COMMIT_SHARE`` of
+    the timeout before the end (the end itself for a bare deadline or a Pareto search, which has no
+    one best to train)."""
+
+    start: float | None = None
+    end: float | None = None
+    explore_end: float | None = None
+
+    def left(self) -> float:
+        """Seconds to the end (infinite without a deadline; 0 once it has passed)."""
+        return math.inf if self.end is None else max(self.end - time.time(), 0.0)
+
+    def passed(self) -> bool:
+        """Whether the deadline has passed."""
+        return self.end is not None and time.time() >= self.end
 
 
 def option(default: Any, help: str, **flag: Any) -> Any:
@@ -189,6 +216,17 @@ class SearchRequest:
     @property
     def multi_objective(self) -> bool:
         return len(self.objectives) > 1
+
+    @property
+    def time_budget(self) -> TimeBudget:
+        """The search's wall-clock budget, from its ``deadline`` and ``timeout`` (``checked`` sets the
+        deadline: ``timeout`` seconds from then)."""
+        end = self.deadline
+        if end is None:
+            return TimeBudget()
+        start = end - self.timeout if self.timeout else None
+        explore_end = end if start is None or self.multi_objective else end - COMMIT_SHARE * (end - start)
+        return TimeBudget(start, end, explore_end)
 
     def batch_choices(self) -> tuple[int, ...]:
         """The batch sizes the search chooses from (``batch_size`` a hyperparameter; ``checked`` makes

@@ -3,7 +3,7 @@
 A backend chooses configurations and decides when a trial stops; ``job.runner`` trains them (so a
 trial means the same whichever engine chose it, and the trial in flight ends by the deadline with its
 best epoch). It runs until the study holds ``job.request.trials`` finished (COMPLETE or PRUNED)
-trials or ``job.deadline`` passes. Whatever engine chooses the parameters, every trial it runs must
+trials or its deadline (``job.time_budget``) passes. Whatever engine chooses the parameters, every trial it runs must
 end up in ``job.study`` (Optuna's storage is the only record) with its parameters, its objective
 as intermediate values (their steps count training images: ``Resource``), its state, and the
 attributes of ``TrialResult.attrs``.
@@ -13,7 +13,6 @@ A backend must never leave a trial RUNNING when it returns or raises.
 from __future__ import annotations
 
 import datetime
-import time
 from abc import ABC
 from abc import abstractmethod
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from optuna.distributions import IntDistribution
 from search_spaces import ParamSpec
 from storage import fail_orphaned_trials
 from tuner._request import SearchRequest
+from tuner._request import TimeBudget
 from tuner.attributes import REJECTED_ATTR
 from tuner.attributes import ROLE_ATTR
 from tuner.attributes import SKIPPED_ATTR
@@ -163,9 +163,9 @@ class SearchJob:
         return Resource(len(self.runner.data.y_train), self.runner.batch_size)
 
     @property
-    def deadline(self) -> float | None:
-        """A ``time.time()`` by which the search ends, the trial in flight included."""
-        return self.request.deadline
+    def time_budget(self) -> TimeBudget:
+        """The search's wall-clock budget: its start, its end (the deadline) and when exploring ends."""
+        return self.request.time_budget
 
     def finished_trials(self) -> int:
         """Trials that count towards the budget: COMPLETE and PRUNED, from every worker."""
@@ -183,7 +183,7 @@ class SearchJob:
         trials = self.study.get_trials(deepcopy=False)
         finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         return (len(counted([t for t in trials if t.state in finished])) >= self.request.trials
-                or (self.deadline is not None and time.time() >= self.deadline)
+                or self.time_budget.passed()
                 or any(t.user_attrs.get(ROLE_ATTR) == FINAL and t.state in finished for t in since_then(trials, since))
                 or trailing(trials, SKIPPED_ATTR, since) >= MAX_SKIPPED
                 or trailing(trials, REJECTED_ATTR, since) >= MAX_REJECTED)

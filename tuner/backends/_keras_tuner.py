@@ -21,7 +21,6 @@ import contextlib
 import datetime
 import fcntl
 import math
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -153,7 +152,7 @@ class MirroredTuner(keras_tuner.Tuner):
         job = self.job
         if self.interrupted:
             raise KeyboardInterrupt  # the trial Ctrl-C cut short is stored: now stop
-        if self.cut or (job.deadline is not None and time.time() >= job.deadline):
+        if self.cut or job.time_budget.passed():
             raise _StopSearch("timeout")  # a trial the deadline cut leaves no time for another
         if job.finished_trials() >= job.request.trials:
             raise _StopSearch("budget")

@@ -31,6 +31,7 @@ from storage import record_owner
 from storage import while_training
 from tuner._objectives import COST_BEFORE_TRAINING
 from tuner._objectives import sign
+from tuner._request import TimeBudget
 from tuner._objectives import cheaper_peers_better
 from tuner.attributes import BUDGET_SPLIT_ATTR
 from tuner.attributes import CURVE_ATTR
@@ -100,26 +101,26 @@ class OptunaBackend(SearchBackend):
     def run(self, job: SearchJob) -> None:
         request = job.request
         fail_orphans(job.study, job.progress)  # a killed worker's trial: retried, not counted as running
-        budget = StudyBudget(request.trials, job.deadline)  # what ends the search: failed trials do not count
+        budget = StudyBudget(request.trials, job.time_budget)  # what ends the search: failed trials do not count
         if job.spent() or budget.full(job.study.get_trials(deepcopy=False)):
             return  # (a worker started late, or in place of a killed one, must not add a trial too many)
         failures = ConsecutiveFailures(request.max_failures)
         callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = [
             lambda study, _: fail_orphans(study, job.progress),  # a killed worker's trial, retried now
             budget, failures, job.progress.trial_finished]
-        until = None if job.deadline is None or request.multi_objective else explore_until(job)
+        until = None if request.multi_objective else job.time_budget.explore_end
         if until is not None:
             commit = Commit(request.trials, until)
             commit(job.study)  # the budget may leave room for the final trial alone
             callbacks.insert(0, commit)
         if job.alternatives:  # before Commit: the alternatives waiting, it waits for them
             callbacks.insert(0, TryAlternatives(job.alternatives, request.trials, until=until,
-                                                final=job.deadline is not None))
+                                                final=job.time_budget.end is not None))
         try:
             job.study.optimize(
                 lambda trial: run_trial(job, trial),
                 n_trials=job.process_trials,
-                timeout=None if job.deadline is None else max(job.deadline - time.time(), 0.0),
+                timeout=None if job.time_budget.end is None else job.time_budget.left(),
                 catch=(Exception,),
                 callbacks=callbacks,
             )
@@ -357,7 +358,7 @@ def plan_epochs(job: SearchJob, trial: optuna.Trial, model: Any,
     Records the model's FLOPs per image and its predicted seconds per epoch: from the rate of the
     study's trials timed at this batch size, or, with a deadline and no such trial yet, from a few
     timed training steps of this model (``timed_rate``). Without a deadline the trial gets every
-    epoch. With one, a trial explores until ``explore_until``, at most ``--epochs``; the search's
+    epoch. With one, a trial explores until ``explore_end``, at most ``--epochs``; the search's
     final trial (``is_final``) trains for the time left, however many epochs that is. Epochs are
     planned to fill ``PLAN_FRACTION`` of the time: an epoch the machine runs slower than predicted
     then still fits, and the schedule anneals to its end. After the second epoch the plan is made
@@ -368,19 +369,19 @@ def plan_epochs(job: SearchJob, trial: optuna.Trial, model: Any,
     whose first epoch cannot end in the time left is skipped. Both record by how many seconds the epoch
     is too long as a violated ``epoch_seconds`` constraint, so the sampler learns what the time pays for.
     """
-    max_epochs = job.request.epochs
+    max_epochs, end, until = job.request.epochs, job.time_budget.end, job.time_budget.explore_end
     data, batch_size = runner.data, runner.batch_size
     flops = model_flops(model)
     trial.set_user_attr("flops", flops)
     timed = job.study.get_trials(deepcopy=False)
     rate = seconds_per_flop(timed, batch_size)
     if rate is None:
-        if job.deadline is None:
+        if end is None:
             return None, max_epochs, None
         rate = timed_rate(model, flops, data.x_train, data.y_train, batch_size)
     epoch = epoch_seconds(flops, rate, train_images=len(data.y_train), eval_images=len(data.y_val))
     trial.set_user_attr("predicted_seconds_per_epoch", round(epoch, 2))
-    if job.deadline is None:
+    if end is None:
         return None, max_epochs, None
     # What the end of a trial needs: testing, writing the model, and a margin for tracing the
     # model's steps (measured per layer on the study's trials: a deep model traces for seconds).
@@ -389,16 +390,16 @@ def plan_epochs(job: SearchJob, trial: optuna.Trial, model: Any,
     final = is_final(job, trial, epoch)
     if final:
         record_final(job, trial)
-    until = explore_until(job)
+    assert until is not None
     share = share_until(until, portfolio_after(job, trial.user_attrs.get(ROLE_ATTR)))
-    plan = EpochPlan(until=job.deadline if final else share, ending=ending, cap=None if final else max_epochs)
+    plan = EpochPlan(until=end if final else share, ending=ending, cap=None if final else max_epochs)
     # Rejected first: a configuration the final trial could not train properly would not be worth its
     # time even where it fits (counted as skips, ResNet-44s ended exploring at 335 s of 1800).
-    affordable = (job.deadline - until) / MIN_EXPLORE_EPOCHS  # the longest epoch worth exploring
-    if not final and until < job.deadline and epoch > affordable:
+    affordable = (end - until) / MIN_EXPLORE_EPOCHS  # the longest epoch worth exploring
+    if not final and until < end and epoch > affordable:
         trial.set_constraint("epoch_seconds", epoch - affordable)
         return None, 0, (REJECTED_ATTR, f"its epoch needs ~{epoch:.0f} s: the final trial's "
-                                        f"{job.deadline - until:.0f} s could train it fewer than "
+                                        f"{end - until:.0f} s could train it fewer than "
                                         f"{MIN_EXPLORE_EPOCHS} times")
     epochs = plan.epochs(epoch)
     if epochs < 1:
@@ -446,26 +447,17 @@ def share_until(until: float, after: int) -> float:
     return now + max(until - now, 0.0) / (1 + after)
 
 
-def explore_until(job: SearchJob) -> float:
-    """When exploring stops and the final trial starts, as a ``time.time()``: ``COMMIT_SHARE`` of
-    the timeout before the deadline (the deadline itself when only a deadline was given, or for a
-    Pareto search)."""
-    assert job.deadline is not None
-    timeout = job.request.timeout
-    if not timeout or job.request.multi_objective:  # a Pareto front has no one best to train
-        return job.deadline
-    return job.deadline - COMMIT_SHARE * timeout
-
-
 def is_final(job: SearchJob, trial: optuna.Trial, epoch: float) -> bool:
     """Whether ``trial`` is the search's final trial: enqueued as such (``Commit``), or the first
     trial of a search with nothing to explore for: ``--trials 1``, or too little time before
-    ``explore_until`` for ``explore_epochs`` epochs of this (``epoch`` seconds each)."""
+    ``explore_end`` for ``explore_epochs`` epochs of this (``epoch`` seconds each)."""
     if trial.user_attrs.get(ROLE_ATTR) == FINAL:
         return True
     if job.request.multi_objective or job.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         return False
-    return job.request.trials == 1 or explore_until(job) - time.time() < explore_epochs(job.request.epochs) * epoch
+    explore_end = job.time_budget.explore_end
+    assert explore_end is not None
+    return job.request.trials == 1 or explore_end - time.time() < explore_epochs(job.request.epochs) * epoch
 
 
 def explore_epochs(max_epochs: int) -> int:
@@ -477,15 +469,15 @@ def explore_epochs(max_epochs: int) -> int:
 def record_final(job: SearchJob, trial: optuna.Trial) -> None:
     """Mark ``trial`` as the final one, and record on the study how the budget was split."""
     trial.set_user_attr(ROLE_ATTR, FINAL)
-    assert job.deadline is not None
+    budget = job.time_budget
+    assert budget.end is not None
     now = time.time()
-    started = job.deadline - job.request.timeout if job.request.timeout else None
     explored = [t for t in counted(job.study.get_trials(deepcopy=False)) if t.number != trial.number]
     job.study.set_user_attr(BUDGET_SPLIT_ATTR, {
         "final_trial": trial.number,
         "explored_trials": len(explored),
-        "explore_seconds": None if started is None else round(now - started, 1),
-        "final_seconds": round(job.deadline - now, 1),
+        "explore_seconds": None if budget.start is None else round(now - budget.start, 1),
+        "final_seconds": round(budget.end - now, 1),
     })
 
 
@@ -499,8 +491,6 @@ PLAN_FRACTION = 0.9
 # Fashion-MNIST images); one planned again at a tenth only ended 320 s before an 1800 s deadline
 # (its first epochs ran slower than the rest).
 REPLAN_SHARES = (0.1, 0.5)
-# Of a --timeout, the share kept for the final trial: exploring stops when that much is left.
-COMMIT_SHARE = 0.5
 # The fewest epochs the final trial must be able to train an explored configuration for (an epoch
 # too long for that is refused while exploring), and the fewest of the defaults that exploring's
 # share of the timeout must hold (on 2 CPU cores, full Fashion-MNIST at 600 s: the defaults trained
@@ -518,15 +508,15 @@ START_FRACTION = 0.1
 
 
 class Commit:
-    """Study callback that ends exploring: once the time left before ``explore_until`` is shorter
+    """Study callback that ends exploring: once the time left before ``explore_end`` is shorter
     than the quickest complete trial took (from its start to its end), or the trials budget leaves
     room for one more trial, or the last ``MAX_SKIPPED`` configurations could not end an epoch before
     it (``MAX_REJECTED`` were refused as too costly to explore), it enqueues the best complete trial's
     parameters as the final trial (``role: final``), which ``plan_epochs`` then trains for the time
     left. Once per study, whichever worker gets there first."""
 
-    def __init__(self, trials: int, explore_until: float) -> None:
-        self.trials, self.explore_until = trials, explore_until
+    def __init__(self, trials: int, explore_end: float) -> None:
+        self.trials, self.explore_end = trials, explore_end
         self.began = datetime.datetime.now()
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial | None = None) -> None:
@@ -540,7 +530,7 @@ class Commit:
         active = counted([t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED,
                                                            TrialState.RUNNING)])
         quickest = min((t.duration.total_seconds() for t in complete if t.duration), default=0.0)
-        if (len(active) >= self.trials - 1 or time.time() + quickest >= self.explore_until
+        if (len(active) >= self.trials - 1 or time.time() + quickest >= self.explore_end
                 or trailing(trials, SKIPPED_ATTR, self.began) >= MAX_SKIPPED  # nothing fits before it
                 or trailing(trials, REJECTED_ATTR, self.began) >= MAX_REJECTED):  # nothing is affordable
             study.enqueue_trial(study.best_trial.params, user_attrs={ROLE_ATTR: FINAL})
@@ -578,7 +568,7 @@ class TryAlternatives:
 class StudyBudget:
     """Study callback that stops this worker once finished trials plus those still running elsewhere
     reach ``trials``, so N workers on one study end with ``trials`` in total, not N times as many;
-    or once ``deadline`` leaves less time than the quickest epoch the study has measured, or after
+    or once the end of ``time_budget`` leaves less time than the quickest epoch the study has measured, or after
     ``MAX_SKIPPED`` configurations in a row that could not finish an epoch in the time left, or
     ``MAX_REJECTED`` in a row over ``--max-params`` (the study's, across worker processes); or once
     the search's final trial runs or ran (never while it waits to run); or after a trial that Ctrl-C cut short (then
@@ -587,9 +577,9 @@ class StudyBudget:
     (Optuna's ``MaxTrialsCallback`` ignores the trials other workers have in flight.)
     """
 
-    def __init__(self, trials: int, deadline: float | None = None) -> None:
+    def __init__(self, trials: int, time_budget: TimeBudget | None = None) -> None:
         self.trials = trials
-        self.deadline = deadline
+        self.end = None if time_budget is None else time_budget.end
         self.interrupted = False
         self.began = datetime.datetime.now()  # as Optuna stamps a trial's start
 
@@ -613,9 +603,9 @@ class StudyBudget:
             study.stop()  # exploring is over
         if self.full(trials):
             study.stop()
-        if self.deadline is not None:
+        if self.end is not None:
             epochs = [t.user_attrs["seconds_per_epoch"] for t in trials
                       if t.user_attrs.get("seconds_per_epoch")  # whole epochs only:
                       and "stopped_by" not in t.user_attrs and SKIPPED_ATTR not in t.user_attrs]
-            if epochs and time.time() + min(epochs) > self.deadline:
+            if epochs and time.time() + min(epochs) > self.end:
                 study.stop()

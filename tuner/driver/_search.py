@@ -256,18 +256,16 @@ def prepare(request: SearchRequest, *, seed: int, process_trials: int | None = N
                 study.set_metric_names(list(request.objectives))
         study.set_user_attr("pixel_mean", mean)  # to rebuild a model from its parameters
         study.set_user_attr("pixel_variance", variance)
-    deadline = request.deadline
+    budget = request.time_budget
     progress = SearchProgress(
         enabled=bool(request.progress), objective=",".join(request.objectives), epochs=request.epochs,
-        live=False if request.progress == "lines" else None,
-        started=None if deadline is None or request.timeout is None else deadline - request.timeout,
-        deadline=deadline,
+        live=False if request.progress == "lines" else None, started=budget.start, deadline=budget.end,
     )
     recipe = {"batch_size": batch_size, "augment": augment, "precision": policy,
               "patience": request.patience, "max_epochs": request.epochs,
               "label_smoothing": request.label_smoothing}
     runner = TrialRunner(hypermodel, data, batch_size, request.curve_objective, precision=policy,
-                         patience=request.patience, deadline=deadline, progress=progress)
+                         patience=request.patience, deadline=budget.end, progress=progress)
     return SearchJob(
         request=request, study=study, storage=store, runner=runner, progress=progress, overrides=narrowed,
         recipe=recipe, seed=seed, keeper=keeper, process_trials=process_trials,
