@@ -207,7 +207,7 @@ def test_every_algorithm_trains_real_models(sqlite_url, algorithm, space, reques
     one-layer ``tiny`` space (``conftest.tiny_space``, a second a trial) under the others."""
     if space == "tiny":
         request.getfixturevalue("tiny_space")
-    overrides = [*(TINY["resnet"] if space == "resnet" else []), "learning_rate=1e-3..1e-2"]
+    overrides = [*(TINY["resnet"] if space == "resnet" else []), "learning_rate=3e-3..3e-2"]
     study = kt_search(sqlite_url, space, algorithm=algorithm, trials=2, epochs=1, keep=1, overrides=overrides)
     trials = study.get_trials()
     assert len(trials) == 2 and all(t.state == TrialState.COMPLETE for t in trials)

@@ -42,7 +42,7 @@ def test_half_a_gpu_per_trial_runs_eight_workers_on_four_gpus_into_one_study(ray
     assert {owner["gpus"] for owner in owners} <= {"0", "1", "2", "3"}  # one GPU each, Ray's choice
     assert overlapping(study.trials) > 4  # more at once than whole GPUs would allow
     for gpu in {owner["gpus"] for owner in owners}:  # two trials at most share a GPU at any time
-        assert overlapping([t for t, o in zip(study.trials, owners) if o["gpus"] == gpu]) <= 2
+        assert overlapping([t for t, o in zip(study.trials, owners, strict=True) if o["gpus"] == gpu]) <= 2
     assert len({(o["host"], o["pid"]) for o in owners}) >= 5  # separate worker processes
     assert ray.is_initialized()  # the caller's own Ray session, left open
 

@@ -30,9 +30,9 @@ from storage import gave_up
 from storage import record_owner
 from storage import while_training
 from tuner._objectives import COST_BEFORE_TRAINING
+from tuner._objectives import cheaper_peers_better
 from tuner._objectives import sign
 from tuner._request import TimeBudget
-from tuner._objectives import cheaper_peers_better
 from tuner.attributes import BUDGET_SPLIT_ATTR
 from tuner.attributes import CURVE_ATTR
 from tuner.attributes import OVER_BUDGET_ATTR

@@ -81,10 +81,10 @@ def worker_env(gpus_per_trial: float | None) -> dict[str, str]:
 
 def run_ray_round(work: Callable[..., None], request: Any, seed: int, spent: Callable[[], bool]) -> None:
     """One Ray task per worker (``request.workers``), each ``run_call`` with its own sampler seed and
-    ``request.gpus_per_trial`` of a GPU (default: one where the cluster has GPUs); waits for all of them, and raises as a round of local
-    workers does for those that failed (``check_exits``). A task whose process died is run again by
-    Ray; after ``MAX_REPLACED`` times it counts as a crash. Ctrl-C (or any error here) cancels them:
-    each stores its trial in flight, and the round waits for that."""
+    ``request.gpus_per_trial`` of a GPU (default: one where the cluster has GPUs); waits for all of
+    them, and raises as a round of local workers does for those that failed (``check_exits``). A task
+    whose process died is run again by Ray; after ``MAX_REPLACED`` times it counts as a crash. Ctrl-C
+    (or any error here) cancels them: each stores its trial in flight, and the round waits for that."""
     import optuna
 
     verbosity = optuna.logging.get_verbosity()
@@ -93,9 +93,7 @@ def run_ray_round(work: Callable[..., None], request: Any, seed: int, spent: Cal
         if gpus is None:  # a whole GPU each where the cluster has any
             gpus = 1.0 if ray.cluster_resources().get("GPU") else 0.0
         env = worker_env(gpus)
-        task = ray.remote(run_call).options(
-            num_gpus=gpus, max_calls=1,
-            max_retries=MAX_REPLACED, retry_exceptions=False)
+        task = ray.remote(num_gpus=gpus, max_calls=1, max_retries=MAX_REPLACED, retry_exceptions=False)(run_call)
         refs = {f"tuner-worker-{i}": task.options(name=f"tuner-worker-{i}").remote(
             env, worker_call(work, request, seed, i), verbosity, os.getcwd()) for i in range(request.workers)}
         try:

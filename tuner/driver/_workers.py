@@ -29,9 +29,10 @@ REPLACEMENT_SEED = 104_729
 def run_call(env: dict[str, str], call: bytes, verbosity: int, workdir: str | None = None) -> int:
     """A worker's life: ``work(*args)``, pickled in ``call``, in a fresh process (``_worker``, or a
     Ray task), in the search's own folder ``workdir`` where this machine has it (a relative store or
-    dataset path means what it meant there); returns its exit code. ``work`` is ``tuner.driver._search.run_in_worker``, passed in by
-    reference so that this module does not import the one that imports it; it is unpickled only after
-    ``load_frameworks``, since unpickling imports its module, and with it Keras."""
+    dataset path means what it meant there); returns its exit code. ``work`` is
+    ``tuner.driver._search.run_in_worker``, passed in by reference so that this module does not import
+    the one that imports it; it is unpickled only after ``load_frameworks``, since unpickling imports
+    its module, and with it Keras."""
     os.environ.update(env)
     if workdir and os.path.isdir(workdir):
         os.chdir(workdir)
@@ -106,8 +107,8 @@ def _run_round(work: Callable[..., None], request: Any, seed: int, spent: Callab
 
     def start(i: int, generation: int) -> multiprocessing.process.BaseProcess:
         env = {"CUDA_VISIBLE_DEVICES": str(gpus[i])} if gpus else {}
-        process = context.Process(target=_worker, args=(env, worker_call(work, request, seed, i, generation), verbosity),
-                                  name=f"tuner-worker-{i}")
+        call = worker_call(work, request, seed, i, generation)
+        process = context.Process(target=_worker, args=(env, call, verbosity), name=f"tuner-worker-{i}")
         process.start()
         return process
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from tuner._objectives import sign
 from tuner._objectives import curve_objective
 from tuner._objectives import parse_objectives
+from tuner._objectives import sign
 from tuner.attributes import ENSEMBLES_ATTR
 from tuner.attributes import RETRAIN_ATTR
 from tuner.errors import TunerError
