@@ -94,3 +94,5 @@ def test_a_node_lost_mid_trial_leaves_its_trial_failed_and_retried_and_the_study
     assert states["COMPLETE"] == 4 and "RUNNING" not in states
     (lost,) = [t for t in study.trials if t.state.name == "FAIL"]  # the trial on the lost node
     assert any(t.params == lost.params and t.state.name == "COMPLETE" for t in study.trials)  # retried
+    finished_by = {t.user_attrs["owner"]["pid"] for t in study.trials if t.state.name == "COMPLETE"}
+    assert lost.user_attrs["owner"]["pid"] not in finished_by  # both nodes' workers wrote to the study
