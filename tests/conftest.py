@@ -205,6 +205,26 @@ def unique_name(request) -> str:
     return f"{request.node.name[:40]}-{uuid.uuid4().hex[:8]}"
 
 
+def watch_trials(url: str, study: str, until: Callable[[list], bool], *, process: Any = None,
+                 seconds: float = 240) -> list | None:
+    """The trials of ``study`` once ``until(trials)`` holds, read every 0.2 s while another process
+    works on it; None if ``process`` (a ``Popen``) ends or ``seconds`` pass first. One storage serves
+    every read (one per read would leave a connection open each time, and PostgreSQL refuses
+    clients past its ``max_connections``); a store or study not created yet reads as no trials."""
+    deadline = time.monotonic() + seconds
+    storage = None
+    while time.monotonic() < deadline and (process is None or process.poll() is None):
+        time.sleep(0.2)
+        try:
+            storage = storage or optuna.storages.RDBStorage(url)
+            trials = optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
+        except Exception:  # noqa: BLE001 - the store or the study is being created
+            continue
+        if until(trials):
+            return trials
+    return None
+
+
 def undeclared_attributes(study) -> list[str]:
     """The user attributes of ``study`` and its trials that ``tuner.attributes`` does not declare
     (the stored-attributes reference page would not list them)."""

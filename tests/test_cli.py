@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import TINY
+from conftest import watch_trials
 
 from tuner.cli import main
 
@@ -275,7 +276,6 @@ def test_after_kill_9_the_same_command_fails_the_killed_trial_at_once_and_retrie
     """kill -9 mid-trial, then the same command at once (here in process): no waiting for the
     heartbeat's grace period."""
     import signal
-    import time
 
     import optuna
 
@@ -286,16 +286,8 @@ def test_after_kill_9_the_same_command_fails_the_killed_trial_at_once_and_retrie
     first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path,
                              env=user_env())
     try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and first.poll() is None:
-            time.sleep(0.2)
-            try:
-                trials = optuna.load_study(study_name="killed", storage=url).get_trials()
-            except Exception:  # noqa: BLE001 - the store or the study is being created
-                continue
-            states = [t.state.name for t in trials]
-            if "COMPLETE" in states and any(t.state.name == "RUNNING" and t.intermediate_values for t in trials):
-                break
+        watch_trials(url, "killed", lambda trials: any(t.state.name == "COMPLETE" for t in trials)
+                     and any(t.state.name == "RUNNING" and t.intermediate_values for t in trials), process=first)
         first.send_signal(signal.SIGKILL)
     finally:
         first.wait()
@@ -320,7 +312,6 @@ def test_a_killed_worker_is_replaced_and_its_trial_retried(tmp_path):
     """kill -9 of one of two workers mid-trial: a fresh worker takes its place, the killed trial is
     failed and retried once, and the search ends with exit 0 and its trials, nothing left RUNNING."""
     import signal
-    import time
     from pathlib import Path
 
     import optuna
@@ -331,20 +322,16 @@ def test_a_killed_worker_is_replaced_and_its_trial_retried(tmp_path):
                "--storage", url, *(f"--set={item}" for item in TINY["resnet"])]
     search = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
                               env=user_env())
-    victim = None
-    deadline = time.monotonic() + 240
-    while victim is None and time.monotonic() < deadline and search.poll() is None:
-        time.sleep(0.2)
-        try:
-            trials = optuna.load_study(study_name="w", storage=url).get_trials()
-        except Exception:  # noqa: BLE001 - the store or the study is being created
-            continue
-        running = [t for t in trials if t.state.name == "RUNNING" and t.intermediate_values]
-        if running and any(t.state.name == "COMPLETE" for t in trials):
-            victim = running[0]
-            pid = victim.user_attrs["owner"]["pid"]
-            assert "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()  # a worker, not the search
-            os.kill(pid, signal.SIGKILL)
+    def running(trials: list) -> list:
+        return [t for t in trials if t.state.name == "RUNNING" and t.intermediate_values]
+
+    trials = watch_trials(url, "w", lambda trials: running(trials) and any(t.state.name == "COMPLETE" for t in trials),
+                          process=search)
+    victim = running(trials)[0] if trials else None
+    if victim:
+        pid = victim.user_attrs["owner"]["pid"]
+        assert "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()  # a worker, not the search
+        os.kill(pid, signal.SIGKILL)
     out, err = search.communicate(timeout=300)
     assert victim is not None and search.returncode == 0, err[-2000:]
     assert "was killed (signal 9); a fresh one takes its place" in err
@@ -361,7 +348,6 @@ def test_ctrl_c_ends_a_search_with_tuners_own_lines_only(tmp_path):
     """Ctrl-C in a terminal (SIGINT to the whole process group: the CLI and its worker process):
     exit 130, no traceback, no Optuna warning about the interrupted trial."""
     import signal
-    import time
 
     import optuna
 
@@ -373,15 +359,8 @@ def test_ctrl_c_ends_a_search_with_tuners_own_lines_only(tmp_path):
     search = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               cwd=tmp_path, start_new_session=True, env=user_env(),
                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and search.poll() is None:
-        time.sleep(0.2)
-        try:
-            trials = optuna.load_study(study_name="c", storage=url).get_trials()
-        except Exception:  # noqa: BLE001 - not created yet
-            continue
-        if any(t.intermediate_values for t in trials):  # a trial is past its first epoch
-            break
+    # Once a trial is past its first epoch:
+    watch_trials(url, "c", lambda trials: any(t.intermediate_values for t in trials), process=search)
     os.killpg(search.pid, signal.SIGINT)
     out, err = search.communicate(timeout=120)
     assert search.returncode == 130, err[-2000:]

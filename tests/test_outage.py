@@ -7,6 +7,7 @@ TCP proxy the test owns between a real search and the PostgreSQL server, and cut
 
 from __future__ import annotations
 
+import collections
 import socket
 import sqlite3
 import subprocess
@@ -21,6 +22,7 @@ import sqlalchemy
 from conftest import POSTGRES_URL
 from conftest import TINY
 from conftest import postgres_available
+from conftest import watch_trials
 
 from storage import StoreAway
 from storage import StoreError
@@ -263,24 +265,13 @@ def search_command(url: str, study: str, *extra: str) -> list[str]:
 def trials_by_state(study: str) -> dict[str, int]:
     """The study's trials by state, read straight from the server (not through the proxy)."""
     trials = optuna.load_study(study_name=study, storage=POSTGRES_URL).get_trials(deepcopy=False)
-    counts: dict[str, int] = {}
-    for trial in trials:
-        counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
-    return counts
+    return dict(collections.Counter(trial.state.name for trial in trials))
 
 
-def wait_for(condition, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.3)
-
-
-def complete(study: str) -> int:
-    try:
-        return trials_by_state(study).get("COMPLETE", 0)
-    except KeyError:  # the study does not exist yet
-        return 0
+def wait_for_complete(study: str, count: int, run: subprocess.Popen) -> None:
+    """Until ``count`` trials of ``study`` are complete, read straight from the server."""
+    watch_trials(POSTGRES_URL, study, lambda trials: sum(t.state.name == "COMPLETE" for t in trials) >= count,
+                 process=run)
 
 
 @pytest.mark.slow
@@ -290,7 +281,7 @@ def test_a_search_with_two_workers_outlives_a_store_cut_for_seconds(proxied_post
     run = subprocess.Popen(search_command(url, study, "--trials", "6", "--workers", "2"), cwd=tmp_path,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: complete(study) >= 2 or run.poll() is not None, 240)
+        wait_for_complete(study, 2, run)
         proxy.cut()
         time.sleep(8)
         proxy.restore()
@@ -310,7 +301,7 @@ def test_a_store_away_for_longer_than_the_timeout_stops_the_search_with_one_line
     command = search_command(url, study, "--trials", "4", "--store-timeout", "3")
     run = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: complete(study) >= 1 or run.poll() is not None, 240)
+        wait_for_complete(study, 1, run)
         proxy.cut()
         out, err = run.communicate(timeout=120)
     finally:

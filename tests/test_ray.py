@@ -7,6 +7,7 @@ import collections
 
 import pytest
 from conftest import TINY
+from conftest import watch_trials
 
 import tuner
 
@@ -55,9 +56,7 @@ def test_a_node_lost_mid_trial_leaves_its_trial_failed_and_retried_and_the_study
     while it trains. Its trial ends FAIL (its process is gone) and is run again, Ray runs its task
     again, and the study still reaches its trials, with nothing left RUNNING."""
     import threading
-    import time
 
-    import optuna
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": 10**8})
@@ -65,18 +64,11 @@ def test_a_node_lost_mid_trial_leaves_its_trial_failed_and_retried_and_the_study
     killed: list[int] = []
 
     def kill_a_node_mid_trial() -> None:
-        deadline = time.time() + 240
-        while time.time() < deadline:
-            try:
-                trials = optuna.load_study(study_name=unique_name, storage=postgres_url).trials
-            except KeyError:  # not created yet
-                trials = []
-            running = [t for t in trials if t.state.name == "RUNNING" and t.intermediate_values]
-            if running:  # an epoch in: the trial's process is surely on a worker node
-                cluster.remove_node(nodes[0], allow_graceful=False)
-                killed.append(len(trials))
-                return
-            time.sleep(0.5)
+        # An epoch in: the trial's process is surely on a worker node.
+        if watch_trials(postgres_url, unique_name,
+                        lambda trials: any(t.state.name == "RUNNING" and t.intermediate_values for t in trials)):
+            cluster.remove_node(nodes[0], allow_graceful=False)
+            killed.append(True)
 
     ray.init(address=cluster.address, configure_logging=False)
     try:
