@@ -6,10 +6,13 @@ CLI read it unchanged. What tuner adds is kept in Optuna's study and trial user 
 
 from __future__ import annotations
 
+from storage._artifacts import artifacts_location
 from storage._artifacts import artifacts_path
 from storage._artifacts import cache_path
 from storage._artifacts import keras_tuner_path
+from storage._artifacts import object_store
 from storage._artifacts import open_artifact_store
+from storage._lock import exclusive
 from storage._owners import fail_orphaned_trials
 from storage._owners import record_owner
 from storage._resilient import StoreAway
@@ -26,10 +29,13 @@ from storage._store import study_names
 from storage._store import unreachable
 
 __all__ = [
+    "artifacts_location",
     "artifacts_path",
     "cache_path",
     "keras_tuner_path",
+    "object_store",
     "open_artifact_store",
+    "exclusive",
     "fail_orphaned_trials",
     "record_owner",
     "StoreAway",

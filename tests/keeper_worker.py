@@ -18,14 +18,17 @@ class SlowModel:
         Path(path).write_bytes(b"a model")
 
 
-def offer_trials(url: str, folder: str, worker: int, barrier) -> None:
+def offer_trials(url: str, folder: str, name: str, worker: int, barrier) -> None:
     """Six trials, each offered to a keeper of two models and then told its value."""
-    from optuna.artifacts import FileSystemArtifactStore
+    import functools
 
+    from storage import exclusive
+    from storage import open_artifact_store
     from tuner.models._models import ModelKeeper
 
-    study = optuna.load_study(study_name="race", storage=url)
-    keeper = ModelKeeper(FileSystemArtifactStore(folder), keep=2, folder=folder)
+    study = optuna.load_study(study_name=name, storage=url)
+    keeper = ModelKeeper(open_artifact_store(url, folder, create=False), keep=2,
+                         lock=functools.partial(exclusive, url))
     barrier.wait()  # every worker begins at once
     for i in range(6):
         trial = study.ask()

@@ -174,6 +174,7 @@ def _sha(path) -> str:
     (["search", "--gpus-per-trial", "0.5"], "--gpus-per-trial places workers with --ray"),
     (["search", "--ray", "--gpus", "0,1"], "give --gpus-per-trial instead of --gpus"),
     (["search", "--ray", "--backend", "keras-tuner"], "--ray need --backend optuna"),
+    (["search", "--artifacts", "s3:///runs"], "--artifacts s3:///runs names no bucket: s3://BUCKET/PREFIX"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     (["best"], "the following arguments are required: --study"),
     (["best", "--study", "x"], "no store at tuner.db"),
@@ -186,13 +187,18 @@ def test_input_mistakes_exit_2_with_one_line(capsys, argv, message, tmp_path):
     assert list(tmp_path.iterdir()) == []  # nothing created on disk: no store, no artifact folder
 
 
-def test_an_extra_that_is_not_installed_is_named_in_one_line(capsys, monkeypatch, tmp_path):
+@pytest.mark.parametrize("module,argv,message", [
+    ("ray", ["--ray", "auto"], "--ray needs Ray, which is not installed: pip install"),
+    ("boto3", ["--artifacts", "s3://bucket/runs"], "--artifacts s3:// needs boto3, which is not installed: pip"),
+    ("google", ["--artifacts", "gs://bucket/runs"], "--artifacts gs:// needs google.cloud.storage, which is not"),
+])
+def test_an_extra_that_is_not_installed_is_named_in_one_line(capsys, monkeypatch, tmp_path, module, argv, message):
     import importlib.util
 
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "ray" else find_spec(name))
-    code, _, err = run(capsys, "search", "--ray", "auto")
-    assert code == 2 and err.count("\n") == 1 and "--ray needs Ray, which is not installed: pip install" in err
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == module else find_spec(name))
+    code, _, err = run(capsys, "search", *argv)
+    assert code == 2 and err.count("\n") == 1 and message in err
     assert list(tmp_path.iterdir()) == []
 
 

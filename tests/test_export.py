@@ -238,6 +238,8 @@ def test_best_shows_the_model_file_and_dashboard_serves(capsys, sqlite_url, tmp_
 def test_keeping_tolerates_a_file_another_worker_already_evicted(tmp_path):
     """Two workers that finish together can each keep a model: the search's end trims the excess,
     and a file the other worker deleted first is no error (no false ``model_error``)."""
+    import contextlib
+
     from optuna.artifacts import FileSystemArtifactStore
     from optuna.artifacts import upload_artifact
 
@@ -255,7 +257,7 @@ def test_keeping_tolerates_a_file_another_worker_already_evicted(tmp_path):
                                                         study_or_trial=trial))
         study.tell(trial, value)
     worst = study.trials[2].user_attrs[MODEL_ATTR]
-    keeper = ModelKeeper(store, keep=2, folder=tmp_path / "store")
+    keeper = ModelKeeper(store, keep=2, lock=lambda name: contextlib.nullcontext())
     real_remove = store.remove
 
     def removed_first_by_another_worker(artifact_id):
@@ -273,10 +275,11 @@ def _files(folder):
     return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
 
 
-def test_four_workers_keeping_two_models_end_with_exactly_two(sqlite_url, tmp_path):
+def test_four_workers_keeping_two_models_end_with_exactly_two(storage_url, unique_name, tmp_path):
     """Four processes finish trials at the same moments: each offer ranks, uploads and evicts under
-    the artifact folder's lock, so the store never holds more than --keep files, and they are the
-    best trials' (no eviction is lost, no file removed twice, no false ``model_error``)."""
+    the study store's lock (a lock file beside SQLite, an advisory lock in PostgreSQL), so the
+    artifact store never holds more than --keep files, and they are the best trials' (no eviction is
+    lost, no file removed twice, no false ``model_error``)."""
     import multiprocessing
 
     from tuner.attributes import KEPT_ATTR
@@ -284,16 +287,17 @@ def test_four_workers_keeping_two_models_end_with_exactly_two(sqlite_url, tmp_pa
 
     folder = tmp_path / "artifacts"
     folder.mkdir()
-    optuna.create_study(study_name="race", storage=sqlite_url, direction="maximize")
+    optuna.create_study(study_name=unique_name, storage=storage_url, direction="maximize")
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(4)
-    workers = [context.Process(target=offer_trials, args=(sqlite_url, str(folder), w, barrier)) for w in range(4)]
+    workers = [context.Process(target=offer_trials, args=(storage_url, str(folder), unique_name, w, barrier))
+               for w in range(4)]
     for process in workers:
         process.start()
     for process in workers:
         process.join()
     assert [p.exitcode for p in workers] == [0, 0, 0, 0]
-    study = optuna.load_study(study_name="race", storage=sqlite_url)
+    study = optuna.load_study(study_name=unique_name, storage=storage_url)
     assert not [t.number for t in study.trials if "model_error" in t.user_attrs]
     best_two = sorted(study.trials, key=lambda t: -t.value)[:2]
     assert _files(folder) == sorted(t.user_attrs[MODEL_ATTR] for t in best_two)

@@ -31,6 +31,7 @@ from typing import TypeVar
 
 from search_spaces import AUGMENTATION_HELP
 from search_spaces import transforms_of
+from storage import object_store
 from tuner._names import ALGORITHMS
 from tuner._names import BACKENDS
 from tuner._names import OBJECTIVES
@@ -170,7 +171,8 @@ class SearchRequest:
     keep: int = option(3, "store the models of the best N complete trials (default 3; 0: none)", type=int,
                        metavar="N")
     artifacts: str | None = option(
-        None, "folder of stored models (default: <db name>-artifacts beside a SQLite store)", metavar="DIR")
+        None, "where stored models live: a folder, or object storage as s3://BUCKET/PREFIX or gs://BUCKET/PREFIX "
+        "(default: <db name>-artifacts beside a SQLite store)", metavar="DIR|URL")
     start_from_defaults: bool = option(
         True, "a new study's first trial is the space's defaults (within --set), and under --max-params its "
         "smallest model next", action=argparse.BooleanOptionalAction)
@@ -290,6 +292,7 @@ class SearchRequest:
                              "nsga2, gp or random")
         if self.keep < 0:
             raise TunerError(f"--keep must be 0 or more, got {self.keep}")
+        object_store(self.artifacts)  # a bucket URL names its bucket, and its client is installed
         deadline = self.deadline
         if self.timeout is not None and deadline is None:
             deadline = time.time() + self.timeout

@@ -202,14 +202,15 @@ def _artifacts_flag(args: argparse.Namespace) -> str:
 
 
 def stored_model_path(args: argparse.Namespace, trial: dict[str, Any]) -> str | None:
-    """Where the trial's stored model file is, if it is still on disk."""
-    from storage import artifacts_path
+    """Where the trial's stored model file is (a path, or a bucket's URL), if it is still there."""
+    from storage import artifacts_location
+    from storage import open_artifact_store
+    from tuner.models._models import has_file
 
     artifact_id = trial.get("model_artifact")
-    if not artifact_id:
+    if not artifact_id or not has_file(open_artifact_store(args.storage, args.artifacts, create=False), artifact_id):
         return None
-    path = artifacts_path(args.storage, args.artifacts) / artifact_id
-    return str(path) if path.is_file() else None
+    return f"{artifacts_location(args.storage, args.artifacts)}/{artifact_id}"
 
 
 def print_front(args: argparse.Namespace) -> int:
@@ -328,16 +329,19 @@ def _spread(summary: dict[str, float]) -> str:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from optuna_dashboard import run_server
 
+    from storage import artifacts_location
     from storage import artifacts_path
+    from storage import object_store
     from storage import open_artifact_store
     from storage import open_storage
     from storage import storage_url
 
     store = open_storage(args.storage, must_exist=True)
-    folder = artifacts_path(args.storage, args.artifacts)
-    artifact_store = open_artifact_store(folder, create=False) if folder.is_dir() else None
+    shown = object_store(args.artifacts) or artifacts_path(args.storage, args.artifacts).is_dir()
+    artifact_store = open_artifact_store(args.storage, args.artifacts, create=False) if shown else None
     print(f"optuna-dashboard for {storage_url(args.storage)} at http://{args.host}:{args.port}/ "
-          f"(artifacts: {folder if artifact_store else 'none'}); Ctrl-C stops it", flush=True)
+          f"(artifacts: {artifacts_location(args.storage, args.artifacts) if shown else 'none'}); "
+          "Ctrl-C stops it", flush=True)
     run_server(store, host=args.host, port=args.port, artifact_store=artifact_store)
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import math
 import os
 import platform
@@ -20,8 +21,8 @@ from search_spaces import get_space
 from search_spaces import parse_assignments
 from search_spaces import resolve_overrides
 from search_spaces import smallest_values
-from storage import artifacts_path
 from storage import cache_path
+from storage import exclusive
 from storage import keras_tuner_path
 from storage import open_artifact_store
 from storage import open_storage
@@ -247,8 +248,8 @@ def prepare(request: SearchRequest, *, seed: int, process_trials: int | None = N
     check_space_unchanged(study, specs)
     keeper = None
     if request.keep:  # the artifact folder only for a study that may run
-        folder = artifacts_path(request.storage, request.artifacts)
-        keeper = ModelKeeper(open_artifact_store(folder, create=True), request.keep, folder)
+        keeper = ModelKeeper(open_artifact_store(request.storage, request.artifacts, create=True), request.keep,
+                             functools.partial(exclusive, request.storage))
     if creating:
         if study.metric_names is None:  # optuna-dashboard then plots "val_accuracy", not "Objective 0"
             with warnings.catch_warnings():  # "experimental" since Optuna 3.2

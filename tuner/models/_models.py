@@ -11,18 +11,16 @@ dominates it, and its arrival evicts those it dominates.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import math
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.artifacts import FileSystemArtifactStore
 from optuna.artifacts import download_artifact
 from optuna.artifacts import upload_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
@@ -34,7 +32,6 @@ from tuner.attributes import MODEL_ATTR
 from tuner.errors import TunerError
 
 MODEL_FILENAME = "model.keras"
-LOCK_FILENAME = ".keeper.lock"  # in the artifact folder: one offer at a time, across workers
 FORMATS = (".keras (whole model), .weights.h5 (weights only), a folder (TensorFlow SavedModel), "
            ".tflite (LiteRT) or .onnx")
 logger = logging.getLogger(__name__)
@@ -55,7 +52,7 @@ def directions_signs(study: optuna.Study) -> tuple[float, ...]:
     return tuple(1.0 if d == optuna.study.StudyDirection.MAXIMIZE else -1.0 for d in study.directions)
 
 
-def has_file(store: FileSystemArtifactStore, artifact_id: str) -> bool:
+def has_file(store: Any, artifact_id: str) -> bool:
     try:
         store.open_reader(artifact_id).close()
     except (ArtifactNotFound, ValueError):
@@ -63,7 +60,7 @@ def has_file(store: FileSystemArtifactStore, artifact_id: str) -> bool:
     return True
 
 
-def kept_trials(study: optuna.Study, store: FileSystemArtifactStore) -> list[optuna.trial.FrozenTrial]:
+def kept_trials(study: optuna.Study, store: Any) -> list[optuna.trial.FrozenTrial]:
     """COMPLETE trials whose model file is on disk, best first."""
     return [t for t in ranked_trials(study)
             if MODEL_ATTR in t.user_attrs and has_file(store, t.user_attrs[MODEL_ATTR])]
@@ -79,25 +76,20 @@ def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 class ModelKeeper:
     """Stores a finishing trial's model if it ranks among the best ``keep``; evicts those that drop out.
 
-    Safe under any number of workers, on any machines that share the artifact ``folder``: an offer
-    holds a lock file there (``fcntl.flock``) while it decides, uploads and evicts, and reads the
-    ranking from the study's ``kept_models`` attribute (at most ``keep`` entries) rather than from
-    every trial, so an offer costs the same in a study of ten trials or ten thousand.
+    Safe under any number of workers, on any machines that share the study store and the artifact
+    store (a folder or a bucket): an offer holds the study's keeper lock, ``lock(name)`` (the store's
+    own, ``storage.exclusive``), while it decides, uploads and evicts, and reads the ranking from the
+    study's ``kept_models`` attribute (at most ``keep`` entries) rather than from every trial, so an
+    offer costs the same in a study of ten trials or ten thousand.
     """
 
-    def __init__(self, store: FileSystemArtifactStore, keep: int, folder: str | Path) -> None:
+    def __init__(self, store: Any, keep: int, lock: Callable[[str], AbstractContextManager[Any]]) -> None:
         self.store = store
         self.keep = keep
-        self.lock_path = Path(folder) / LOCK_FILENAME
+        self.lock = lock
 
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        with open(self.lock_path, "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+    def locked(self, study: optuna.Study) -> AbstractContextManager[Any]:
+        return self.lock(f"tuner-keeper:{study.study_name}")
 
     def offer(self, trial: optuna.Trial, model: Any, value: float | tuple[float, ...]) -> None:
         """Never raises: a failure to store is logged on the trial, which stays a good trial.
@@ -105,7 +97,7 @@ class ModelKeeper:
         values = value if isinstance(value, tuple) else (value,)
         try:
             if self.keep > 0 and all(math.isfinite(v) for v in values):
-                with self.locked():
+                with self.locked(trial.study):
                     if isinstance(value, tuple):
                         self._offer_to_front(trial, model, value)
                     else:
@@ -151,7 +143,7 @@ class ModelKeeper:
         study), read from the whole study: the search's end calls it, so a trial that kept a model and
         then failed leaves no file behind."""
         multi = len(study.directions) > 1
-        with self.locked():
+        with self.locked(study):
             stored = [t for t in study.get_trials(deepcopy=False) if MODEL_ATTR in t.user_attrs]
             kept = kept_trials(study, self.store)
             if multi:
@@ -195,7 +187,7 @@ def pick_trial(study: optuna.Study, number: int | None) -> optuna.trial.FrozenTr
     raise TunerError(f"study {study.study_name!r} has no trial {number} with parameters")
 
 
-def choose_trial(study: optuna.Study, store: FileSystemArtifactStore, number: int | None):
+def choose_trial(study: optuna.Study, store: Any, number: int | None):
     """The trial to export (the best by default); a clear error if its model was not kept."""
     chosen = pick_trial(study, number)
     kept = kept_trials(study, store)
@@ -208,7 +200,7 @@ def choose_trial(study: optuna.Study, store: FileSystemArtifactStore, number: in
     return chosen
 
 
-def load_trial_model(store: FileSystemArtifactStore, trial: optuna.trial.FrozenTrial):
+def load_trial_model(store: Any, trial: optuna.trial.FrozenTrial):
     """Read a trial's stored model back; a damaged file is a clear error."""
     import keras
 

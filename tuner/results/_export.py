@@ -96,7 +96,6 @@ def export(
     weights the Python that rebuilds the model.
     """
     from search_spaces import is_flip_averaged
-    from storage import artifacts_path
     from storage import open_artifact_store
     from tuner.models._deploy import DEPLOY_SUFFIXES
     from tuner.models._deploy import check_deploy_format
@@ -127,7 +126,7 @@ def export(
     attrs = loaded.user_attrs
     out = check_output(output, overwrite)
     check_deploy_format(out, quantize)
-    store = open_artifact_store(artifacts_path(storage, artifacts), create=False)
+    store = open_artifact_store(storage, artifacts, create=False)
     if ensemble is not None:
         return _export_ensemble(loaded, store, ensemble, out)
     retrained: list[tuple[Any, list[Any], dict[str, Any]]] = []  # (trial, runs, their summary)
