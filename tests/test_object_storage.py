@@ -59,6 +59,7 @@ def test_two_workers_keep_exactly_keep_models_in_a_bucket_that_best_and_export_r
     assert main(["export", *flags, "--output", "best.keras"]) == 0
     assert (tmp_path / "best.keras").stat().st_size > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.keras"]  # no local artifact folder
+    capsys.readouterr()
 
     s3_bucket.delete_object(Bucket="models", Key=f"runs/{unique_name}/{kept[0][2]}")  # gone from the bucket
     assert main(["best", *flags, "--json"]) == 0
