@@ -219,6 +219,7 @@ def test_every_algorithm_trains_real_models(sqlite_url, algorithm, space, reques
 
 @pytest.mark.slow
 def test_kill_9_mid_study_then_the_same_command_completes_it(sqlite_url, tmp_path):
+    import json
     import os
     import signal
     import subprocess
@@ -232,11 +233,20 @@ def test_kill_9_mid_study_then_the_same_command_completes_it(sqlite_url, tmp_pat
             "--keep", "0", "--recycle-after", "0", "--quiet", *(f"--set={item}" for item in TINY["resnet"])]
     process = subprocess.Popen([sys.executable, "-m", "tuner", *args], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, env={**os.environ, "TUNER_STORAGE": ""})
-    second = tmp_path / "tuner-keras-tuner" / "kt" / "trial_0001"
+    oracle = tmp_path / "tuner-keras-tuner" / "kt" / "oracle.json"
+
+    def second_trial_running() -> bool:
+        """Keras Tuner's oracle has saved the second trial as ongoing (its folder alone comes
+        first: killed between the two, the rerun starts a third trial instead)."""
+        try:
+            return "0001" in json.loads(oracle.read_text()).get("ongoing_trials", {}).values()
+        except (OSError, ValueError):  # not written yet, or being written
+            return False
+
     deadline = time.monotonic() + 120
-    while not second.exists() and process.poll() is None and time.monotonic() < deadline:
+    while not second_trial_running() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert second.exists(), "the second trial never started"
+    assert second_trial_running(), "the second trial never started"
     process.send_signal(signal.SIGKILL)  # mid-trial: it is training the second configuration
     process.wait()
     study = optuna.load_study(study_name="kt", storage=sqlite_url)
