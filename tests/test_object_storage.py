@@ -64,3 +64,17 @@ def test_two_workers_keep_exactly_keep_models_in_a_bucket_that_best_and_export_r
     s3_bucket.delete_object(Bucket="models", Key=f"runs/{unique_name}/{kept[0][2]}")  # gone from the bucket
     assert main(["best", *flags, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["model_file"] is None
+
+
+def test_a_bucket_that_cannot_be_reached_is_one_line_for_best(trained_study, monkeypatch, capsys, tmp_path):
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for name, value in {"AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
+                        "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "1",
+                        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+                        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none")}.items():
+        monkeypatch.setenv(name, value)
+    assert main(["best", "--study", "d", "--storage", trained_study, "--artifacts", "s3://models/runs"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot read the models at s3://models/runs: EndpointConnectionError" in err

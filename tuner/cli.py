@@ -208,9 +208,16 @@ def stored_model_path(args: argparse.Namespace, trial: dict[str, Any]) -> str | 
     from tuner.models._models import has_file
 
     artifact_id = trial.get("model_artifact")
-    if not artifact_id or not has_file(open_artifact_store(args.storage, args.artifacts, create=False), artifact_id):
+    if not artifact_id:
         return None
-    return f"{artifacts_location(args.storage, args.artifacts)}/{artifact_id}"
+    location = artifacts_location(args.storage, args.artifacts)
+    try:
+        found = has_file(open_artifact_store(args.storage, args.artifacts, create=False), artifact_id)
+    except TunerError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a bucket's credentials or network: one line, not a traceback
+        raise TunerError(f"cannot read the models at {location}: {type(err).__name__}: {err}") from None
+    return f"{location}/{artifact_id}" if found else None
 
 
 def print_front(args: argparse.Namespace) -> int:
