@@ -20,8 +20,6 @@ from tuner.errors import install_hint
 # Object storage by URL scheme: the Python module Optuna's store needs, and the extra that brings it.
 OBJECT_STORES = {"s3": ("boto3", "s3"), "gs": ("google.cloud.storage", "gcs")}
 
-ARTIFACTS_ENV = "TUNER_ARTIFACTS"
-
 
 def artifacts_path(url: str | None = None, artifacts: str | None = None) -> Path:
     """``artifacts`` if given, else ``<db name>-artifacts/`` beside a SQLite file, else ``./tuner-artifacts``.
