@@ -20,10 +20,11 @@ from storage._store import sqlite_path
 from storage._store import storage_url
 
 # How each database takes and gives back a named lock, on one connection.
+_NAMED_LOCK = ("SELECT GET_LOCK(:name, -1)", "SELECT RELEASE_LOCK(:name)")
 STATEMENTS = {
     "postgresql": ("SELECT pg_advisory_lock(:key)", "SELECT pg_advisory_unlock(:key)"),
-    "mysql": ("SELECT GET_LOCK(:name, -1)", "SELECT RELEASE_LOCK(:name)"),
-    "mariadb": ("SELECT GET_LOCK(:name, -1)", "SELECT RELEASE_LOCK(:name)"),
+    "mysql": _NAMED_LOCK,
+    "mariadb": _NAMED_LOCK,
 }
 # Where the store has no lock of its own (in-memory SQLite): the process's.
 _LOCAL = threading.Lock()

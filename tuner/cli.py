@@ -211,10 +211,9 @@ def stored_model_path(args: argparse.Namespace, trial: dict[str, Any]) -> str | 
     if not artifact_id:
         return None
     location = artifacts_location(args.storage, args.artifacts)
+    store = open_artifact_store(args.storage, args.artifacts, create=False)  # its own errors are one line
     try:
-        found = has_file(open_artifact_store(args.storage, args.artifacts, create=False), artifact_id)
-    except TunerError:
-        raise
+        found = has_file(store, artifact_id)
     except Exception as err:  # noqa: BLE001 - a bucket's credentials or network: one line, not a traceback
         raise TunerError(f"cannot read the models at {location}: {type(err).__name__}: {err}") from None
     return f"{location}/{artifact_id}" if found else None
@@ -337,18 +336,17 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from optuna_dashboard import run_server
 
     from storage import artifacts_location
-    from storage import artifacts_path
     from storage import object_store
     from storage import open_artifact_store
     from storage import open_storage
     from storage import storage_url
 
     store = open_storage(args.storage, must_exist=True)
-    shown = object_store(args.artifacts) or artifacts_path(args.storage, args.artifacts).is_dir()
+    location = artifacts_location(args.storage, args.artifacts)
+    shown = object_store(args.artifacts) or Path(location).is_dir()
     artifact_store = open_artifact_store(args.storage, args.artifacts, create=False) if shown else None
     print(f"optuna-dashboard for {storage_url(args.storage)} at http://{args.host}:{args.port}/ "
-          f"(artifacts: {artifacts_location(args.storage, args.artifacts) if shown else 'none'}); "
-          "Ctrl-C stops it", flush=True)
+          f"(artifacts: {location if shown else 'none'}); Ctrl-C stops it", flush=True)
     run_server(store, host=args.host, port=args.port, artifact_store=artifact_store)
     return 0
 
