@@ -33,23 +33,27 @@ CANDIDATES = {
     "deep20": [*ALTERNATIVE, "depth=20"],
     "kernel5": [*ALTERNATIVE, "kernel_size=5"],
     "wide-deep14": [*ALTERNATIVE, "filters=64", "depth=14"],
+    # Regularised for a long final trial on small data: more dropout, five times the weight decay.
+    "regularised": [*ALTERNATIVE[:-1], "dropout=0.3", "weight_decay=0.05"],
 }
 
 
-def trained(dataset: str, values: list[str], budget: list[str], seed: int, folder: Path) -> dict:
-    """Train one configuration alone; its test accuracy, epochs and seconds as the store holds them."""
+def trained(dataset: str, values: list[str], budget: list[str], seed: int, folder: Path,
+            space: str = "resnet", flags: tuple[str, ...] = ()) -> dict:
+    """Train one configuration of ``space`` alone (``values``: its ``--set`` values, ``flags``: more
+    options); its validation and test accuracy, epochs and seconds as the store holds them."""
     import optuna
 
     db = f"sqlite:///{folder / 'portfolio.db'}"
     study = f"probe-{len(optuna.get_all_study_names(db)) if (folder / 'portfolio.db').exists() else 0}"
-    command = [sys.executable, "-m", "tuner", "search", "--space", "resnet", "--dataset", dataset,
+    command = [sys.executable, "-m", "tuner", "search", "--space", space, "--dataset", dataset,
                "--trials", "1", "--patience", "0", "--seed", str(seed), "--storage", db, "--study", study,
-               *budget, *(f"--set={value}" for value in values)]
+               *budget, *flags, *(f"--set={value}" for value in values)]
     subprocess.run(command, check=True, capture_output=True, cwd=folder)
     trial = optuna.load_study(study_name=study, storage=db).best_trial
     seconds = (trial.datetime_complete - trial.datetime_start).total_seconds()
-    return {"test": trial.user_attrs["test_accuracy"], "epochs": trial.user_attrs.get("epochs"),
-            "seconds": seconds}
+    return {"test": trial.user_attrs["test_accuracy"], "validation": trial.value,
+            "epochs": trial.user_attrs.get("epochs"), "seconds": seconds}
 
 
 def main() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 import keras_tuner
 import numpy as np
@@ -280,6 +282,24 @@ def test_the_articles_googlenet_has_the_size_of_its_layers():
 def test_resnet20_matches_the_paper_size():
     """ResNet-20 has 0.27M parameters in the paper."""
     assert 0.26e6 < build_resnet((32, 32, 3), 10, depth=20).count_params() < 0.28e6
+
+
+def test_the_docs_commands_build_the_articles_models_of_the_size_they_state(monkeypatch):
+    """Each command of the docs' table of the articles' models (``benchmarks/articles.py`` reads it),
+    its ``--set`` values declared as a search declares them, builds a model of the table's parameter
+    count for 32x32x3 inputs and 10 classes."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parent.parent / "benchmarks"))
+    from articles import documented_models
+
+    rows = documented_models()
+    assert [row["space"] for row in rows] == ["vgg", "vgg", "resnet_imagenet", "inception", "densenet"]
+    for row in rows:
+        hp = keras_tuner.HyperParameters()
+        for spec in _resolve(row["space"], *row["values"]).values():
+            spec.declare(hp)
+        model = get_space(row["space"])((32, 32, 3), 10).build(hp)
+        assert model.count_params() == row["parameters"], row["model"]
+        keras.backend.clear_session()
 
 
 def _resolve(name: str, *items: str):
