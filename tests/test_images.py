@@ -66,7 +66,8 @@ def test_the_default_size_is_the_median_capped(tmp_path):
 
 def test_rgba_grayscale_and_exif_rotation(tmp_path):
     clear = Image.new("RGBA", (10, 10), (0, 0, 0, 0))  # fully transparent: composited onto white
-    root = class_folder(tmp_path / "modes", {"clear": [clear] * 5, "red": [Image.new("RGBA", (10, 10), RED + (255,))] * 5})
+    red = Image.new("RGBA", (10, 10), RED + (255,))
+    root = class_folder(tmp_path / "modes", {"clear": [clear] * 5, "red": [red] * 5})
     data = load_dataset(str(root), image_size=10, cache_dir=tmp_path / "c")
     x = np.concatenate([data.x_train, data.x_val, data.x_test])
     y = np.concatenate([data.y_train, data.y_val, data.y_test])

@@ -130,5 +130,6 @@ def test_a_pareto_search_for_size_starts_from_both_ends():
     single = first_trials(SearchRequest().checked(), specs)
     pareto = first_trials(SearchRequest(objective="val_accuracy,latency_ms").checked(), specs)
     assert single == pareto[:1] and single[0]["filters"] == 32
-    assert {k: pareto[1][k] for k in ("depth", "filters", "kernel_size")} == {"depth": 8, "filters": 16, "kernel_size": 3}
+    sizes = {k: pareto[1][k] for k in ("depth", "filters", "kernel_size")}
+    assert sizes == {"depth": 8, "filters": 16, "kernel_size": 3}
     assert pareto[1]["learning_rate"] == single[0]["learning_rate"]  # only size hyperparameters move
