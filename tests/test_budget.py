@@ -189,6 +189,7 @@ def test_a_search_ends_by_its_timeout_with_the_trial_in_flight_kept(sqlite_url, 
                          storage=sqlite_url, patience=None, pruner="none")
     elapsed = time.monotonic() - start
     assert elapsed < 5 + 6, elapsed  # the trial in flight is tested and stored within the budget
+    assert len(study.trials) == 1, [(t.state.name, t.user_attrs) for t in study.trials]
     (cut,) = study.trials
     assert cut.state.name == "COMPLETE" and cut.user_attrs["stopped_by"] == "deadline"
     assert 1 <= cut.user_attrs["epochs"] < 10_000 and cut.value == max(cut.intermediate_values.values())
