@@ -592,8 +592,8 @@ class StudyBudget:
     or once the end of ``time_budget`` leaves less time than the quickest epoch the study has measured, or after
     ``MAX_SKIPPED`` configurations in a row that could not finish an epoch in the time left, or
     ``MAX_REJECTED`` in a row over ``--max-params`` (the study's, across worker processes); or once
-    the search's final trial runs or ran (never while it waits to run); or after a trial that Ctrl-C cut short (then
-    ``interrupted`` is set).
+    the search's final trial runs or ran (never while it waits to run); or after a trial the search's end cut
+    short; or after a trial that Ctrl-C cut short (then ``interrupted`` is set).
 
     (Optuna's ``MaxTrialsCallback`` ignores the trials other workers have in flight.)
     """
@@ -613,6 +613,8 @@ class StudyBudget:
         if trial.user_attrs.get("stopped_by") == "interrupt":
             self.interrupted = True
             study.stop()
+        if trial.user_attrs.get("stopped_by") == "deadline":
+            study.stop()  # the search's end left this trial no more epochs: nor would it another one
         trials = study.get_trials(deepcopy=False)
         if any(t.user_attrs.get(ROLE_ATTR) == FINAL and t.state == TrialState.WAITING for t in trials):
             return  # the final trial is next, whatever the streaks say
