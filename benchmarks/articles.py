@@ -42,16 +42,13 @@ def documented_models(table: Path = TABLE) -> list[dict]:
         previous = words if words[:2] == ["tuner", "search"] else previous
         values: dict[str, str] = {}  # a later --set of the same name wins, as "the same with" means
         flags, space = [], None
-        i = 2
-        while i < len(words):
-            flag, value = words[i], words[i + 1] if i + 1 < len(words) else None
+        for flag, value in zip(words[2::2], words[3::2], strict=True):  # after "tuner search"
             if flag == "--space":
                 space = value
             elif flag == "--set":
                 values[value.split("=")[0]] = value
             elif flag not in OWN_FLAGS:
                 flags += [flag, value]
-            i += 2
         rows.append({"article": cells[0], "model": re.split(r"[:,]| with ", cells[1])[0], "space": space,
                      "values": list(values.values()), "flags": tuple(flags),
                      "parameters": int(cells[3].replace(",", ""))})

@@ -613,11 +613,11 @@ class StudyBudget:
         if trial.user_attrs.get("stopped_by") == "interrupt":
             self.interrupted = True
             study.stop()
-        if trial.user_attrs.get("stopped_by") == "deadline":
-            study.stop()  # the search's end left this trial no more epochs: nor would it another one
         trials = study.get_trials(deepcopy=False)
         if any(t.user_attrs.get(ROLE_ATTR) == FINAL and t.state == TrialState.WAITING for t in trials):
             return  # the final trial is next, whatever the streaks say
+        if trial.user_attrs.get("stopped_by") == "deadline":
+            study.stop()  # the search's end left this trial no more epochs: nor would it another one
         if trailing(trials, SKIPPED_ATTR, self.began) >= MAX_SKIPPED:
             study.stop()  # nothing the sampler proposes fits in the time left
         if trailing(trials, REJECTED_ATTR, self.began) >= MAX_REJECTED:
