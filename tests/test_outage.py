@@ -278,7 +278,7 @@ def wait_for_complete(study: str, count: int, run: subprocess.Popen) -> None:
 def test_a_search_with_two_workers_outlives_a_store_cut_for_seconds(proxied_postgres, tmp_path):
     url, proxy = proxied_postgres
     study = f"outage-{uuid.uuid4().hex[:8]}"
-    run = subprocess.Popen(search_command(url, study, "--trials", "6", "--workers", "2"), cwd=tmp_path,
+    run = subprocess.Popen(search_command(url, study, "--trials", "4", "--workers", "2"), cwd=tmp_path,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for_complete(study, 2, run)
@@ -290,7 +290,7 @@ def test_a_search_with_two_workers_outlives_a_store_cut_for_seconds(proxied_post
         run.kill()
     assert run.returncode == 0, err
     assert "retrying for up to 300 s" in err and "reachable again" in err
-    assert trials_by_state(study) == {"COMPLETE": 6}  # each stored once, none RUNNING or FAIL
+    assert trials_by_state(study) == {"COMPLETE": 4}  # each stored once, none RUNNING or FAIL
     optuna.delete_study(study_name=study, storage=POSTGRES_URL)
 
 
@@ -298,7 +298,7 @@ def test_a_search_with_two_workers_outlives_a_store_cut_for_seconds(proxied_post
 def test_a_store_away_for_longer_than_the_timeout_stops_the_search_with_one_line(proxied_postgres, tmp_path):
     url, proxy = proxied_postgres
     study = f"outage-{uuid.uuid4().hex[:8]}"
-    command = search_command(url, study, "--trials", "4", "--store-timeout", "3")
+    command = search_command(url, study, "--trials", "3", "--store-timeout", "3")
     run = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for_complete(study, 1, run)
@@ -314,5 +314,5 @@ def test_a_store_away_for_longer_than_the_timeout_stops_the_search_with_one_line
     again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     states = trials_by_state(study)
-    assert "RUNNING" not in states and states["COMPLETE"] == 4, states
+    assert "RUNNING" not in states and states["COMPLETE"] == 3, states
     optuna.delete_study(study_name=study, storage=POSTGRES_URL)

@@ -16,8 +16,8 @@ ray = pytest.importorskip("ray", reason="the ray extra (CI installs it)")
 
 @pytest.fixture
 def ray_runtime():
-    """A local Ray runtime with 8 CPUs and 4 GPUs, logical only: placement works as on a GPU box."""
-    ray.init(num_cpus=8, num_gpus=4, include_dashboard=False, configure_logging=False)
+    """A local Ray runtime with 4 CPUs and 2 GPUs, logical only: placement works as on a GPU box."""
+    ray.init(num_cpus=4, num_gpus=2, include_dashboard=False, configure_logging=False)
     yield
     ray.shutdown()
 
@@ -34,17 +34,17 @@ def overlapping(trials) -> int:
 
 
 @pytest.mark.slow
-def test_half_a_gpu_per_trial_runs_eight_workers_on_four_gpus_into_one_study(ray_runtime, postgres_url,
-                                                                            unique_name):
-    study = tuner.search("resnet", "digits", trials=8, epochs=2, workers=8, ray="local", gpus_per_trial=0.5,
+def test_half_a_gpu_per_trial_runs_four_workers_on_two_gpus_into_one_study(ray_runtime, postgres_url,
+                                                                          unique_name):
+    study = tuner.search("resnet", "digits", trials=4, epochs=2, workers=4, ray="local", gpus_per_trial=0.5,
                          storage=postgres_url, study=unique_name, overrides=TINY["resnet"], keep=0, pruner="none")
-    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 8  # each trial once, none lost
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4  # each trial once, none lost
     owners = [t.user_attrs["owner"] for t in study.trials]
-    assert {owner["gpus"] for owner in owners} <= {"0", "1", "2", "3"}  # one GPU each, Ray's choice
-    assert overlapping(study.trials) > 4  # more at once than whole GPUs would allow
+    assert {owner["gpus"] for owner in owners} <= {"0", "1"}  # one GPU each, Ray's choice
+    assert overlapping(study.trials) > 2  # more at once than whole GPUs would allow
     for gpu in {owner["gpus"] for owner in owners}:  # two trials at most share a GPU at any time
         assert overlapping([t for t, o in zip(study.trials, owners, strict=True) if o["gpus"] == gpu]) <= 2
-    assert len({(o["host"], o["pid"]) for o in owners}) >= 5  # separate worker processes
+    assert len({(o["host"], o["pid"]) for o in owners}) >= 3  # separate worker processes
     assert ray.is_initialized()  # the caller's own Ray session, left open
 
 
