@@ -275,6 +275,45 @@ def test_the_defaults_leave_the_spaces_alternative_its_share_of_a_short_time_to_
     assert final.params == max((defaults, alternative), key=lambda t: t.value).params
 
 
+def test_where_the_training_split_is_too_large_to_explore_the_portfolio_explores_on_a_subset(
+        sqlite_url, tiny_space, monkeypatch):
+    """Predicted so slow that exploring's half of the timeout could not hold 20 epochs of the whole
+    split, the defaults and the alternative explore on the same stratified subset of it, small enough
+    for both to train ``--epochs`` in a share of the timeout; the final trial then trains the better
+    of them on the whole split."""
+    import tuner.backends._optuna as backend
+    from search_spaces._registry import SPACES
+
+    monkeypatch.setattr(backend, "timed_rate", lambda model, flops, *args: 0.002 / flops)  # 2 ms an image
+    monkeypatch.setattr(backend, "MIN_SUBSET_IMAGES", 100)
+    monkeypatch.setattr(SPACES["tiny"].load(), "alternatives", lambda self: ({"units": 32},))
+    study = tuner.search(tiny_space, "digits", trials=100, epochs=2, timeout=30, study="subset",
+                         storage=sqlite_url, keep=0, pruner="none", patience=None)
+    # Trials quicker than predicted: the sampler's proposals may explore after them, on the same subset.
+    defaults, alternative, *explored, final = study.trials
+    train, val = study.user_attrs["splits"]["train"], study.user_attrs["splits"]["val"]
+    images = int(backend.SUBSET_SHARE * 30 / (2 * 2) / 0.002 - val / 3)  # 2 trials of 2 epochs
+    assert [t.user_attrs.get("train_images") for t in study.trials] == [images] * (2 + len(explored)) + [None]
+    assert 100 <= images < train / 2 and alternative.user_attrs["role"] == "alternative"
+    assert defaults.user_attrs["epochs"] == alternative.user_attrs["epochs"] == 2
+    assert final.user_attrs["role"] == "final" and final.user_attrs["max_epochs"] > 2
+    complete = [t for t in (defaults, alternative, *explored) if t.state.name == "COMPLETE"]
+    assert final.params == max(complete, key=lambda t: t.value).params
+    assert undeclared_attributes(study) == []
+
+
+def test_a_subset_of_the_training_split_is_stratified_and_the_same_for_a_seed():
+    from tuner.data import load_dataset
+
+    data = load_dataset("digits")
+    subset = data.subset(500, seed=3)
+    assert len(subset.y_train) == len(subset.x_train) == 500 and subset.x_val is data.x_val
+    shares = np.bincount(subset.y_train, minlength=10) / 500
+    assert np.abs(shares - np.bincount(data.y_train, minlength=10) / len(data.y_train)).max() < 0.01
+    assert np.array_equal(subset.y_train, data.subset(500, seed=3).y_train)
+    assert not np.array_equal(subset.y_train, data.subset(500, seed=4).y_train)
+
+
 @pytest.mark.core  # a model compiled again mid-trial, its optimizer's state carried over: on every backend
 def test_a_single_trial_under_a_timeout_is_the_final_one_planned_again_from_its_measured_epochs(
         sqlite_url, tiny_space, monkeypatch):

@@ -96,6 +96,9 @@ trial_attribute("planned_epochs", "The epochs first planned from the prediction,
 ROLE_ATTR = trial_attribute("role", "`final`: the search's last trial, the best configuration found "
                                     "trained for the time left; `alternative`: one of the space's "
                                     "known-good configurations, tried after the defaults and not pruned.")
+TRAIN_IMAGES_ATTR = trial_attribute(
+    "train_images", "Where it explored on a stratified subset of the training split, the whole split being "
+                    "too large to explore in the time: the subset's size. The final trial trains on all of it.")
 SKIPPED_ATTR = trial_attribute(
     "skipped", "Why it was not trained: its first epoch could not end before the deadline. Stored PRUNED; "
                "not counted as a trial.")

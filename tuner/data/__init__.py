@@ -21,6 +21,7 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from dataclasses import field
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from typing import Union
@@ -125,6 +126,13 @@ class Dataset:
         mean = counts @ levels / total
         variance = counts @ levels**2 / total - mean**2
         return mean.tolist(), np.maximum(variance, 1e-6).tolist()
+
+    def subset(self, images: int, seed: int) -> Dataset:
+        """This dataset with a stratified subset of ``images`` of its training images, the same ones
+        for the same ``seed`` (in every worker); validation and test splits unchanged. What a search
+        explores on where its whole training split costs too much time (``explore_images``)."""
+        _, kept, _, labels = _split(self.x_train, self.y_train, images, seed)
+        return replace(self, x_train=kept, y_train=labels)
 
     def describe(self) -> dict[str, object]:
         """What the study records about its data."""
@@ -443,7 +451,8 @@ def _check_split(split: str, x: Images | None, y: np.ndarray | None) -> tuple[Im
 
 
 def _split(x: Images, y: np.ndarray, fraction: float, seed: int) -> tuple[Images, Images, np.ndarray, np.ndarray]:
-    """Stratified split (plain when a class is too rare to stratify), deterministic for ``seed``."""
+    """Stratified split (plain when a class is too rare to stratify), deterministic for ``seed``:
+    the rest, then the held-out part, ``fraction`` of the images (a float) or that many (an int)."""
     from sklearn.model_selection import train_test_split
 
     if len(x) < 4:
