@@ -559,7 +559,7 @@ SAMPLER_TRIALS = 10
 # defaults and the space's alternatives train --epochs each on a subset of it (``explore_images``),
 # and the smallest subset worth comparing them on (below it the defaults are the final trial).
 SUBSET_SHARE = 0.15
-MIN_SUBSET_IMAGES = 2000
+MIN_SUBSET_IMAGES = 1000
 # Of an epoch, what a trial's start (tracing or compiling the model) is allowed at least when its
 # epochs are planned against a deadline.
 START_FRACTION = 0.1
