@@ -175,9 +175,8 @@ def run_trial(job: SearchJob, trial: optuna.Trial) -> float | tuple[float, ...]:
                 kind, reason = refused
                 rejected, skip = (reason, None) if kind == REJECTED_ATTR else (None, reason)
         if rejected is None and skip is None:
-            images = trial.user_attrs.get(TRAIN_IMAGES_ATTR)
-            if images:  # explores on a subset of the training split (``explore_images``)
-                runner = dataclasses.replace(runner, data=runner.data.subset(images, request.seed))
+            if plan is not None and plan.images:  # explores on a subset of the training split
+                runner = dataclasses.replace(runner, data=runner.data.subset(plan.images, request.seed))
             augment = final_augmentation(job, trial, epochs)
             if augment is not None:  # built again, with the augmentation its epochs call for
                 runner = runner.with_augmentation(augment)
@@ -207,11 +206,14 @@ def run_trial(job: SearchJob, trial: optuna.Trial) -> float | tuple[float, ...]:
 
             final = trial.user_attrs.get(ROLE_ATTR) == FINAL
             unpruned = final or trial.user_attrs.get(ROLE_ATTR) == ALTERNATIVE
-            resource = Resource(len(runner.data.y_train), runner.batch_size)
+            # Steps count the images trained (on a subset, its images an epoch).
+            resource = dataclasses.replace(job.resource, train_images=len(runner.data.y_train))
             report = (multi_objective_report(job, trial, epochs) if request.multi_objective
                       else single_objective_report(trial, runner.objective, 0 if unpruned else epochs, resource))
-            # Judged inside its first epoch too, where the pruner's first rung is there (``Resource``).
-            judged_early = not (unpruned or request.multi_objective or request.pruner == "none")
+            # Judged inside its first epoch too, where the pruner's first rung is there (``Resource``;
+            # not on a subset, whose epoch ends before the pruner's rungs for the whole split).
+            judged_early = not (unpruned or request.multi_objective or request.pruner == "none"
+                                or resource != job.resource)
             note = (f"final: {epochs} epochs to the deadline" if final
                     else f"{epochs} epochs fit before the deadline" if epochs < max_epochs else None)
             # The final trial is not stopped by patience: it is planned to use the time left, and
@@ -221,7 +223,7 @@ def run_trial(job: SearchJob, trial: optuna.Trial) -> float | tuple[float, ...]:
             with while_training(job.storage):  # a store away does not stop the training
                 result = trainer.fit(model, label=trial.number, params=hp.values, epochs=epochs, report=report,
                                      note=note, replan=None if plan is None else replan, hp=hp,
-                                     rungs=resource.in_first_epoch if judged_early else (),
+                                     rungs=job.resource.in_first_epoch if judged_early else (),
                                      on_rung=rung_report(trial, runner.objective))
     except optuna.TrialPruned:  # inside its first epoch (``rung_report``)
         raise
@@ -345,6 +347,7 @@ class EpochPlan:
     until: float
     ending: float
     cap: int | None
+    images: int | None = None  # an exploring trial's training images, where it explores on a subset
 
     def epochs(self, epoch_seconds: float, done: int = 0, reserve: float = 0.0) -> int:
         """The epochs in all, ``done`` of them trained already, the others ``epoch_seconds`` each,
@@ -370,7 +373,8 @@ def plan_epochs(job: SearchJob, trial: optuna.Trial, model: Any,
     again from its measured time (``run_trial``'s ``replan``).
 
     A configuration whose epoch is too long for the final trial to train it ``MIN_EXPLORE_EPOCHS``
-    times is not explored (rejected: were it the best, the search could not train it properly); one
+    times is not explored (rejected: were it the best, the search could not train it properly; but
+    not the defaults and alternatives explored on a subset, one of which the final trial trains); one
     whose first epoch cannot end in the time left is skipped. Both record by how many seconds the epoch
     is too long as a violated ``epoch_seconds`` constraint, so the sampler learns what the time pays for.
     """
@@ -403,7 +407,7 @@ def plan_epochs(job: SearchJob, trial: optuna.Trial, model: Any,
     role = trial.user_attrs.get(ROLE_ATTR)
     after = portfolio_after(job, role)
     plan = EpochPlan(until=end if final else share_until(until, after), ending=ending,
-                     cap=None if final else max_epochs)
+                     cap=None if final else max_epochs, images=images)
     # Rejected first: a configuration the final trial could not train properly would not be worth its
     # time even where it fits (counted as skips, ResNet-44s ended exploring at 335 s of 1800). Not the
     # space's defaults and alternatives explored on a subset: the final trial is one of them.
@@ -424,34 +428,37 @@ def plan_epochs(job: SearchJob, trial: optuna.Trial, model: Any,
 
 def explore_images(job: SearchJob, trial: optuna.Trial, image_seconds: float, epoch: float) -> int | None:
     """The training images the search's exploring trials train on where the whole training split
-    (an epoch of ``epoch`` seconds for the search's first trial) is too large to explore: a stratified
-    subset (``Dataset.subset``) small enough for the defaults and the space's alternatives to train
-    ``--epochs`` each in ``SUBSET_SHARE`` of the timeout, at ``image_seconds`` a training image (an
-    image validated costs a third). None: the whole split, where exploring's share of the timeout
-    holds ``explore_epochs`` epochs of the defaults (as for a small dataset), where the subset would
-    hold fewer than ``MIN_SUBSET_IMAGES`` (the defaults are then the final trial from the start), or
-    for a space without alternatives, a Pareto search, fewer than 3 trials or the final trial.
+    (an epoch of ``epoch`` seconds for the defaults) is too large to explore: a stratified subset
+    (``Dataset.subset``) small enough for the defaults and the space's alternatives to train
+    ``--epochs`` each, all together in ``SUBSET_SHARE`` of the timeout, at ``image_seconds`` a
+    training image (an image validated costs a third). None: the whole split, where exploring's share
+    of the timeout holds ``explore_epochs`` epochs of the defaults (as for a small dataset), where the
+    subset would hold fewer than ``MIN_SUBSET_IMAGES`` or more than half the split (the defaults are
+    then the final trial from the start, as for the quickstart's 75 s on ``digits``), and where no
+    alternative is to follow the defaults (a space without them, ``--trials`` too few for them, a
+    Pareto search, or a continued study, whose alternatives have run): a subset pays for comparing
+    them, not for the sampler's random start-up trials.
 
-    Decided once, by the search's first trial; the trials after it explore on the same subset, so
-    that their validation scores compare. (On 2 CPU cores, full Fashion-MNIST, the defaults' 40 s
-    epoch made them the final trial from the start at 600 s and 1800 s, though the alternative,
+    Decided by a new study's defaults trial; the alternatives (enqueued once it has ended) and any
+    later trial of the same search explore on the same subset, so that their validation scores
+    compare. The augmentation stays the recipe's, chosen for the whole split: the final trial's below
+    30 epochs (as at 600 and 1800 s on 2 cores). (On 2 CPU cores, full Fashion-MNIST, the defaults'
+    40 s epoch made them the final trial from the start at 600 s and 1800 s, though the alternative,
     trained alone for 1800 s, scored 0.59 points above them on the test split.)"""
-    budget, request = job.time_budget, job.request
-    if (trial.user_attrs.get(ROLE_ATTR) == FINAL or not job.alternatives or request.multi_objective
-            or request.trials < 3 or budget.start is None or budget.end is None or budget.explore_end is None):
+    budget, role = job.time_budget, trial.user_attrs.get(ROLE_ATTR)
+    if role == FINAL or budget.start is None or budget.end is None or budget.explore_end is None:
         return None
-    began = datetime.datetime.fromtimestamp(budget.start)
-    planned = sorted((t for t in since_then(job.study.get_trials(deepcopy=False), began)
-                      if t.number != trial.number and "predicted_seconds_per_epoch" in t.user_attrs),
-                     key=lambda t: t.number)
-    if planned:  # the search's first trial decided
-        return planned[0].user_attrs.get(TRAIN_IMAGES_ATTR)
-    if budget.explore_end - time.time() >= explore_epochs(request.epochs) * epoch:
+    after = portfolio_after(job, role)
+    if role is not None or after == 0 or trial.number != 0:  # not a new study's defaults: as they trained
+        began = datetime.datetime.fromtimestamp(budget.start)
+        return next((t.user_attrs[TRAIN_IMAGES_ATTR] for t in since_then(job.study.get_trials(deepcopy=False), began)
+                     if TRAIN_IMAGES_ATTR in t.user_attrs and t.number != trial.number), None)
+    if budget.explore_end - time.time() >= explore_epochs(job.request.epochs) * epoch:
         return None
     data = job.runner.data
-    per_epoch = SUBSET_SHARE * (budget.end - budget.start) / ((1 + len(job.alternatives)) * request.epochs)
+    per_epoch = SUBSET_SHARE * (budget.end - budget.start) / ((1 + after) * job.request.epochs)
     images = int(per_epoch / image_seconds - len(data.y_val) / 3)
-    return images if MIN_SUBSET_IMAGES <= images < len(data.y_train) else None
+    return images if MIN_SUBSET_IMAGES <= images <= len(data.y_train) // 2 else None
 
 
 def final_augmentation(job: SearchJob, trial: optuna.Trial, epochs: int) -> str | None:
@@ -600,11 +607,13 @@ class Commit:
 
     def portfolio_explored(self, trials: list[optuna.trial.FrozenTrial], quickest: float) -> bool:
         """Whether the space's alternatives have run (none waits or runs) in a time to explore too
-        short for ``SAMPLER_TRIALS`` trials of ``quickest`` seconds: all that exploring could try."""
+        short for ``SAMPLER_TRIALS`` trials of ``quickest`` seconds, or on a subset of the training
+        split (``explore_images``: the whole one too large to explore): all that exploring could try."""
         alternatives = [t for t in trials if t.user_attrs.get(ROLE_ATTR) == ALTERNATIVE]
         return (self.portfolio and self.start is not None and bool(alternatives)
                 and all(t.state.is_finished() for t in alternatives)
-                and self.explore_end - self.start < SAMPLER_TRIALS * quickest)
+                and (self.explore_end - self.start < SAMPLER_TRIALS * quickest
+                     or any(TRAIN_IMAGES_ATTR in t.user_attrs for t in alternatives)))
 
 
 class TryAlternatives:

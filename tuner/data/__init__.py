@@ -131,8 +131,8 @@ class Dataset:
         """This dataset with a stratified subset of ``images`` of its training images, the same ones
         for the same ``seed`` (in every worker); validation and test splits unchanged. What a search
         explores on where its whole training split costs too much time (``explore_images``)."""
-        _, kept, _, labels = _split(self.x_train, self.y_train, images, seed)
-        return replace(self, x_train=kept, y_train=labels)
+        _, picked = _split_indices(self.y_train, images, seed)
+        return replace(self, x_train=_take(self.x_train, picked), y_train=self.y_train[picked])
 
     def describe(self) -> dict[str, object]:
         """What the study records about its data."""
@@ -453,10 +453,16 @@ def _check_split(split: str, x: Images | None, y: np.ndarray | None) -> tuple[Im
 def _split(x: Images, y: np.ndarray, fraction: float, seed: int) -> tuple[Images, Images, np.ndarray, np.ndarray]:
     """Stratified split (plain when a class is too rare to stratify), deterministic for ``seed``:
     the rest, then the held-out part, ``fraction`` of the images (a float) or that many (an int)."""
-    from sklearn.model_selection import train_test_split
-
     if len(x) < 4:
         raise DataError(f"too few images ({len(x)}) to split off validation and test data")
+    kept, held = _split_indices(y, fraction, seed)
+    return _take(x, kept), _take(x, held), y[kept], y[held]
+
+
+def _split_indices(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The indices of ``_split``'s two parts."""
+    from sklearn.model_selection import train_test_split
+
     _, counts = np.unique(y, return_counts=True)
     stratify = y if counts.min() >= 2 else None
     order = np.arange(len(y))
@@ -464,7 +470,7 @@ def _split(x: Images, y: np.ndarray, fraction: float, seed: int) -> tuple[Images
         kept, held = train_test_split(order, test_size=fraction, random_state=seed, stratify=stratify)
     except ValueError:
         kept, held = train_test_split(order, test_size=fraction, random_state=seed)
-    return _take(x, kept), _take(x, held), y[kept], y[held]
+    return kept, held
 
 
 def _take(x: Images, index: np.ndarray) -> Images:

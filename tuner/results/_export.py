@@ -168,7 +168,8 @@ def retrain_trial(attrs: dict[str, Any], trial: Any, epochs: int | None, seeds: 
     """Train ``trial``'s configuration again from scratch, as the search trained it: the same splits,
     recipe, precision and guards (``TrialRunner``), for ``epochs`` (default: the study's
     ``--epochs``); each run's best epoch is kept and tested. The first of ``seeds`` runs uses the
-    trial's own seed (it reproduces the trial), the others the next seeds. Returns the
+    trial's own seed (it reproduces the trial, but on the whole training split where the trial
+    explored on a subset of it, ``train_images``), the others the next seeds. Returns the
     ``TrialResult`` of each run, each with its ``seed`` set. The caller's Keras dtype policy and
     random states are as they were when it returns (``callers_state_kept``)."""
     from tuner.training._training import callers_state_kept
