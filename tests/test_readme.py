@@ -16,7 +16,7 @@ from PIL import Image
 
 README = Path(__file__).parent.parent / "README.md"
 # What a command's budget becomes here: seconds, trials, epochs.
-SMALL = {"--timeout": "25", "--trials": "3", "--epochs": "1"}
+SMALL = {"--timeout": "35", "--trials": "3", "--epochs": "1"}
 
 
 def readme_commands() -> list[list[str]]:
