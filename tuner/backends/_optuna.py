@@ -389,7 +389,9 @@ def plan_epochs(job: SearchJob, trial: optuna.Trial, model: Any,
             return None, max_epochs, None
         rate = timed_rate(model, flops, data.x_train, data.y_train, batch_size)
     full = epoch = epoch_seconds(flops, rate, train_images=len(data.y_train), eval_images=len(data.y_val))
-    images = None if end is None else explore_images(job, trial, flops * rate, full)
+    role = trial.user_attrs.get(ROLE_ATTR)
+    after = 0 if end is None else portfolio_after(job, role)  # the alternatives still to explore after it
+    images = None if end is None else explore_images(job, trial, after, flops * rate, full)
     if images is not None:  # explored on a subset: not the final trial
         epoch = epoch_seconds(flops, rate, train_images=images, eval_images=len(data.y_val))
         trial.set_user_attr(TRAIN_IMAGES_ATTR, images)
@@ -404,8 +406,6 @@ def plan_epochs(job: SearchJob, trial: optuna.Trial, model: Any,
     tracing = max(START_FRACTION * epoch, trace_seconds(timed, len(model.layers)) or 0.0)
     ending = SAVE_SECONDS + epoch_seconds(flops, rate, train_images=0, eval_images=len(data.y_test)) + tracing
     assert until is not None
-    role = trial.user_attrs.get(ROLE_ATTR)
-    after = portfolio_after(job, role)
     plan = EpochPlan(until=end if final else share_until(until, after), ending=ending,
                      cap=None if final else max_epochs, images=images)
     # Rejected first: a configuration the final trial could not train properly would not be worth its
@@ -426,12 +426,14 @@ def plan_epochs(job: SearchJob, trial: optuna.Trial, model: Any,
     return plan, epochs, None
 
 
-def explore_images(job: SearchJob, trial: optuna.Trial, image_seconds: float, epoch: float) -> int | None:
+def explore_images(job: SearchJob, trial: optuna.Trial, after: int, image_seconds: float,
+                   epoch: float) -> int | None:
     """The training images the search's exploring trials train on where the whole training split
     (an epoch of ``epoch`` seconds for the defaults) is too large to explore: a stratified subset
     (``Dataset.subset``) small enough for the defaults and the space's alternatives to train
     ``--epochs`` each, all together in ``SUBSET_SHARE`` of the timeout, at ``image_seconds`` a
-    training image (an image validated costs a third). None: the whole split, where exploring's share
+    training image (an image validated costs a third); ``after`` alternatives follow this trial
+    (``portfolio_after``). None: the whole split, where exploring's share
     of the timeout holds ``explore_epochs`` epochs of the defaults (as for a small dataset), where the
     subset would hold fewer than ``MIN_SUBSET_IMAGES`` or more than half the split (the defaults are
     then the final trial from the start, as for the quickstart's 75 s on ``digits``), and where no
@@ -445,11 +447,11 @@ def explore_images(job: SearchJob, trial: optuna.Trial, image_seconds: float, ep
     30 epochs (as at 600 and 1800 s on 2 cores). (On 2 CPU cores, full Fashion-MNIST, the defaults'
     40 s epoch made them the final trial from the start at 600 s and 1800 s, though the alternative,
     trained alone for 1800 s, scored 0.59 points above them on the test split.)"""
-    budget, role = job.time_budget, trial.user_attrs.get(ROLE_ATTR)
-    if role == FINAL or budget.start is None or budget.end is None or budget.explore_end is None:
+    budget = job.time_budget
+    if trial.user_attrs.get(ROLE_ATTR) == FINAL or budget.start is None or budget.end is None \
+            or budget.explore_end is None:
         return None
-    after = portfolio_after(job, role)
-    if role is not None or after == 0 or trial.number != 0:  # not a new study's defaults: as they trained
+    if after == 0 or trial.number != 0:  # not a new study's defaults, with alternatives to follow: as they trained
         began = datetime.datetime.fromtimestamp(budget.start)
         return next((t.user_attrs[TRAIN_IMAGES_ATTR] for t in since_then(job.study.get_trials(deepcopy=False), began)
                      if TRAIN_IMAGES_ATTR in t.user_attrs and t.number != trial.number), None)
