@@ -72,6 +72,7 @@ def test_failures_are_recorded_and_stop_the_search(backend, sqlite_url, monkeypa
     assert all(t.user_attrs["error"] == "ValueError: bad" for t in trials)
 
 
+@pytest.mark.slow
 def test_the_best_keep_models_are_kept(backend, sqlite_url, tmp_path):
     study = run(backend, sqlite_url, trials=4, keep=2)
     kept = [t for t in study.get_trials() if "model_artifact" in t.user_attrs]

@@ -152,6 +152,7 @@ def test_timing_a_few_training_steps_leaves_the_model_and_its_optimizer_as_they_
     assert int(model.optimizer.iterations.numpy()) == 2
 
 
+@pytest.mark.slow
 def test_a_configuration_whose_first_epoch_cannot_end_in_time_is_skipped_untrained(sqlite_url, tiny_space,
                                                                                   monkeypatch):
     """A study that timed a trial at one second per FLOP (absurdly slow) predicts that no
@@ -233,6 +234,7 @@ def test_a_trial_that_cannot_train_every_epoch_in_time_gets_those_that_fit(sqlit
     assert planned.state.name == "COMPLETE" and planned.user_attrs["epochs"] == planned.user_attrs["max_epochs"]
 
 
+@pytest.mark.slow
 def test_a_search_explores_then_trains_its_best_configuration_for_the_time_left(sqlite_url, tiny_space):
     """Trials explore for at most ``--epochs`` each until half the timeout is left; then the best
     configuration is trained again, from scratch, for what remains: the search's last trial."""
@@ -252,6 +254,7 @@ def test_a_search_explores_then_trains_its_best_configuration_for_the_time_left(
     assert undeclared_attributes(study) == []  # the reference page lists all it stored
 
 
+@pytest.mark.slow
 def test_the_defaults_leave_the_spaces_alternative_its_share_of_a_short_time_to_explore(sqlite_url, tiny_space,
                                                                                         monkeypatch):
     """Predicted far faster than they run, the defaults are planned for all their ``--epochs``; planned
@@ -275,6 +278,7 @@ def test_the_defaults_leave_the_spaces_alternative_its_share_of_a_short_time_to_
     assert final.params == max((defaults, alternative), key=lambda t: t.value).params
 
 
+@pytest.mark.slow
 def test_where_the_training_split_is_too_large_to_explore_the_portfolio_explores_on_a_subset(
         sqlite_url, tiny_space, monkeypatch):
     """Predicted so slow that exploring's half of the timeout could not hold 20 epochs of the whole
@@ -313,6 +317,7 @@ def test_a_subset_of_the_training_split_is_stratified_and_the_same_for_a_seed():
     assert not np.array_equal(subset.y_train, data.subset(500, seed=4).y_train)
 
 
+@pytest.mark.slow
 @pytest.mark.core  # a model compiled again mid-trial, its optimizer's state carried over: on every backend
 def test_a_single_trial_under_a_timeout_is_the_final_one_planned_again_from_its_measured_epochs(
         sqlite_url, tiny_space, monkeypatch):
@@ -342,6 +347,7 @@ def test_a_single_trial_under_a_timeout_is_the_final_one_planned_again_from_its_
     assert split["final_trial"] == 0 and split["explored_trials"] == 0 and 0 < split["final_seconds"] <= 20
 
 
+@pytest.mark.slow
 def test_a_configuration_the_final_trial_could_not_train_properly_is_not_explored(sqlite_url, tiny_space,
                                                                                   monkeypatch):
     """A study whose timed trials predict 20 s an epoch, given 100 s: the final trial's 50 s could

@@ -169,6 +169,7 @@ def test_the_new_spaces_learn_digits_and_export_models_plain_keras_loads(capsys,
     assert loaded == pytest.approx([recorded[space] for space in spaces], abs=0.005)
 
 
+@pytest.mark.slow
 def test_retraining_the_top_trials_ranks_them_by_their_mean(capsys, sqlite_url, tmp_path, monkeypatch):
     """--top 2 --seeds 2: the two best trials retrained twice each; the one with the better mean wins
     even where the search ranked it second, and both are recorded on the study."""

@@ -60,6 +60,7 @@ def test_pruning_rule_stops_a_trial_only_for_cheaper_better_ones():
                                     maximize=False)
 
 
+@pytest.mark.slow
 def test_max_params_rejects_before_training_and_the_best_is_within_budget(tiny_space, sqlite_url):
     """``tiny`` has 32, 16 or 8 hidden units: ~2.4k, ~1.2k, ~0.6k parameters on digits; 1.5k keeps two."""
     study = tuner.search(tiny_space, "digits", trials=4, epochs=2, storage=sqlite_url, study="budget",
@@ -78,6 +79,7 @@ def test_max_params_rejects_before_training_and_the_best_is_within_budget(tiny_s
     assert best["latency_ms"] > 0 and best["model_bytes"] > 1000
 
 
+@pytest.mark.slow
 def test_two_objectives_store_a_front_with_pruned_trials_and_best_lists_it(tiny_space, sqlite_url, capsys):
     study = tuner.search(tiny_space, "digits", trials=8, epochs=3, storage=sqlite_url, study="front",
                          objective="val_accuracy,param_count", seed=2, keep=3, patience=0)

@@ -51,6 +51,7 @@ def test_report_is_one_page_that_opens_offline(capsys, trained_study, tmp_path):
     assert "--output must end in .html" in capsys.readouterr().err and not (tmp_path / "r.pdf").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")),
                     reason="no Chromium on PATH (apt-get install chromium)")
 def test_report_plots_are_drawn_by_headless_chromium(trained_study, tmp_path):

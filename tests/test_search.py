@@ -243,6 +243,7 @@ def test_the_spaces_alternatives_follow_its_defaults_unpruned(sqlite_url, monkey
         assert [t.user_attrs.get("role") for t in narrowed.trials] == [None] * trials
 
 
+@pytest.mark.slow
 @pytest.mark.core
 def test_a_configuration_is_judged_before_its_first_epoch_ends(sqlite_url, tiny_space):
     # At batch size 8 an epoch of digits is 162 steps: the pruner's first rung is a third of it.
@@ -385,6 +386,7 @@ def test_sigterm_records_the_trial_in_flight_as_failed(sqlite_url):
     assert [t.state.name for t in study.get_trials()] == ["FAIL"]
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_trial_budget(sqlite_url):
     import subprocess
     import sys
@@ -398,6 +400,7 @@ def test_two_workers_share_one_trial_budget(sqlite_url):
     assert states == ["COMPLETE"] * 6
 
 
+@pytest.mark.slow
 @pytest.mark.core
 def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(sqlite_url, monkeypatch):
     import keras
@@ -496,6 +499,7 @@ def test_a_trial_traces_its_train_step_once():
     assert traces(prebuild=True) == 1
 
 
+@pytest.mark.slow
 def test_a_new_trial_frees_the_graphs_tensorflow_registers_for_the_last_one():
     """TensorFlow registers a gradient function per traced train step and never drops it; it held
     every past trial's graph (~35 MB a trial). ``start_trial`` forgets them, except those a library

@@ -43,6 +43,9 @@ SPECIFIC["auto"] = {"family"} | {f"{family}.{name}" for family, names in SPECIFI
 # with batch normalisation, and the 10-class classifier with its bias.
 VGG16_WIDTHS = [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
 
+# Spaces whose default model takes over 10 s to trace a train step on 2 cores (pytest -m slow).
+SLOW_TO_TRACE = ("inception", "resnet_imagenet")
+
 
 def test_registry_lists_every_space():
     assert list_spaces() == ["auto", "densenet", "inception", "resnet", "resnet_imagenet", "vgg"]
@@ -76,12 +79,14 @@ def test_declarations_read_without_keras_match_keras_tuners(name):
         assert spec.condition == " and ".join(f"{c.name}={','.join(c.values)}" for c in h.conditions)
 
 
-@pytest.mark.parametrize("name,shape", [(name, shape) for name in list_spaces() if name != "auto"  # its families'
-                                        for shape in [(8, 8, 1), (32, 32, 3)]
-                                        if shape[0] == 8 or name in ("resnet", "densenet", "vgg")])
+@pytest.mark.parametrize("name,shape", [
+    pytest.param(name, shape, marks=[pytest.mark.slow] if name in SLOW_TO_TRACE else [])
+    for name in list_spaces() if name != "auto"  # its families'
+    for shape in [(8, 8, 1), (32, 32, 3)] if shape[0] == 8 or name in ("resnet", "densenet", "vgg")])
 def test_space_builds_at_defaults_and_trains_one_batch(name, shape):
     """Every default but DenseNet's depth: its default 40 layers take 14 s to trace a train step on
-    a CPU (its depths are built in test_densenet_depth_means_what_the_paper_means)."""
+    a CPU (its depths are built in test_densenet_depth_means_what_the_paper_means). The spaces in
+    ``SLOW_TO_TRACE`` take 10-16 s at their defaults: end-to-end tier."""
     space = get_space(name)(shape, 10)
     hp = keras_tuner.HyperParameters()
     if name == "densenet":
