@@ -1,10 +1,14 @@
 """Who runs a trial: recovery from a killed search without waiting for the heartbeat's grace period.
 
 Every RUNNING trial records its owner: host name, process id and the process's start time (which
-tells a live process from a later one that reuses its id). A trial whose owner ran on this host and
-no longer exists is failed at once, and its parameters retried once (Optuna's
-``RetryHeartbeatStaleTrialCallback``, as the heartbeat does it). Trials owned by other hosts, or stored
-before owners were recorded, keep the heartbeat rule: FAIL after ``GRACE_PERIOD`` s of silence.
+tells a live process from a later one that reuses its id). A search's store (``OwnedStorage``)
+writes it with each trial it creates, and before it takes a queued trial it claims it (a system
+attribute ``claim:HOST:PID`` holding the same record), so a process that dies, or loses its store,
+between taking a trial and recording itself as its owner leaves its claim. A trial whose owner (or,
+with none recorded, every claimant) ran on this host and no longer exists is failed at once, and
+its parameters retried once (Optuna's ``RetryHeartbeatStaleTrialCallback``, as the heartbeat does
+it). Trials owned by other hosts, or stored before owners were recorded, keep the heartbeat rule:
+FAIL after ``GRACE_PERIOD`` s of silence.
 """
 
 from __future__ import annotations
@@ -19,7 +23,11 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from storage._resilient import ResilientStorage
+from tuner._compat import TemplatedTrials
+
 OWNER_ATTR = "owner"
+CLAIM_PREFIX = "claim:"
 
 
 def process_started(pid: int) -> str | None:
@@ -56,6 +64,27 @@ def record_owner(trial: optuna.Trial) -> None:
     trial.set_user_attr(OWNER_ATTR, this_process())
 
 
+def claimants(trial: optuna.trial.FrozenTrial) -> list[Any]:
+    """Who may be running ``trial``: its owner where one is recorded, else the processes that claimed it."""
+    if OWNER_ATTR in trial.user_attrs:
+        return [trial.user_attrs[OWNER_ATTR]]
+    return [value for key, value in trial.system_attrs.items() if key.startswith(CLAIM_PREFIX)]
+
+
+class OwnedStorage(TemplatedTrials, ResilientStorage):
+    """A search's store: each trial it creates is written with its owner, and each queued trial it
+    takes is claimed first (see the module docstring)."""
+
+    def new_trial_template(self) -> optuna.trial.FrozenTrial:
+        return optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs={OWNER_ATTR: this_process()})
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
+        if state == TrialState.RUNNING:  # taking a queued trial (``Study.ask``)
+            owner = this_process()
+            self.set_trial_system_attr(trial_id, f"{CLAIM_PREFIX}{owner['host']}:{owner['pid']}", owner)
+        return super().set_trial_state_values(trial_id, state, values)
+
+
 def owner_is_gone(owner: Any, host: str) -> bool:
     """Whether ``owner`` ran on ``host`` (this machine) and that process no longer exists."""
     if not isinstance(owner, dict) or owner.get("host") != host:
@@ -65,16 +94,17 @@ def owner_is_gone(owner: Any, host: str) -> bool:
 
 
 def fail_orphaned_trials(study: optuna.Study) -> list[int]:
-    """Fail each RUNNING trial of ``study`` whose owner ran on this host and is gone, and enqueue its
-    parameters once more; returns the numbers of the trials failed. Safe to run in several processes
-    at once: only the one whose update lands retries the trial."""
+    """Fail each RUNNING trial of ``study`` whose owner (with none recorded, every claimant) ran on this
+    host and is gone, and enqueue its parameters once more; returns the numbers of the trials failed.
+    Safe to run in several processes at once: only the one whose update lands retries the trial."""
     host = socket.gethostname()
     failed = []
     with warnings.catch_warnings():  # "experimental" since Optuna 2.8
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not owner_is_gone(trial.user_attrs.get(OWNER_ATTR), host):
+        running = claimants(trial)
+        if not running or not all(owner_is_gone(owner, host) for owner in running):
             continue
         try:
             ended = study.tell(trial.number, state=TrialState.FAIL)
@@ -84,5 +114,6 @@ def fail_orphaned_trials(study: optuna.Study) -> list[int]:
         ended = copy.deepcopy(ended)
         # The retry is nobody's until a process takes it; it must not look orphaned before then.
         ended.user_attrs = {k: v for k, v in ended.user_attrs.items() if k != OWNER_ATTR}
+        ended.system_attrs = {k: v for k, v in ended.system_attrs.items() if not k.startswith(CLAIM_PREFIX)}
         retry(study, ended)
     return failed

@@ -17,6 +17,7 @@ import sqlalchemy
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
+from storage._owners import OwnedStorage
 from storage._resilient import Outage
 from storage._resilient import ResilientStorage
 from storage._resilient import first_line
@@ -137,14 +138,16 @@ def _create_storage(
     url: str, engine_kwargs: dict[str, Any], storage_kwargs: dict[str, Any], patience: float | None = None
 ) -> optuna.storages.RDBStorage:
     """Optuna's RDBStorage (``ResilientStorage`` with a ``patience``, waiting that long for a database
-    that is away); workers that create a new store's tables at the same moment retry."""
+    that is away; a worker's, with heartbeats, an ``OwnedStorage``, recording who runs each trial);
+    workers that create a new store's tables at the same moment retry."""
 
     def create() -> optuna.storages.RDBStorage:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             if patience is None:
                 return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **storage_kwargs)
-            return ResilientStorage(url, patience=patience, engine_kwargs=engine_kwargs, **storage_kwargs)
+            kind = OwnedStorage if "heartbeat_interval" in storage_kwargs else ResilientStorage
+            return kind(url, patience=patience, engine_kwargs=engine_kwargs, **storage_kwargs)
 
     for attempt in range(CREATE_ATTEMPTS):
         try:

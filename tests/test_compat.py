@@ -10,6 +10,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+from tuner._compat import TemplatedTrials
 from tuner._compat import keras_tuner_tracebacks_hidden
 from tuner._compat import let_keras_compile
 from tuner._compat import live_trial
@@ -130,6 +131,27 @@ def test_live_trial_writes_to_a_trial_added_running(tmp_path):
     assert told.user_attrs == {"kt_trial_id": "0", "model": "kept"} and told.value == 0.5
     assert [meta.filename for meta in get_all_artifact_meta(trial)] == ["model.keras"]
     assert study.get_trials()[0].user_attrs == {}
+
+
+def test_templated_trials_writes_the_trial_study_ask_creates_from_its_template(sqlite_url):
+    """``Study.ask`` creates its trial through the mixin, from the template, in one write; a trial
+    taken from the queue and one added with a template of its own are left as they are."""
+    from optuna.trial import TrialState
+
+    class Stamped(TemplatedTrials, optuna.storages.RDBStorage):
+        def new_trial_template(self) -> optuna.trial.FrozenTrial:
+            return optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs={"stamp": "new"})
+
+    study = optuna.create_study(storage=Stamped(sqlite_url), study_name="templated")
+    study.ask()
+    study.enqueue_trial({}, user_attrs={"stamp": "queued"})
+    study.ask()
+    study.add_trial(optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs={"stamp": "added"}))
+    read = optuna.load_study(study_name="templated", storage=sqlite_url).get_trials()
+    assert [(t.state, t.user_attrs) for t in read] == [(TrialState.RUNNING, {"stamp": s}) for s in
+                                                       ("new", "queued", "added")], (
+        f"Optuna {optuna.__version__} no longer creates a study's new trials through "
+        "RDBStorage._create_new_trial: update tuner._compat.TemplatedTrials")
 
 
 def test_let_keras_compile_keeps_xla_for_a_model_with_a_geometric_augmentation():

@@ -29,6 +29,8 @@ from storage import StoreError
 from storage import gave_up
 from storage import open_storage
 from storage import while_training
+from storage._owners import OWNER_ATTR
+from storage._owners import this_process
 from tuner._compat import trial_id_of
 from tuner.errors import StoreUnreachable
 
@@ -90,7 +92,7 @@ def test_a_training_trial_queues_its_writes_and_trains_on(flaky):
     stored = study.get_trials()[0]
     assert stored.state.name == "COMPLETE" and stored.value == 0.7
     assert stored.intermediate_values == {1: 0.5, 2: 0.6}
-    assert stored.user_attrs == {"note": "written later"}
+    assert stored.user_attrs == {"note": "written later", OWNER_ATTR: this_process()}  # the owner: as asked
 
 
 def test_past_its_patience_the_store_fails_every_call_at_once(sqlite_url):
@@ -172,7 +174,8 @@ def test_whole_trials_go_through_outages(flaky):
 
     fault.for_seconds(0.6)
     study.optimize(objective, n_trials=2)
-    assert [(t.state.name, t.user_attrs) for t in study.get_trials()] == [("COMPLETE", {"a": 1})] * 2
+    assert [(t.state.name, t.user_attrs) for t in study.get_trials()] == [
+        ("COMPLETE", {"a": 1, OWNER_ATTR: this_process()})] * 2
 
 
 def test_a_tell_that_landed_before_its_connection_dropped_is_written_once(flaky, monkeypatch):

@@ -197,3 +197,28 @@ def test_a_running_trial_whose_process_is_gone_from_this_host_fails_and_is_retri
     assert sorted(t.system_attrs["failed_trial"] for t in retries) == sorted(failed)
     assert all(OWNER_ATTR not in t.user_attrs for t in retries)  # nobody's until a process takes it
     assert fail_orphaned_trials(study) == []  # once
+
+
+def test_a_trial_whose_process_died_before_recording_its_owner_is_failed_and_retried(sqlite_url):
+    """A process that takes a queued trial, or creates one, and dies before its first write to it (the
+    store went away between ``Study.ask`` and the owner's record) leaves a RUNNING trial that never
+    beat: the claim written as it took the queued one, and the owner written with the created one,
+    let the next search fail and retry both."""
+    import subprocess
+    import sys
+
+    from storage import fail_orphaned_trials
+
+    study = optuna.create_study(storage=sqlite_url, study_name="unrecorded")
+    study.enqueue_trial({"x": 0.5})
+    taker = ("import os, optuna\nfrom storage import open_storage\n"
+             f"store = open_storage({sqlite_url!r}, heartbeat=True, patience=5)\n"
+             "study = optuna.load_study(study_name='unrecorded', storage=store)\n"
+             "study.ask(); study.ask()\n"  # the queued trial, then a new one
+             "os._exit(0)\n")
+    subprocess.run([sys.executable, "-c", taker], check=True, timeout=120)
+    assert [t.state.name for t in study.get_trials()] == ["RUNNING", "RUNNING"]
+    assert sorted(fail_orphaned_trials(study)) == [0, 1]
+    retries = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert sorted(t.system_attrs["failed_trial"] for t in retries) == [0, 1]
+    assert not any(key.startswith("claim:") for t in retries for key in t.system_attrs)  # nobody's yet

@@ -95,3 +95,22 @@ def let_keras_compile(layer: keras.layers.Layer) -> keras.layers.Layer:
     """
     layer.supports_jit = True
     return layer
+
+
+class TemplatedTrials:
+    """A mixin for an ``optuna.storages.RDBStorage`` subclass: each trial ``Study.ask`` creates (none
+    was queued) is written from the subclass's ``new_trial_template()`` in the same transaction as
+    the trial itself, so what the template carries (``storage._owners``: the process that runs it)
+    is there from the trial's first moment as RUNNING.
+
+    Private API: ``Study.ask`` reaches an RDB storage through Optuna's ``_CachedStorage``, which calls
+    ``RDBStorage._create_new_trial(study_id, template_trial)`` (the public ``create_new_trial``
+    calls it too). Checked against Optuna 5.1.0.
+    """
+
+    def new_trial_template(self) -> optuna.trial.FrozenTrial:
+        raise NotImplementedError
+
+    def _create_new_trial(self, study_id: int, template_trial: optuna.trial.FrozenTrial | None = None) -> Any:
+        template = self.new_trial_template() if template_trial is None else template_trial
+        return super()._create_new_trial(study_id, template)  # type: ignore[misc]
