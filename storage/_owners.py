@@ -65,10 +65,28 @@ def record_owner(trial: optuna.Trial) -> None:
 
 
 def claimants(trial: optuna.trial.FrozenTrial) -> list[Any]:
-    """Who may be running ``trial``: its owner where one is recorded, else the processes that claimed it."""
+    """Who may be running ``trial``: its owner where one is recorded, else the processes that claimed
+    it (a claim withdrawn by a process that lost the race for it is None)."""
     if OWNER_ATTR in trial.user_attrs:
         return [trial.user_attrs[OWNER_ATTR]]
-    return [value for key, value in trial.system_attrs.items() if key.startswith(CLAIM_PREFIX)]
+    return [value for key, value in trial.system_attrs.items() if key.startswith(CLAIM_PREFIX) and value]
+
+
+class RetryOnce(optuna.storages.RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry of a failed trial (a new WAITING trial with its parameters), once, without its
+    owner and claims: the retry is nobody's until a process takes it, and must not look orphaned, or
+    owned by the dead process, before then."""
+
+    def __init__(self) -> None:
+        with warnings.catch_warnings():  # "experimental" since Optuna 2.8
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            super().__init__(max_retry=1)
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        trial = copy.deepcopy(trial)
+        trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k != OWNER_ATTR}
+        trial.system_attrs = {k: v for k, v in trial.system_attrs.items() if not k.startswith(CLAIM_PREFIX)}
+        super().__call__(study, trial)
 
 
 class OwnedStorage(TemplatedTrials, ResilientStorage):
@@ -79,10 +97,15 @@ class OwnedStorage(TemplatedTrials, ResilientStorage):
         return optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs={OWNER_ATTR: this_process()})
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
-        if state == TrialState.RUNNING:  # taking a queued trial (``Study.ask``)
-            owner = this_process()
-            self.set_trial_system_attr(trial_id, f"{CLAIM_PREFIX}{owner['host']}:{owner['pid']}", owner)
-        return super().set_trial_state_values(trial_id, state, values)
+        if state != TrialState.RUNNING:
+            return super().set_trial_state_values(trial_id, state, values)
+        owner = this_process()  # taking a queued trial (``Study.ask``): claimed first
+        claim = f"{CLAIM_PREFIX}{owner['host']}:{owner['pid']}"
+        self.set_trial_system_attr(trial_id, claim, owner)
+        taken = super().set_trial_state_values(trial_id, state, values)
+        if not taken:  # another process took it first: withdrawn, so its death is not hidden by ours
+            self.set_trial_system_attr(trial_id, claim, None)
+        return taken
 
 
 def owner_is_gone(owner: Any, host: str) -> bool:
@@ -99,9 +122,7 @@ def fail_orphaned_trials(study: optuna.Study) -> list[int]:
     Safe to run in several processes at once: only the one whose update lands retries the trial."""
     host = socket.gethostname()
     failed = []
-    with warnings.catch_warnings():  # "experimental" since Optuna 2.8
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
+    retry = RetryOnce()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         running = claimants(trial)
         if not running or not all(owner_is_gone(owner, host) for owner in running):
@@ -111,9 +132,5 @@ def fail_orphaned_trials(study: optuna.Study) -> list[int]:
         except (ValueError, RuntimeError):  # another process failed (or its owner ended) it first
             continue
         failed.append(trial.number)
-        ended = copy.deepcopy(ended)
-        # The retry is nobody's until a process takes it; it must not look orphaned before then.
-        ended.user_attrs = {k: v for k, v in ended.user_attrs.items() if k != OWNER_ATTR}
-        ended.system_attrs = {k: v for k, v in ended.system_attrs.items() if not k.startswith(CLAIM_PREFIX)}
         retry(study, ended)
     return failed

@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
 from storage._owners import OwnedStorage
+from storage._owners import RetryOnce
 from storage._resilient import Outage
 from storage._resilient import ResilientStorage
 from storage._resilient import first_line
@@ -123,8 +124,7 @@ def open_storage(
                 "heartbeat_interval": HEARTBEAT_INTERVAL,
                 # A worker waiting for the store beats no more than the others can read its beats.
                 "grace_period": GRACE_PERIOD + int(patience or 0),
-                "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(
-                    max_retry=1),
+                "heartbeat_stale_trial_callback": RetryOnce(),
             }
     storage = _create_storage(url, engine_kwargs, storage_kwargs, patience)
     if path is not None:

@@ -222,3 +222,37 @@ def test_a_trial_whose_process_died_before_recording_its_owner_is_failed_and_ret
     retries = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
     assert sorted(t.system_attrs["failed_trial"] for t in retries) == [0, 1]
     assert not any(key.startswith("claim:") for t in retries for key in t.system_attrs)  # nobody's yet
+
+
+def test_a_claim_lost_in_the_race_is_withdrawn_and_a_retry_is_nobodys(sqlite_url):
+    """A process whose take of a queued trial loses to another withdraws its claim, so the winner's
+    death is still seen; a failed trial's retry (``RetryOnce``, the heartbeat's too) carries neither
+    its owner nor its claims."""
+    import subprocess
+    import sys
+
+    from storage import fail_orphaned_trials
+    from storage import open_storage
+    from storage._owners import OWNER_ATTR
+    from storage._owners import RetryOnce
+    from storage._owners import this_process
+    from tuner._compat import trial_id_of
+
+    study = optuna.create_study(storage=sqlite_url, study_name="raced")
+    study.enqueue_trial({"x": 0.5})
+    taker = ("import os, optuna\nfrom storage import open_storage\n"
+             f"store = open_storage({sqlite_url!r}, heartbeat=True, patience=5)\n"
+             "optuna.load_study(study_name='raced', storage=store).ask()\nos._exit(0)\n")
+    subprocess.run([sys.executable, "-c", taker], check=True, timeout=120)
+    (taken,) = study.get_trials()
+    loser = open_storage(sqlite_url, heartbeat=True, patience=5)
+    assert loser.set_trial_state_values(trial_id_of(taken), optuna.trial.TrialState.RUNNING) is False
+    assert fail_orphaned_trials(study) == [0]  # the live loser's withdrawn claim does not hide it
+
+    failed = optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, user_attrs={OWNER_ATTR: this_process()},
+                                       system_attrs={"claim:h:1": this_process()})
+    RetryOnce()(study, failed)
+    retry = study.get_trials()[-1]
+    assert retry.state.name == "WAITING" and OWNER_ATTR not in retry.user_attrs
+    assert not any(key.startswith("claim:") for key in retry.system_attrs)
+

@@ -1,4 +1,5 @@
-"""Every use of another library's private API, each behind one function: the only module that may touch them.
+"""Every use of another library's private API, each behind one function (or mixin class): the only module
+that may touch them.
 
 What a public API can do is done with it elsewhere; what is left is here, each function's docstring
 naming the versions it was checked against, and ``tests/test_compat.py`` holding one test per function
