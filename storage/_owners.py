@@ -32,7 +32,8 @@ CLAIM_PREFIX = "claim:"
 
 def process_started(pid: int) -> str | None:
     """When process ``pid`` started (clock ticks since boot, from ``/proc``), "" where the system
-    does not say (not Linux), or None if no such process exists."""
+    does not say (not Linux), or None if no such process exists or it has ended and waits for its
+    parent to read its exit status (a zombie: killed, it runs no trial any more)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except FileNotFoundError:
@@ -40,7 +41,8 @@ def process_started(pid: int) -> str | None:
     except OSError:
         stat = ""
     if stat:
-        return stat.rsplit(")", 1)[1].split()[19]  # field 22; the name before ")" may hold spaces
+        fields = stat.rsplit(")", 1)[1].split()  # from field 3; the name before ")" may hold spaces
+        return None if fields[0] in ("Z", "X") else fields[19]  # its state; field 22, its start
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

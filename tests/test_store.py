@@ -256,3 +256,20 @@ def test_a_claim_lost_in_the_race_is_withdrawn_and_a_retry_is_nobodys(sqlite_url
     assert retry.state.name == "WAITING" and OWNER_ATTR not in retry.user_attrs
     assert not any(key.startswith("claim:") for key in retry.system_attrs)
 
+
+def test_a_process_that_ended_is_gone_before_its_parent_reaps_it():
+    """A killed worker is a zombie until the pool reads its exit status: it runs no trial any more."""
+    import subprocess
+    import sys
+    import time
+
+    from storage._owners import process_started
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    assert process_started(child.pid) is not None or child.poll() is not None  # alive (or already reaped)
+    deadline = time.monotonic() + 30
+    while process_started(child.pid) is not None and time.monotonic() < deadline:
+        time.sleep(0.05)  # it ends; not waited for, it stays a zombie
+    assert process_started(child.pid) is None
+    assert child.wait() == 0  # it was not reaped by the check: its status was still there to read
+
